@@ -1,0 +1,120 @@
+"""Per (sample, model) tokens, cost, latency and energy from the catalog's rules.
+
+cost    = tokens_in * price_in + tokens_out * price_out            (prices per 1M tokens)
+latency = network + queue + upload of the image bytes + tokens_in / prefill + tokens_out / decode
+energy  = power * (tokens_in / prefill + tokens_out / decode) + radio energy of the upload
+
+Edge models upload nothing. Measured values (NaN where absent) always win over estimates, and
+every quantity carries a per-pair flag saying whether it was estimated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlroute._typing import BoolArray, FloatArray, IntArray
+from vlroute.costs.catalog import Catalog, ModelEconomics
+
+QUANTITIES = ("tokens_in", "tokens_out", "cost_usd", "latency_s", "energy_j")
+
+
+@dataclass(frozen=True)
+class SampleInputs:
+    """What the estimates need to know of each sample.
+
+    ``text_chars`` is (n_samples,); the image arrays are flat, one entry per image, with
+    ``image_sample`` the index of the sample it belongs to.
+    """
+
+    text_chars: FloatArray
+    image_sample: IntArray
+    image_w: FloatArray
+    image_h: FloatArray
+    image_bytes: FloatArray
+
+
+@dataclass(frozen=True)
+class PairEconomics:
+    """Estimated (or measured) economics of each (sample, model) pair, flat arrays."""
+
+    values: dict[str, FloatArray]
+    estimated: dict[str, BoolArray]
+
+
+def _per_model(econ: Sequence[ModelEconomics], catalog: Catalog) -> dict[str, FloatArray]:
+    rates = [catalog.rates(e) for e in econ]
+    return {
+        "price_in": np.array([e.price_in for e in econ]),
+        "price_out": np.array([e.price_out for e in econ]),
+        "is_edge": np.array([e.tier == "edge" for e in econ], dtype=float),
+        "power_w": np.array([catalog.power_w(e) for e in econ]),
+        **{key: np.array([r[key] for r in rates]) for key in rates[0]},
+    } if econ else {}
+
+
+def _image_tokens(catalog: Catalog, econ: Sequence[ModelEconomics], samples: SampleInputs
+                  ) -> FloatArray:
+    """(n_samples, n_models) image tokens; models sharing a rule share the work."""
+    n = len(samples.text_chars)
+    out = np.zeros((n, len(econ)))
+    for rule_name in sorted({e.image_rule for e in econ}):
+        per_image = catalog.image_rule(rule_name)(samples.image_w, samples.image_h)
+        per_sample = np.bincount(samples.image_sample, weights=per_image, minlength=n)
+        for k, e in enumerate(econ):
+            if e.image_rule == rule_name:
+                out[:, k] = per_sample
+    return out
+
+
+def estimate_pairs(
+    catalog: Catalog,
+    econ: Sequence[ModelEconomics],
+    samples: SampleInputs,
+    sample_idx: IntArray,
+    model_idx: IntArray,
+    response_chars: FloatArray,
+    measured: Mapping[str, FloatArray],
+) -> PairEconomics:
+    """Economics of each pair ``(sample_idx[i], model_idx[i])``.
+
+    ``response_chars`` is NaN where no response is stored (then the catalog's default output
+    length is used); ``measured`` maps quantity names to arrays, NaN where not measured.
+    """
+    m = _per_model(econ, catalog)
+    n_pairs = len(sample_idx)
+    cpt = catalog.chars_per_token
+    text_tokens = np.ceil(samples.text_chars / cpt)
+    upload_mb = np.bincount(samples.image_sample, weights=samples.image_bytes,
+                            minlength=len(samples.text_chars)) / 1e6
+    img = _image_tokens(catalog, econ, samples)
+
+    est_in = text_tokens[sample_idx] + img[sample_idx, model_idx]
+    est_out = np.where(np.isnan(response_chars), catalog.default_output_tokens,
+                       np.ceil(np.nan_to_num(response_chars) / cpt))
+    values: dict[str, FloatArray] = {}
+    flags: dict[str, BoolArray] = {}
+
+    def settle(name: str, estimate: FloatArray) -> FloatArray:
+        given = measured.get(name, np.full(n_pairs, np.nan))
+        flags[name] = np.isnan(given)
+        values[name] = np.where(flags[name], estimate, given)
+        return values[name]
+
+    t_in = settle("tokens_in", est_in)
+    t_out = settle("tokens_out", est_out)
+    settle("cost_usd", (t_in * m["price_in"][model_idx] + t_out * m["price_out"][model_idx]) / 1e6)
+    compute_s = (t_in / m["prefill_tokens_per_s"][model_idx]
+                 + t_out / m["decode_tokens_per_s"][model_idx])
+    remote = 1.0 - m["is_edge"][model_idx]
+    mbit = m["upload_mbit_per_s"][model_idx]
+    upload_s = np.divide(upload_mb[sample_idx] * 8.0, mbit, out=np.zeros(n_pairs), where=mbit > 0)
+    latency = (m["network_rtt_s"][model_idx] + m["queue_s"][model_idx]
+               + remote * upload_s + compute_s)
+    settle("latency_s", latency)
+    energy = (m["power_w"][model_idx] * compute_s
+              + remote * catalog.radio_j_per_mb * upload_mb[sample_idx])
+    settle("energy_j", energy)
+    return PairEconomics(values, flags)

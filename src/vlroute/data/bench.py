@@ -1,0 +1,138 @@
+"""A bench directory: Parquet tables plus a JSON manifest, never pickle.
+
+Layout::
+
+    DIR/manifest.json      schema version, name, sources + hashes, split spec, economics
+    DIR/samples.parquet    one row per sample (ids, group, dataset, task, question, split, ...)
+    DIR/images.parquet     one row per image reference (sample, path, size, bytes, sha256)
+    DIR/models.parquet     one row per model (modality, tier, prices and their status, ...)
+    DIR/records.parquet    one row per (sample, model): score, tokens, cost, latency, energy,
+                           and a flag per quantity saying whether it is estimated
+    DIR/images/...         the image files referenced by images.parquet
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vlroute._io import sha256_file
+from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices
+from vlroute.errors import BenchError
+
+SCHEMA = "vlroute-bench/1"
+TABLES = ("samples", "images", "models", "records")
+#: matrix field -> records column
+RECORD_COLUMNS = {"quality": "score", "cost": "cost_usd", "latency": "latency_s",
+                  "energy": "energy_j", "tokens_in": "tokens_in", "tokens_out": "tokens_out"}
+
+
+@dataclass
+class Bench:
+    """A loaded bench: its manifest and tables.
+
+    Use :meth:`matrices` for the arrays routers and metrics work on.
+    """
+
+    root: Path
+    manifest: dict[str, Any]
+    samples: pd.DataFrame
+    images: pd.DataFrame
+    models: pd.DataFrame
+    records: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        """The bench's name (from the source set)."""
+        return str(self.manifest.get("name", self.root.name))
+
+    @property
+    def label(self) -> str:
+        """Label type of the source: "binary", "graded", "mixed" or "unknown"."""
+        return str(self.manifest.get("label", "unknown"))
+
+    def candidate_models(self, *, all_models: bool = False) -> list[str]:
+        """Models a router chooses among.
+
+        By default the vision-language models; a bench without any (a text-only set) uses
+        every model that is not a ``baseline``. ``all_models`` includes everything.
+        """
+        models = self.models
+        if all_models:
+            return list(models["model"])
+        vlm = models.loc[models["modality"] == "vision-language", "model"]
+        if len(vlm):
+            return list(vlm)
+        return list(models.loc[models["modality"] != "baseline", "model"])
+
+    def matrices(self, models: list[str] | None = None, *, all_models: bool = False
+                 ) -> RoutingMatrices:
+        """The routing matrices over ``models`` (default: :meth:`candidate_models`)."""
+        chosen = models if models is not None else self.candidate_models(all_models=all_models)
+        known = list(self.models["model"])
+        unknown = [m for m in chosen if m not in known]
+        if unknown:
+            raise BenchError(f"Unknown model(s) {', '.join(unknown)}; the bench has "
+                             f"{', '.join(known)}.")
+        n, m = len(self.samples), len(chosen)
+        rows = self.records["sample_idx"].to_numpy()
+        model_pos = {name: k for k, name in enumerate(chosen)}
+        col_of = np.array([model_pos.get(name, -1) for name in known])
+        cols = col_of[self.records["model_idx"].to_numpy()]
+        keep = cols >= 0
+        arrays = {}
+        for name in MATRIX_FIELDS:
+            arr = np.full((n, m), np.nan)
+            arr[rows[keep], cols[keep]] = self.records[RECORD_COLUMNS[name]].to_numpy(
+                dtype=float)[keep]
+            arrays[name] = arr
+        tiers = dict(zip(self.models["model"], self.models["tier"], strict=True))
+        s = self.samples
+        return RoutingMatrices(
+            sample_ids=s["sample_id"].to_numpy(dtype=object),
+            models=tuple(chosen),
+            groups=s["split_group"].to_numpy(dtype=object),
+            datasets=s["dataset"].to_numpy(dtype=object),
+            tasks=s["task"].to_numpy(dtype=object),
+            splits=s["split"].to_numpy(dtype=object),
+            tiers=tuple(str(tiers[c]) for c in chosen),
+            **arrays,
+        )
+
+    def model_info(self, model: str) -> dict[str, Any]:
+        """The models-table row of ``model`` as a dict."""
+        row = self.models.loc[self.models["model"] == model]
+        if row.empty:
+            raise BenchError(f"Unknown model {model!r}.")
+        out: dict[str, Any] = row.iloc[0].to_dict()
+        return out
+
+
+def load_bench(root: Path | str, *, verify: bool = False) -> Bench:
+    """Open a bench directory; with ``verify``, check every table against its hash."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise BenchError(f"{root} is not a bench: no manifest.json (build one with "
+                         "`vlroute bench build`).")
+    try:
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{manifest_path}: not valid JSON ({exc.msg}).") from exc
+    if manifest.get("schema") != SCHEMA:
+        raise BenchError(f"{manifest_path}: schema {manifest.get('schema')!r} is not supported; "
+                         f"expected {SCHEMA!r}.")
+    tables = {}
+    for name in TABLES:
+        path = root / f"{name}.parquet"
+        if not path.is_file():
+            raise BenchError(f"{root}: missing {path.name}; the bench is incomplete.")
+        if verify and sha256_file(path) != manifest["files"].get(path.name):
+            raise BenchError(f"{path}: content does not match the hash in manifest.json.")
+        tables[name] = pd.read_parquet(path)
+    return Bench(root=root, manifest=manifest, **tables)

@@ -1,0 +1,188 @@
+"""Build a bench directory from source tables: checks, splits, economics, atomic write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vlroute import __version__
+from vlroute._io import atomic_directory, sha256_file, write_json_atomic
+from vlroute.costs import Catalog, estimate_pairs
+from vlroute.costs.estimate import QUANTITIES, SampleInputs
+from vlroute.data.bench import SCHEMA, Bench, load_bench
+from vlroute.data.images import image_table
+from vlroute.data.splits import SplitSpec, assign_splits, merge_groups
+from vlroute.data.tables import MEASURED_COLUMNS, SourceTables
+from vlroute.errors import DataError
+
+Progress = Callable[[str], None]
+
+
+def _check_cross_tables(t: SourceTables) -> None:
+    """Contract checks every reader's output must pass (ids unique and known)."""
+    dup = t.samples["sample_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{t.name}: duplicate sample_id {t.samples['sample_id'][dup].iloc[0]!r}"
+                        f" (samples row {int(np.flatnonzero(dup)[0])}); ids must be unique.")
+    dup = t.models["model"].duplicated()
+    if dup.any():
+        raise DataError(f"{t.name}: duplicate model {t.models['model'][dup].iloc[0]!r}.")
+    for column, known, what in (("sample_id", t.samples["sample_id"], "sample"),
+                                ("model", t.models["model"], "model")):
+        unknown = ~t.outcomes[column].isin(known)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise DataError(f"{t.name}: outcome row {row} refers to unknown {what} "
+                            f"{t.outcomes[column].iloc[row]!r}.")
+    pairs = t.outcomes.duplicated(["sample_id", "model"])
+    if pairs.any():
+        row = int(np.flatnonzero(pairs.to_numpy())[0])
+        raise DataError(f"{t.name}: outcome row {row} repeats the pair "
+                        f"({t.outcomes['sample_id'].iloc[row]!r}, "
+                        f"{t.outcomes['model'].iloc[row]!r}).")
+    scores = t.outcomes["score"].to_numpy(dtype=float)
+    bad = ~((scores >= 0) & (scores <= 1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{t.name}: outcome row {row} has score {scores[row]}; expected a "
+                        "number in [0, 1].")
+
+
+def _official(samples: pd.DataFrame, info: dict[str, Any]) -> list[str | None] | None:
+    if info.get("official_split") != "meta.split":
+        return None
+    return [json.loads(m).get("split") if m else None for m in samples["meta"]]
+
+
+def _split_groups(samples: pd.DataFrame, images: pd.DataFrame) -> list[str]:
+    # Two groups showing byte-identical images travel together: near-duplicates by picture.
+    groups = samples["group"].astype(str).tolist()
+    if images.empty:
+        return groups
+    by_hash = images.assign(group=np.asarray(groups, dtype=object)[images["sample_idx"]])
+    links = []
+    for _, members in by_hash.groupby("sha256")["group"]:
+        uniq = sorted(set(members))
+        links.extend((uniq[0], other) for other in uniq[1:])
+    return merge_groups(groups, links)
+
+
+def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
+               samples: pd.DataFrame, images: pd.DataFrame, sample_idx: np.ndarray,
+               model_idx: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+    econ = [catalog.economics(r.model, params_b=None if pd.isna(r.params_b) else r.params_b,
+                              open_weights=bool(r.open_weights))
+            for r in models.itertuples()]
+    inputs = SampleInputs(
+        text_chars=samples["question"].str.len().to_numpy(dtype=float),
+        image_sample=images["sample_idx"].to_numpy(dtype=np.int64),
+        image_w=images["width"].to_numpy(dtype=float),
+        image_h=images["height"].to_numpy(dtype=float),
+        image_bytes=images["bytes"].to_numpy(dtype=float),
+    )
+    response = t.outcomes["response"]
+    response_chars = response.str.len().to_numpy(dtype=float, na_value=np.nan) \
+        if response.notna().any() else np.full(len(response), np.nan)
+    measured = {q: t.outcomes[q].to_numpy(dtype=float) for q in MEASURED_COLUMNS
+                if q in t.outcomes and t.outcomes[q].notna().any()}
+    pairs = estimate_pairs(catalog, econ, inputs, sample_idx, model_idx, response_chars,
+                           measured)
+    columns: dict[str, Any] = {}
+    for q in QUANTITIES:
+        columns[q] = pairs.values[q]
+        columns[f"{q}_estimated"] = pairs.estimated[q]
+    models = models.assign(
+        tier=[e.tier for e in econ], profile=[e.profile for e in econ],
+        price_in=[e.price_in for e in econ], price_out=[e.price_out for e in econ],
+        price_status=[e.price_status for e in econ], image_rule=[e.image_rule for e in econ],
+        params_b=[np.nan if e.params_b is None else e.params_b for e in econ],
+        economics_notes=["; ".join(e.notes) for e in econ])
+    summary = {q: round(float(np.mean(pairs.estimated[q])), 6) for q in QUANTITIES}
+    return models, {"columns": columns, "estimated_share": summary}
+
+
+def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = None,
+                split: SplitSpec = SplitSpec(), overwrite: bool = False,
+                progress: Progress | None = None) -> Bench:
+    """Check ``tables``, split, estimate economics and write a bench to ``out`` atomically.
+
+    Nothing is left at ``out`` if any step fails; an existing bench is only replaced when
+    ``overwrite`` is true, and only once the new one is complete.
+    """
+    note = progress or (lambda _msg: None)
+    catalog = catalog or Catalog.default()
+    _check_cross_tables(tables)
+    with atomic_directory(Path(out), overwrite=overwrite) as staging:
+        note("images")
+        samples = tables.samples.reset_index(drop=True)
+        images = image_table(samples, tables.image_root, staging / "images")
+        note("splits")
+        samples = samples.assign(
+            split_group=_split_groups(samples, images),
+            text_chars=samples["question"].str.len(),
+            n_images=samples["images"].map(len))
+        samples["split"] = assign_splits(samples["split_group"].tolist(), split,
+                                         datasets=samples["dataset"].tolist(),
+                                         official=_official(samples, tables.info))
+        note("economics")
+        models = tables.models.reset_index(drop=True)
+        sample_idx = pd.Categorical(tables.outcomes["sample_id"],
+                                    categories=samples["sample_id"]).codes.astype(np.int64)
+        model_idx = pd.Categorical(tables.outcomes["model"],
+                                   categories=models["model"]).codes.astype(np.int64)
+        models, econ = _economics(tables, catalog, models, samples, images, sample_idx,
+                                  model_idx)
+        records = pd.DataFrame({
+            "sample_idx": sample_idx.astype(np.int32), "model_idx": model_idx.astype(np.int16),
+            "sample_id": pd.Categorical.from_codes(sample_idx, samples["sample_id"]),
+            "model": pd.Categorical.from_codes(model_idx, models["model"]),
+            **{c: tables.outcomes[c] for c in ("score", "raw_score", "response", "prediction")},
+            **econ["columns"]})
+        note("writing")
+        _write(staging, tables, catalog, split, samples, images, models, records,
+               econ["estimated_share"])
+    return load_bench(out)
+
+
+def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
+           samples: pd.DataFrame, images: pd.DataFrame, models: pd.DataFrame,
+           records: pd.DataFrame, estimated: dict[str, float]) -> None:
+    files = {}
+    for name, frame in (("samples", samples), ("images", images), ("models", models),
+                        ("records", records)):
+        path = staging / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        files[path.name] = sha256_file(path)
+    manifest = {
+        "schema": SCHEMA,
+        "name": t.name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_by": f"vlroute {__version__}",
+        "reader": t.reader,
+        "label": t.info.get("label", "unknown"),
+        "license": t.info.get("license"),
+        "set_info": t.info,
+        "sources": t.sources,
+        "source_digest": hashlib.sha256(json.dumps(t.sources, sort_keys=True).encode())
+        .hexdigest(),
+        "counts": {"samples": len(samples), "models": len(models), "records": len(records),
+                   "images": len(images), "groups": int(samples["group"].nunique())},
+        "split": {"seed": split.seed, "fractions": [split.train, split.dev, split.test],
+                  "stratify": split.stratify, "honour_official": split.honour_official,
+                  "official": t.info.get("official_split"),
+                  "sizes": {k: int(v) for k, v in samples["split"].value_counts().items()}},
+        "economics": {"catalog": catalog.source, "catalog_sha256": catalog.digest(),
+                      "estimated_share": estimated,
+                      "method": "tokens from the catalog's text/image rules; cost = tokens x "
+                                "price; latency and energy from the catalog's profiles; "
+                                "measured values in records win"},
+        "files": files,
+    }
+    write_json_atomic(staging / "manifest.json", manifest)

@@ -1,0 +1,76 @@
+"""The image table of a bench: every image reference with its size, bytes and hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from vlroute.errors import DataError
+
+IMAGE_COLUMNS = ("sample_idx", "position", "path", "width", "height", "size_source", "bytes",
+                 "sha256")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` where the filesystem allows it, else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _seen_size(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """The size the models saw, when the source recorded it (``meta.source_image_size``)."""
+    size = meta.get("source_image_size")
+    if isinstance(size, list | tuple) and len(size) == 2 and all(
+            isinstance(v, int | float) and v > 0 for v in size):
+        return float(size[0]), float(size[1])
+    return None
+
+
+def _file_facts(path: Path) -> tuple[int, int, int, str]:
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as img:  # reads the header only
+            width, height = img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc}).") from exc
+    return width, height, len(data), hashlib.sha256(data).hexdigest()
+
+
+def image_table(samples: pd.DataFrame, image_root: Path | None, dest: Path) -> pd.DataFrame:
+    """Resolve, measure and copy (hard-link) every image of ``samples`` into ``dest``.
+
+    A missing or unreadable image fails the build with the sample id and path.
+    """
+    rows: list[dict[str, Any]] = []
+    facts: dict[str, tuple[int, int, int, str]] = {}
+    has_images = samples["images"].map(len) > 0
+    for idx in samples.index[has_images]:
+        paths = samples.at[idx, "images"]
+        meta_text = samples.at[idx, "meta"]
+        meta = json.loads(meta_text) if meta_text else {}
+        seen = _seen_size(meta) if len(paths) == 1 else None
+        for pos, rel in enumerate(paths):
+            if rel not in facts:
+                src = (image_root or Path(".")) / rel
+                if not src.is_file():
+                    raise DataError(f"Sample {samples.at[idx, 'sample_id']!r}: image {rel!r} "
+                                    f"not found under {image_root}.")
+                facts[rel] = _file_facts(src)
+                link_or_copy(src, dest / rel)
+            width, height, size, digest = facts[rel]
+            rows.append({"sample_idx": int(idx), "position": pos, "path": rel,
+                         "width": seen[0] if seen else float(width),
+                         "height": seen[1] if seen else float(height),
+                         "size_source": "meta.source_image_size" if seen else "file",
+                         "bytes": size, "sha256": digest})
+    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))

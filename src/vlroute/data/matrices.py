@@ -1,0 +1,111 @@
+"""RoutingMatrices: per-sample outcomes of every candidate model, as arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from vlroute._typing import FloatArray, IntArray
+from vlroute.errors import MatrixShapeError, UnknownComponentError
+
+ObjArray = npt.NDArray[np.object_]
+MATRIX_FIELDS = ("quality", "cost", "latency", "energy", "tokens_in", "tokens_out")
+ROW_FIELDS = ("sample_ids", "groups", "datasets", "tasks", "splits")
+
+
+@dataclass(frozen=True, eq=False)
+class RoutingMatrices:
+    """Outcomes of ``models`` (columns) on ``sample_ids`` (rows).
+
+    Every matrix is (n_samples, n_models) float64 with NaN where a pair was not evaluated:
+    ``quality`` in [0, 1], ``cost`` in USD per request, ``latency`` in seconds, ``energy`` in
+    joules, ``tokens_in`` / ``tokens_out`` counts. Row labels (``groups``, ``datasets``,
+    ``tasks``, ``splits``) are object arrays of length n_samples; ``tiers`` gives each model's
+    tier ("edge" or "cloud").
+    """
+
+    sample_ids: ObjArray
+    models: tuple[str, ...]
+    quality: FloatArray
+    cost: FloatArray
+    latency: FloatArray
+    energy: FloatArray
+    tokens_in: FloatArray
+    tokens_out: FloatArray
+    groups: ObjArray
+    datasets: ObjArray
+    tasks: ObjArray
+    splits: ObjArray
+    tiers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n, m = len(self.sample_ids), len(self.models)
+        for name in MATRIX_FIELDS:
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.shape != (n, m):
+                shape = getattr(arr, "shape", None)
+                raise MatrixShapeError(f"{name} has shape {shape}; expected ({n}, {m}) "
+                                       "= (n_samples, n_models)")
+        for name in ROW_FIELDS[1:]:
+            if len(getattr(self, name)) != n:
+                raise MatrixShapeError(f"{name} has {len(getattr(self, name))} entries; "
+                                       f"expected one per sample ({n})")
+        if len(self.tiers) != m:
+            raise MatrixShapeError(f"tiers has {len(self.tiers)} entries; expected {m}")
+        if len(set(self.models)) != m:
+            raise MatrixShapeError("model ids must be unique")
+
+    @property
+    def n_samples(self) -> int:
+        """Number of rows."""
+        return len(self.sample_ids)
+
+    @property
+    def n_models(self) -> int:
+        """Number of columns."""
+        return len(self.models)
+
+    def subset(self, rows: IntArray | npt.NDArray[np.bool_]) -> RoutingMatrices:
+        """The matrices restricted to ``rows`` (indices or a boolean mask)."""
+        changes = {name: getattr(self, name)[rows] for name in (*MATRIX_FIELDS, *ROW_FIELDS)}
+        return replace(self, **changes)
+
+    def split(self, name: str) -> RoutingMatrices:
+        """The rows whose split is ``name`` ("train", "dev" or "test")."""
+        return self.subset(self.splits == name)
+
+    def with_splits(self, splits: ObjArray) -> RoutingMatrices:
+        """A copy with other split labels (e.g. another seed's)."""
+        return replace(self, splits=np.asarray(splits, dtype=object))
+
+    def model_index(self, model: str) -> int:
+        """Column of ``model``."""
+        try:
+            return self.models.index(model)
+        except ValueError:
+            raise UnknownComponentError(f"Unknown model {model!r}. Available: "
+                                        f"{', '.join(self.models)}.") from None
+
+    def select_models(self, models: Sequence[str]) -> RoutingMatrices:
+        """The matrices restricted to ``models``, in that order."""
+        cols = np.array([self.model_index(m) for m in models], dtype=np.int64)
+        changes = {name: getattr(self, name)[:, cols] for name in MATRIX_FIELDS}
+        return replace(self, models=tuple(models), tiers=tuple(self.tiers[c] for c in cols),
+                       **changes)
+
+    def matrix(self, dimension: str) -> FloatArray:
+        """The cost matrix of a scenario's cost dimension: "usd", "latency" or "energy"."""
+        names = {"usd": "cost", "latency": "latency", "energy": "energy"}
+        if dimension not in names:
+            raise ValueError(f"Unknown cost dimension {dimension!r}; expected usd, latency "
+                             "or energy.")
+        arr: FloatArray = getattr(self, names[dimension])
+        return arr
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of the dataclass fields (for serialisation helpers)."""
+    return tuple(f.name for f in fields(RoutingMatrices))

@@ -1,0 +1,54 @@
+"""Source tables: what every reader produces, before a bench is built.
+
+A reader turns one source format into three tables that follow the shared data contract
+(``samples``, ``outcomes``, ``models``) plus the set's info. Column names and meanings are the
+ones of the contract in the shared data README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SAMPLE_COLUMNS = ("sample_id", "dataset", "group", "task", "question", "images", "answer", "meta")
+OUTCOME_COLUMNS = ("sample_id", "model", "score", "raw_score", "response", "prediction")
+#: optional measured quantities an outcome may carry; measured values win over estimates
+MEASURED_COLUMNS = ("tokens_in", "tokens_out", "cost_usd", "latency_s", "energy_j")
+MODEL_COLUMNS = ("model", "display_name", "family", "params_b", "open_weights", "modality",
+                 "notes")
+MODALITIES = ("vision-language", "text-only", "baseline")
+
+
+@dataclass
+class SourceTables:
+    """The three tables of one evaluation set and where they came from.
+
+    ``samples.images`` holds lists of image paths relative to ``image_root``; ``samples.meta``
+    and ``outcomes.raw_score`` hold JSON text.
+    """
+
+    name: str
+    reader: str
+    samples: pd.DataFrame
+    outcomes: pd.DataFrame
+    models: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+    image_root: Path | None = None
+    sources: list[dict[str, str]] = field(default_factory=list)
+
+
+def models_from_outcomes(models: list[str], *, open_weights: bool = True,
+                         params_b: float | None = None) -> pd.DataFrame:
+    """A models table for sources that only name their models (VLMEvalKit, lmms-eval, csv)."""
+    return pd.DataFrame({
+        "model": models,
+        "display_name": models,
+        "family": [m.split("-")[0] for m in models],
+        "params_b": [params_b] * len(models),
+        "open_weights": [open_weights] * len(models),
+        "modality": ["vision-language"] * len(models),
+        "notes": ["" for _ in models],
+    })
