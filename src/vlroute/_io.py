@@ -52,7 +52,8 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite to replace it.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging",
+                                    dir=target.parent))
     try:
         yield staging
     except BaseException:

@@ -66,7 +66,7 @@ class Registry(Generic[T]):
             module_name, _, attr = entry.partition(":")
             entry = getattr(importlib.import_module(module_name), attr)
             self._entries[name] = entry
-        return entry  # type: ignore[return-value]
+        return entry
 
     def origin(self, name: str) -> str:
         """Where the component lives, as ``module:attr``."""

@@ -98,7 +98,8 @@ def internvl2(w: FloatArray, h: FloatArray) -> FloatArray:
         take = better | tie
         best_diff = np.where(better, diff, best_diff)
         best_tiles = np.where(take, float(cols * rows), best_tiles)
-    return 256.0 * (best_tiles + (best_tiles > 1))
+    out: FloatArray = 256.0 * (best_tiles + (best_tiles > 1))
+    return out
 
 
 _LLAVA_NEXT_GRIDS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -120,11 +121,13 @@ def llava_next(w: FloatArray, h: FloatArray) -> FloatArray:
         best_eff = np.where(take, eff, best_eff)
         best_waste = np.where(take, waste, best_waste)
         best_tiles = np.where(take, (gw // 336) * (gh // 336), best_tiles)
-    return 576.0 + 576.0 * best_tiles
+    out: FloatArray = 576.0 + 576.0 * best_tiles
+    return out
 
 
 def _tiles(w: FloatArray, h: FloatArray, side: float, most: float) -> FloatArray:
-    return np.clip(np.ceil(w / side) * np.ceil(h / side), 1.0, most)
+    out: FloatArray = np.clip(np.ceil(w / side) * np.ceil(h / side), 1.0, most)
+    return out
 
 
 def llama_32_vision(w: FloatArray, h: FloatArray) -> FloatArray:

@@ -4,7 +4,8 @@ Layout::
 
     DIR/manifest.json      schema version, name, sources + hashes, split spec, economics
     DIR/samples.parquet    one row per sample (ids, group, dataset, task, question, split, ...)
-    DIR/images.parquet     one row per image reference (sample, path, size, bytes, sha256)
+    DIR/images.parquet     one row per image reference (sample, path relative to DIR, size,
+                           bytes, sha256)
     DIR/models.parquet     one row per model (modality, tier, prices and their status, ...)
     DIR/records.parquet    one row per (sample, model): score, tokens, cost, latency, energy,
                            and a flag per quantity saying whether it is estimated
@@ -109,7 +110,7 @@ class Bench:
         row = self.models.loc[self.models["model"] == model]
         if row.empty:
             raise BenchError(f"Unknown model {model!r}.")
-        out: dict[str, Any] = row.iloc[0].to_dict()
+        out: dict[str, Any] = {str(k): v for k, v in row.iloc[0].to_dict().items()}
         return out
 
 
@@ -136,3 +137,19 @@ def load_bench(root: Path | str, *, verify: bool = False) -> Bench:
             raise BenchError(f"{path}: content does not match the hash in manifest.json.")
         tables[name] = pd.read_parquet(path)
     return Bench(root=root, manifest=manifest, **tables)
+
+
+def resplit(bench: Bench, seed: int) -> np.ndarray:
+    """Split labels for another seed, with the bench's own fractions and options."""
+    from vlroute.data.splits import SplitSpec, assign_splits
+
+    spec = bench.manifest.get("split", {})
+    train, dev, test = spec.get("fractions", (0.7, 0.1, 0.2))
+    split = SplitSpec(seed=seed, train=train, dev=dev, test=test,
+                      stratify=bool(spec.get("stratify", False)),
+                      honour_official=bool(spec.get("honour_official", True)))
+    official = None
+    if spec.get("official") == "meta.split":
+        official = [json.loads(m).get("split") if m else None for m in bench.samples["meta"]]
+    return assign_splits(bench.samples["split_group"].tolist(), split,
+                         datasets=bench.samples["dataset"].tolist(), official=official)

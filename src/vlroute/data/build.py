@@ -67,7 +67,7 @@ def _split_groups(samples: pd.DataFrame, images: pd.DataFrame) -> list[str]:
     if images.empty:
         return groups
     by_hash = images.assign(group=np.asarray(groups, dtype=object)[images["sample_idx"]])
-    links = []
+    links: list[tuple[str, str]] = []
     for _, members in by_hash.groupby("sha256")["group"]:
         uniq = sorted(set(members))
         links.extend((uniq[0], other) for other in uniq[1:])
@@ -77,19 +77,21 @@ def _split_groups(samples: pd.DataFrame, images: pd.DataFrame) -> list[str]:
 def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
                samples: pd.DataFrame, images: pd.DataFrame, sample_idx: np.ndarray,
                model_idx: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
-    econ = [catalog.economics(r.model, params_b=None if pd.isna(r.params_b) else r.params_b,
-                              open_weights=bool(r.open_weights))
-            for r in models.itertuples()]
+    econ = [catalog.economics(str(name), params_b=None if pd.isna(params) else float(params),
+                              open_weights=bool(open_w))
+            for name, params, open_w in zip(models["model"], models["params_b"],
+                                            models["open_weights"], strict=True)]
     inputs = SampleInputs(
-        text_chars=samples["question"].str.len().to_numpy(dtype=float),
+        text_chars=np.asarray(samples["question"].str.len(), dtype=np.float64),
         image_sample=images["sample_idx"].to_numpy(dtype=np.int64),
         image_w=images["width"].to_numpy(dtype=float),
         image_h=images["height"].to_numpy(dtype=float),
         image_bytes=images["bytes"].to_numpy(dtype=float),
     )
     response = t.outcomes["response"]
-    response_chars = response.str.len().to_numpy(dtype=float, na_value=np.nan) \
-        if response.notna().any() else np.full(len(response), np.nan)
+    response_chars: np.ndarray = (
+        response.str.len().to_numpy(dtype=float, na_value=np.nan)
+        if response.notna().any() else np.full(len(response), np.nan))
     measured = {q: t.outcomes[q].to_numpy(dtype=float) for q in MEASURED_COLUMNS
                 if q in t.outcomes and t.outcomes[q].notna().any()}
     pairs = estimate_pairs(catalog, econ, inputs, sample_idx, model_idx, response_chars,
@@ -109,7 +111,7 @@ def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
 
 
 def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = None,
-                split: SplitSpec = SplitSpec(), overwrite: bool = False,
+                split: SplitSpec | None = None, overwrite: bool = False,
                 progress: Progress | None = None) -> Bench:
     """Check ``tables``, split, estimate economics and write a bench to ``out`` atomically.
 
@@ -118,11 +120,12 @@ def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = No
     """
     note = progress or (lambda _msg: None)
     catalog = catalog or Catalog.default()
+    split = split or SplitSpec()
     _check_cross_tables(tables)
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         note("images")
         samples = tables.samples.reset_index(drop=True)
-        images = image_table(samples, tables.image_root, staging / "images")
+        images = image_table(samples, tables.image_root, staging)
         note("splits")
         samples = samples.assign(
             split_group=_split_groups(samples, images),
@@ -141,22 +144,22 @@ def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = No
                                   model_idx)
         records = pd.DataFrame({
             "sample_idx": sample_idx.astype(np.int32), "model_idx": model_idx.astype(np.int16),
-            "sample_id": pd.Categorical.from_codes(sample_idx, samples["sample_id"]),
-            "model": pd.Categorical.from_codes(model_idx, models["model"]),
+            "sample_id": pd.Categorical.from_codes(sample_idx,
+                                                   pd.Index(samples["sample_id"].astype(str))),
+            "model": pd.Categorical.from_codes(model_idx, pd.Index(models["model"].astype(str))),
             **{c: tables.outcomes[c] for c in ("score", "raw_score", "response", "prediction")},
             **econ["columns"]})
         note("writing")
-        _write(staging, tables, catalog, split, samples, images, models, records,
-               econ["estimated_share"])
+        frames = {"samples": samples, "images": images, "models": models, "records": records}
+        _write(staging, tables, catalog, split, frames, econ["estimated_share"])
     return load_bench(out)
 
 
 def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
-           samples: pd.DataFrame, images: pd.DataFrame, models: pd.DataFrame,
-           records: pd.DataFrame, estimated: dict[str, float]) -> None:
+           frames: dict[str, pd.DataFrame], estimated: dict[str, float]) -> None:
     files = {}
-    for name, frame in (("samples", samples), ("images", images), ("models", models),
-                        ("records", records)):
+    samples = frames["samples"]
+    for name, frame in frames.items():
         path = staging / f"{name}.parquet"
         frame.to_parquet(path, index=False)
         files[path.name] = sha256_file(path)
@@ -172,8 +175,9 @@ def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
         "sources": t.sources,
         "source_digest": hashlib.sha256(json.dumps(t.sources, sort_keys=True).encode())
         .hexdigest(),
-        "counts": {"samples": len(samples), "models": len(models), "records": len(records),
-                   "images": len(images), "groups": int(samples["group"].nunique())},
+        "counts": {"samples": len(samples), "models": len(frames["models"]),
+                   "records": len(frames["records"]),
+                   "images": len(frames["images"]), "groups": int(samples["group"].nunique())},
         "split": {"seed": split.seed, "fractions": [split.train, split.dev, split.test],
                   "stratify": split.stratify, "honour_official": split.honour_official,
                   "official": t.info.get("official_split"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,16 @@ IMAGE_COLUMNS = ("sample_idx", "position", "path", "width", "height", "size_sour
                  "sha256")
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` where the filesystem allows it, else copy."""
+def bench_image_path(rel: str) -> str:
+    """Where a source image reference lives inside a bench: ``images/<path>``, without
+    doubling a leading ``images/`` of the source."""
+    return "images/" + rel.removeprefix("images/")
+
+
+def copy_image(src: Path, dst: Path) -> None:
+    """Copy (never hard-link: editing the bench must not change the source)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    shutil.copyfile(src, dst)
 
 
 def _seen_size(meta: dict[str, Any]) -> tuple[float, float] | None:
@@ -46,8 +48,9 @@ def _file_facts(path: Path) -> tuple[int, int, int, str]:
     return width, height, len(data), hashlib.sha256(data).hexdigest()
 
 
-def image_table(samples: pd.DataFrame, image_root: Path | None, dest: Path) -> pd.DataFrame:
-    """Resolve, measure and copy (hard-link) every image of ``samples`` into ``dest``.
+def image_table(samples: pd.DataFrame, image_root: Path | None, bench_root: Path
+                ) -> pd.DataFrame:
+    """Resolve, measure and copy every image of ``samples`` into ``bench_root/images``.
 
     A missing or unreadable image fails the build with the sample id and path.
     """
@@ -55,9 +58,9 @@ def image_table(samples: pd.DataFrame, image_root: Path | None, dest: Path) -> p
     facts: dict[str, tuple[int, int, int, str]] = {}
     has_images = samples["images"].map(len) > 0
     for idx in samples.index[has_images]:
-        paths = samples.at[idx, "images"]
+        paths = [str(p) for p in samples.at[idx, "images"]]  # type: ignore[union-attr]
         meta_text = samples.at[idx, "meta"]
-        meta = json.loads(meta_text) if meta_text else {}
+        meta = json.loads(str(meta_text)) if meta_text else {}
         seen = _seen_size(meta) if len(paths) == 1 else None
         for pos, rel in enumerate(paths):
             if rel not in facts:
@@ -66,9 +69,10 @@ def image_table(samples: pd.DataFrame, image_root: Path | None, dest: Path) -> p
                     raise DataError(f"Sample {samples.at[idx, 'sample_id']!r}: image {rel!r} "
                                     f"not found under {image_root}.")
                 facts[rel] = _file_facts(src)
-                link_or_copy(src, dest / rel)
+                copy_image(src, bench_root / bench_image_path(rel))
             width, height, size, digest = facts[rel]
-            rows.append({"sample_idx": int(idx), "position": pos, "path": rel,
+            rows.append({"sample_idx": int(idx), "position": pos,
+                         "path": bench_image_path(rel),
                          "width": seen[0] if seen else float(width),
                          "height": seen[1] if seen else float(height),
                          "size_source": "meta.source_image_size" if seen else "file",

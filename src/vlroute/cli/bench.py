@@ -1,0 +1,140 @@
+"""``vlroute bench build | validate | describe``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+import numpy as np
+
+from vlroute._io import write_json_atomic
+from vlroute.cli._ui import console, fmt, steps, table
+from vlroute.costs import Catalog
+from vlroute.data import READERS, SplitSpec, build_bench, load_bench
+from vlroute.data.bench import Bench
+from vlroute.data.validate import validate_bench
+from vlroute.metrics import oracle_decisions
+
+
+@click.group()
+def bench() -> None:
+    """Build, check and describe routing benches."""
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected three numbers such as 0.7,0.1,0.2") \
+            from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"{text!r}: expected three numbers (train,dev,test)")
+    return parts[0], parts[1], parts[2]
+
+
+@bench.command("build")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("--reader", "reader_name", default="jsonl", show_default=True,
+              help="Source format: jsonl, vlmevalkit, lmms_eval, csv or parquet.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Bench directory to write (written atomically).")
+@click.option("--seed", default=42, show_default=True, help="Split seed.")
+@click.option("--split", "fractions", default="0.7,0.1,0.2", show_default=True,
+              help="Train,dev,test fractions.")
+@click.option("--stratify/--no-stratify", default=False, help="Stratify the split by dataset.")
+@click.option("--costs", type=click.Path(exists=True, path_type=Path), default=None,
+              help="YAML overriding entries of the default cost catalog.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bench at --out.")
+def build(src: Path, reader_name: str, out: Path, seed: int, fractions: str, stratify: bool,
+          costs: Path | None, overwrite: bool) -> None:
+    """Build a bench from SRC (a set folder, a run directory or a file)."""
+    train, dev, test = _fractions(fractions)
+    reader = READERS.get(reader_name)
+    catalog = Catalog.load(costs)
+    with steps("build", 6) as note:
+        note("reading")
+        staging = out.parent / f".{out.name}.reader"
+        try:
+            tables = reader(src, staging)
+            result = build_bench(tables, out, catalog=catalog, overwrite=overwrite,
+                                 split=SplitSpec(seed=seed, train=train, dev=dev, test=test,
+                                                 stratify=stratify), progress=note)
+        finally:
+            _remove_tree(staging)
+    counts = result.manifest["counts"]
+    console.print(f"Built {out}: {counts['samples']} samples x {counts['models']} models, "
+                  f"{counts['records']} records, {counts['images']} images; split "
+                  f"{result.manifest['split']['sizes']}.")
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@bench.command("validate")
+@click.argument("directory", type=click.Path(exists=True, path_type=Path))
+@click.option("--decode-images", is_flag=True, help="Decode every image fully (slower).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the report as JSON.")
+def validate(directory: Path, decode_images: bool, json_out: Path | None) -> None:
+    """Check a bench; exit non-zero on errors only (warnings are reported)."""
+    report = validate_bench(load_bench(directory, verify=True), decode_images=decode_images)
+    for error in report.errors:
+        console.print(f"[red]error[/red]   {error}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}")
+    stats = report.stats
+    console.print(f"{stats['samples']} samples, {stats['models']} models, {stats['images']} "
+                  f"images, missing pairs {stats.get('missing_pairs', '-')}, split "
+                  f"{stats.get('split_sizes', {})}: {len(report.errors)} error(s), "
+                  f"{len(report.warnings)} warning(s).")
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+def describe_rows(b: Bench, all_models: bool) -> tuple[list[list[str]], dict[str, float]]:
+    """Per-model table rows and the oracle / best-single summary."""
+    m = b.matrices(all_models=all_models)
+    info = b.models.set_index("model")
+    with np.errstate(all="ignore"):
+        q, c = np.nanmean(m.quality, 0), np.nanmean(m.cost, 0) * 1e4
+        tin, tout = np.nanmean(m.tokens_in, 0), np.nanmean(m.tokens_out, 0)
+    rows = [[name, str(info.at[name, "tier"]), fmt(float(q[k])), fmt(float(c[k])),
+             fmt(float(tin[k]), 0), fmt(float(tout[k]), 0), str(info.at[name, "price_status"])]
+            for k, name in enumerate(m.models)]
+    rows.sort(key=lambda r: -float(r[2]) if r[2] != "-" else 0.0)
+    oracle = oracle_decisions(m.quality, m.cost)
+    picked = m.quality[np.arange(m.n_samples), oracle]
+    summary = {"oracle": float(np.nanmean(picked)),
+               "oracle_cost_per_10k": float(np.nanmean(m.cost[np.arange(m.n_samples), oracle]))
+               * 1e4,
+               "best_single": float(np.nanmax(q))}
+    return rows, summary
+
+
+@bench.command("describe")
+@click.argument("directory", type=click.Path(exists=True, path_type=Path))
+@click.option("--all-models", is_flag=True,
+              help="Include text-only and baseline models (default: vision-language only).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def describe(directory: Path, all_models: bool, json_out: Path | None) -> None:
+    """Per-model mean quality, cost ($ per 10K requests), tokens, and the Oracle."""
+    b = load_bench(directory)
+    rows, summary = describe_rows(b, all_models)
+    console.print(table(f"{b.name}: {len(b.samples)} samples ({b.label} labels)",
+                        ["model", "tier", "quality", "$/10K", "tokens in", "tokens out",
+                         "price"], rows))
+    console.print(f"Oracle quality {summary['oracle']:.3f} at "
+                  f"{summary['oracle_cost_per_10k']:.3f} $/10K; best single model "
+                  f"{summary['best_single']:.3f}. Cost, latency and energy are estimates "
+                  f"(catalog: {b.manifest['economics']['catalog']}).")
+    if json_out:
+        write_json_atomic(json_out, {"bench": b.name, "summary": summary, "models": [
+            dict(zip(["model", "tier", "quality", "cost_per_10k", "tokens_in", "tokens_out",
+                      "price_status"], r, strict=True)) for r in rows]})
+
+
+__all__ = ["bench"]

@@ -1,0 +1,108 @@
+"""``vlroute eval`` and ``vlroute routers``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vlroute._io import write_json_atomic
+from vlroute.cli._ui import console, fmt, steps, table
+from vlroute.data import load_bench
+from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
+from vlroute.routers import BASELINES, ROUTERS
+from vlroute.scenarios import parse_scenario
+
+
+def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
+    names: list[str] = []
+    singles = False
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in ("baselines", "all"):
+            names.extend(BASELINES)
+        elif part == "singles":
+            singles = True
+        else:
+            if not part.startswith("single:"):
+                ROUTERS.get(part)  # did-you-mean error for typos
+            names.append(part)
+    if not names and not singles:
+        raise click.BadParameter("no routers named; use e.g. 'baselines' or 'oracle,random'.")
+    return list(dict.fromkeys(names)), singles
+
+
+def results_table(doc: dict[str, Any], with_singles: bool) -> list[list[str]]:
+    """Table rows of the aggregate results (mean over seeds, +- std when several seeds)."""
+    def pm(row: dict[str, Any], key: str, digits: int) -> str:
+        std = row.get(f"{key}_std")
+        text = fmt(row.get(key), digits)
+        return f"{text}±{fmt(std, digits)}" if row.get("n_seeds", 1) > 1 and std else text
+
+    rows = [[r["router"], r["scenario"], r["split"], pm(r, "avg_acc", 3),
+             pm(r, "avg_cost_per_10k", 3), pm(r, "rank_score", 2), fmt(r.get("gap_closed"), 3),
+             fmt(r.get("apsp"), 3), fmt(r.get("edge_share"), 3), fmt(r.get("rcs"), 3)]
+            for r in flat_rows(doc)]
+    if with_singles:
+        rows += [[f"single:{r['model']}", r["scenario"], r["split"], pm(r, "avg_acc", 3),
+                  pm(r, "avg_cost_per_10k", 3), pm(r, "rank_score", 2),
+                  fmt(r.get("gap_closed"), 3), fmt(r.get("apsp"), 3),
+                  fmt(r.get("edge_share"), 3), fmt(r.get("rcs"), 3)]
+                 for r in doc["singles"]]
+    return rows
+
+
+COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap closed",
+           "APSP", "edge share", "RCS"]
+
+
+@click.command("eval")
+@click.argument("directory", type=click.Path(exists=True, path_type=Path))
+@click.option("--routers", "router_text", default="baselines", show_default=True,
+              help="Comma-separated router names; 'baselines' = every training-free "
+                   "baseline, 'singles' = one row per model.")
+@click.option("--scenario", "scenarios", multiple=True, default=("quality",),
+              show_default=True, help="Preset or inline spec; repeat for several.")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Repeat over N grouped splits (the bench's seed, then seed+1, ...).")
+@click.option("--split", "splits", multiple=True, default=("test",), show_default=True,
+              type=click.Choice(["test", "dev"]), help="Split(s) to report.")
+@click.option("--models", default=None, help="Comma-separated candidate models.")
+@click.option("--all-models", is_flag=True, help="Include text-only and baseline models.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the flat rows (mean over seeds, with *_std) as JSON.")
+@click.option("--results", "results_out", type=click.Path(path_type=Path), default=None,
+              help="Write the full vlroute-results/1 document.")
+def eval_command(  # noqa: PLR0913 - one parameter per CLI option
+        directory: Path, router_text: str, scenarios: tuple[str, ...], seeds: int,
+                 splits: tuple[str, ...], models: str | None, all_models: bool,
+                 json_out: Path | None, results_out: Path | None) -> None:
+    """Evaluate routers on a bench (fitted on train, reported on test)."""
+    bench = load_bench(directory)
+    names, singles = _router_names(router_text, [])
+    spec = EvalSpec(routers=tuple(names), scenarios=tuple(parse_scenario(s) for s in scenarios),
+                    seeds=seeds, splits=splits,
+                    models=tuple(m.strip() for m in models.split(",")) if models else None,
+                    all_models=all_models)
+    with steps("eval", seeds) as note:
+        doc = evaluate_bench(bench, spec, progress=note)
+    console.print(table(f"{bench.name}: routers (Rank Score bounds "
+                        f"{fmt(doc['bench']['cost_bounds_per_10k'][0])}-"
+                        f"{fmt(doc['bench']['cost_bounds_per_10k'][1])} $/10K; cost estimated)",
+                        COLUMNS, results_table(doc, singles)))
+    if json_out:
+        write_json_atomic(json_out, flat_rows(doc))
+    if results_out:
+        save_results(doc, results_out)
+
+
+@click.group("routers")
+def routers() -> None:
+    """Inspect the router registry."""
+
+
+@routers.command("list")
+def list_routers() -> None:
+    """Registered routers and where they live."""
+    console.print(table("routers", ["name", "origin"],
+                        [[name, ROUTERS.origin(name)] for name in ROUTERS]))

@@ -1,0 +1,67 @@
+"""The router contract shared by every router.
+
+A router is fitted on the train split's matrices (and, for learned routers, features) and
+then chooses one model per request under a scenario. Training-free baselines look only at the
+train matrices in ``fit``; only the Oracle looks at the labels of the requests it routes, and
+it says so with ``uses_labels``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Self
+
+import numpy as np
+
+from vlroute._typing import FloatArray, IntArray
+from vlroute.data.matrices import RoutingMatrices
+from vlroute.errors import NotFittedError
+from vlroute.scenarios import Scenario
+
+
+class BaseRouter(ABC):
+    """Fit on train matrices, then route requests under a scenario.
+
+    Parameters are set in ``__init__`` and nothing else happens there; fitted state ends in
+    ``_`` and ``fit`` returns ``self``.
+    """
+
+    #: the router reads the quality of the requests it routes (an upper bound, not a competitor)
+    uses_labels: ClassVar[bool] = False
+
+    def fit(self, train: RoutingMatrices, *, bounds: tuple[float, float]) -> Self:
+        """Learn from the train split. ``bounds`` are the bench's Rank Score cost bounds."""
+        self.models_ = train.models
+        self.bounds_ = bounds
+        with np.errstate(all="ignore"):
+            self.mean_quality_ = np.nanmean(train.quality, axis=0)
+            self.mean_cost_ = {dim: np.nanmean(train.matrix(dim), axis=0)
+                               for dim in ("usd", "latency", "energy")}
+        self._fit(train)
+        return self
+
+    def _fit(self, train: RoutingMatrices) -> None:  # noqa: B027 - optional hook
+        """Subclass hook for extra fitting (none by default)."""
+
+    def route(self, data: RoutingMatrices, scenario: Scenario) -> IntArray:
+        """One model column (into ``data.models``) per request of ``data``."""
+        if not hasattr(self, "models_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first.")
+        if tuple(data.models) != tuple(self.models_):
+            raise ValueError(f"{type(self).__name__} was fitted on models {self.models_}, "
+                             f"asked to route among {data.models}.")
+        return self._route(data, scenario)
+
+    @abstractmethod
+    def _route(self, data: RoutingMatrices, scenario: Scenario) -> IntArray:
+        """Subclass hook: the decisions."""
+
+    def _constant(self, data: RoutingMatrices, column: int) -> IntArray:
+        return np.full(data.n_samples, column, dtype=np.int64)
+
+
+def argbest(values: FloatArray, tie_cost: FloatArray) -> int:
+    """Index of the highest value; ties go to the lower ``tie_cost``."""
+    v = np.nan_to_num(values, nan=-np.inf)
+    top = np.flatnonzero(v >= v.max() - 1e-12)
+    return int(top[np.argmin(tie_cost[top])])

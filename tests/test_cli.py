@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from vlroute.cli import cli
+from vlroute.evaluation import load_results
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_build_validate_describe_eval(toy_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = run("bench", "build", toy_set, "--out", out, "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "18 samples x 3 models" in result.output
+    result = run("bench", "validate", out, "--json", tmp_path / "report.json")
+    assert result.exit_code == 0 and "0 error(s)" in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+    result = run("bench", "describe", out)
+    assert result.exit_code == 0 and "Oracle quality" in result.output
+    result = run("eval", out, "--routers", "baselines,singles", "--scenario", "fast",
+                 "--scenario", "cost_weight=0.2", "--json", tmp_path / "rows.json",
+                 "--results", tmp_path / "results.json", "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {r["router"] for r in rows} == {"oracle", "strongest_global", "cheapest_global",
+                                           "strongest_per_dataset", "random",
+                                           "best_single_by_rank"}
+    for key in ("router", "scenario", "split", "avg_acc", "avg_cost_per_10k", "rank_score",
+                "gap_closed", "rank_score_std", "apsp", "rcs"):
+        assert key in rows[0]
+    doc = load_results(tmp_path / "results.json")
+    assert doc["schema"] == "vlroute-results/1" and len(doc["seeds"]) == 2
+    assert {s["name"] for s in doc["scenarios"]} == {"fast", "cost_weight=0.2"}
+    assert "single:small-2b" in result.output
+
+
+def test_errors_are_one_clear_line(toy_set: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "build", str(toy_set), "--reader", "jsnol",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "Did you mean: jsonl" in result.output
+    result = CliRunner().invoke(cli, ["bench", "validate", str(tmp_path)])
+    assert result.exit_code == 1 and "no manifest.json" in result.output
+    run("bench", "build", toy_set, "--out", tmp_path / "b")
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "b"), "--scenario", "turbo"])
+    assert result.exit_code == 1 and "Unknown scenario preset 'turbo'" in result.output
+    result = CliRunner().invoke(cli, ["bench", "build", str(toy_set), "--out",
+                                      str(tmp_path / "b")])
+    assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_demo_runs_on_the_embedded_data(tmp_path: Path) -> None:
+    result = run("demo", "--out", tmp_path / "demo", "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    assert "1500 samples x 14 models" in result.output
+    doc = load_results(tmp_path / "demo" / "results.json")
+    assert {s["name"] for s in doc["scenarios"]} == {"fast", "quality", "eco"}
+    assert "best_single_by_rank" in result.output
+    assert not (tmp_path / "demo" / ".staging").exists()
