@@ -69,6 +69,9 @@ def _image_tokens(catalog: Catalog, econ: Sequence[ModelEconomics], samples: Sam
     return out
 
 
+CHUNK = 1 << 21  # pairs per step: bounds the temporaries on very large benches
+
+
 def estimate_pairs(
     catalog: Catalog,
     econ: Sequence[ModelEconomics],
@@ -83,38 +86,55 @@ def estimate_pairs(
     ``response_chars`` is NaN where no response is stored (then the catalog's default output
     length is used); ``measured`` maps quantity names to arrays, NaN where not measured.
     """
-    m = _per_model(econ, catalog)
-    n_pairs = len(sample_idx)
-    cpt = catalog.chars_per_token
-    text_tokens = np.ceil(samples.text_chars / cpt)
+    per_model = _per_model(econ, catalog)
+    text_tokens = np.ceil(samples.text_chars / catalog.chars_per_token)
     upload_mb = np.bincount(samples.image_sample, weights=samples.image_bytes,
                             minlength=len(samples.text_chars)) / 1e6
     img = _image_tokens(catalog, econ, samples)
+    n_pairs = len(sample_idx)
+    values = {q: np.empty(n_pairs) for q in QUANTITIES}
+    flags = {q: np.empty(n_pairs, dtype=bool) for q in QUANTITIES}
+    for start in range(0, n_pairs, CHUNK):
+        part = slice(start, start + CHUNK)
+        pairs = {"sample": sample_idx[part], "model": model_idx[part],
+                 "response_chars": response_chars[part]}
+        _estimate_chunk(catalog, per_model, (text_tokens, upload_mb, img), pairs,
+                        {k: v[part] for k, v in measured.items()},
+                        ({q: values[q][part] for q in QUANTITIES},
+                         {q: flags[q][part] for q in QUANTITIES}))
+    return PairEconomics(values, flags)
 
-    est_in = text_tokens[sample_idx] + img[sample_idx, model_idx]
-    est_out = np.where(np.isnan(response_chars), catalog.default_output_tokens,
-                       np.ceil(np.nan_to_num(response_chars) / cpt))
-    values: dict[str, FloatArray] = {}
-    flags: dict[str, BoolArray] = {}
+
+def _estimate_chunk(catalog: Catalog, m: dict[str, FloatArray],
+                    per_sample: tuple[FloatArray, FloatArray, FloatArray],
+                    pairs: dict[str, np.ndarray], measured: Mapping[str, FloatArray],
+                    out: tuple[dict[str, FloatArray], dict[str, BoolArray]]) -> None:
+    """Fill ``out`` = (values, flags), views into the outputs, for one chunk of pairs."""
+    cpt = catalog.chars_per_token
+    text_tokens, upload_mb, img = per_sample
+    s_idx, m_idx, response_chars = pairs["sample"], pairs["model"], pairs["response_chars"]
+    values, flags = out
 
     def settle(name: str, estimate: FloatArray) -> FloatArray:
-        given = measured.get(name, np.full(n_pairs, np.nan))
-        flags[name] = np.isnan(given)
-        values[name] = np.where(flags[name], estimate, given)
+        given = measured.get(name)
+        if given is None:
+            flags[name][:] = True
+            values[name][:] = estimate
+        else:
+            flags[name][:] = np.isnan(given)
+            values[name][:] = np.where(flags[name], estimate, given)
         return values[name]
 
-    t_in = settle("tokens_in", est_in)
-    t_out = settle("tokens_out", est_out)
-    settle("cost_usd", (t_in * m["price_in"][model_idx] + t_out * m["price_out"][model_idx]) / 1e6)
-    compute_s = (t_in / m["prefill_tokens_per_s"][model_idx]
-                 + t_out / m["decode_tokens_per_s"][model_idx])
-    remote = 1.0 - m["is_edge"][model_idx]
-    mbit = m["upload_mbit_per_s"][model_idx]
-    upload_s = np.divide(upload_mb[sample_idx] * 8.0, mbit, out=np.zeros(n_pairs), where=mbit > 0)
-    latency = (m["network_rtt_s"][model_idx] + m["queue_s"][model_idx]
-               + remote * upload_s + compute_s)
-    settle("latency_s", latency)
-    energy = (m["power_w"][model_idx] * compute_s
-              + remote * catalog.radio_j_per_mb * upload_mb[sample_idx])
-    settle("energy_j", energy)
-    return PairEconomics(values, flags)
+    t_in = settle("tokens_in", text_tokens[s_idx] + img[s_idx, m_idx])
+    t_out = settle("tokens_out", np.where(np.isnan(response_chars),
+                                          catalog.default_output_tokens,
+                                          np.ceil(np.nan_to_num(response_chars) / cpt)))
+    settle("cost_usd", (t_in * m["price_in"][m_idx] + t_out * m["price_out"][m_idx]) / 1e6)
+    compute_s = t_in / m["prefill_tokens_per_s"][m_idx] + t_out / m["decode_tokens_per_s"][m_idx]
+    remote = 1.0 - m["is_edge"][m_idx]
+    mbit = m["upload_mbit_per_s"][m_idx]
+    upload_s = np.divide(upload_mb[s_idx] * 8.0, mbit, out=np.zeros(len(s_idx)), where=mbit > 0)
+    settle("latency_s", m["network_rtt_s"][m_idx] + m["queue_s"][m_idx] + remote * upload_s
+           + compute_s)
+    settle("energy_j", m["power_w"][m_idx] * compute_s
+           + remote * catalog.radio_j_per_mb * upload_mb[s_idx])

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from vlroute._io import sha256_file
 from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices
@@ -28,6 +29,8 @@ from vlroute.errors import BenchError
 
 SCHEMA = "vlroute-bench/1"
 TABLES = ("samples", "images", "models", "records")
+#: text columns of records.parquet, read only on request (they can be most of its memory)
+TEXT_COLUMNS = ("raw_score", "response", "prediction")
 #: matrix field -> records column
 RECORD_COLUMNS = {"quality": "score", "cost": "cost_usd", "latency": "latency_s",
                   "energy": "energy_j", "tokens_in": "tokens_in", "tokens_out": "tokens_out"}
@@ -37,7 +40,9 @@ RECORD_COLUMNS = {"quality": "score", "cost": "cost_usd", "latency": "latency_s"
 class Bench:
     """A loaded bench: its manifest and tables.
 
-    Use :meth:`matrices` for the arrays routers and metrics work on.
+    Use :meth:`matrices` for the arrays routers and metrics work on. ``records`` (one row per
+    pair, the largest table) is read on first use; :meth:`matrices` streams it column by column
+    from disk when it has not been read, so a 1M x 20 bench never holds it whole.
     """
 
     root: Path
@@ -45,7 +50,26 @@ class Bench:
     samples: pd.DataFrame
     images: pd.DataFrame
     models: pd.DataFrame
-    records: pd.DataFrame
+    _records: pd.DataFrame | None = None
+    _text: bool = False
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """One row per (sample, model); text columns only when the bench was opened with
+        ``text=True``."""
+        if self._records is None:
+            self._records = _read_records(self.root, self._text)
+        return self._records
+
+    @records.setter
+    def records(self, frame: pd.DataFrame) -> None:
+        self._records = frame
+
+    def _record_column(self, name: str) -> np.ndarray:
+        if self._records is not None:
+            return np.asarray(self._records[name].to_numpy())
+        table = pq.read_table(self.root / "records.parquet", columns=[name])
+        return np.asarray(table.column(0).to_numpy())
 
     @property
     def name(self) -> str:
@@ -81,17 +105,19 @@ class Bench:
             raise BenchError(f"Unknown model(s) {', '.join(unknown)}; the bench has "
                              f"{', '.join(known)}.")
         n, m = len(self.samples), len(chosen)
-        rows = self.records["sample_idx"].to_numpy()
         model_pos = {name: k for k, name in enumerate(chosen)}
         col_of = np.array([model_pos.get(name, -1) for name in known])
-        cols = col_of[self.records["model_idx"].to_numpy()]
-        keep = cols >= 0
+        cols = col_of[self._record_column("model_idx")]
+        flat = self._record_column("sample_idx").astype(np.int64) * m + cols
+        keep = None if (cols >= 0).all() else cols >= 0
+        if keep is not None:
+            flat = flat[keep]
         arrays = {}
         for name in MATRIX_FIELDS:
-            arr = np.full((n, m), np.nan)
-            arr[rows[keep], cols[keep]] = self.records[RECORD_COLUMNS[name]].to_numpy(
-                dtype=float)[keep]
-            arrays[name] = arr
+            arr = np.full(n * m, np.nan)
+            values = self._record_column(RECORD_COLUMNS[name])
+            arr[flat] = values if keep is None else values[keep]
+            arrays[name] = arr.reshape(n, m)
         tiers = dict(zip(self.models["model"], self.models["tier"], strict=True))
         s = self.samples
         return RoutingMatrices(
@@ -114,8 +140,11 @@ class Bench:
         return out
 
 
-def load_bench(root: Path | str, *, verify: bool = False) -> Bench:
-    """Open a bench directory; with ``verify``, check every table against its hash."""
+def load_bench(root: Path | str, *, verify: bool = False, text: bool = False) -> Bench:
+    """Open a bench directory; with ``verify``, check every table against its hash.
+
+    The records' text columns (raw score, response, prediction) are read only with ``text``.
+    """
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
@@ -135,8 +164,16 @@ def load_bench(root: Path | str, *, verify: bool = False) -> Bench:
             raise BenchError(f"{root}: missing {path.name}; the bench is incomplete.")
         if verify and sha256_file(path) != manifest["files"].get(path.name):
             raise BenchError(f"{path}: content does not match the hash in manifest.json.")
-        tables[name] = pd.read_parquet(path)
-    return Bench(root=root, manifest=manifest, **tables)
+        if name != "records":
+            tables[name] = pd.read_parquet(path)
+    return Bench(root=root, manifest=manifest, _text=text, **tables)
+
+
+def _read_records(root: Path, text: bool) -> pd.DataFrame:
+    path = root / "records.parquet"
+    columns = None if text else [c for c in pq.read_schema(path).names
+                                 if c not in TEXT_COLUMNS]
+    return pd.read_parquet(path, columns=columns)
 
 
 def resplit(bench: Bench, seed: int) -> np.ndarray:

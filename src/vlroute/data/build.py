@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vlroute import __version__
 from vlroute._io import atomic_directory, sha256_file, write_json_atomic
 from vlroute.costs import Catalog, estimate_pairs
 from vlroute.costs.estimate import QUANTITIES, SampleInputs
-from vlroute.data.bench import SCHEMA, Bench, load_bench
+from vlroute.data.bench import SCHEMA, TEXT_COLUMNS, Bench, load_bench
 from vlroute.data.images import image_table
 from vlroute.data.splits import SplitSpec, assign_splits, merge_groups
 from vlroute.data.tables import MEASURED_COLUMNS, SourceTables
@@ -25,25 +27,24 @@ from vlroute.errors import DataError
 Progress = Callable[[str], None]
 
 
-def _check_cross_tables(t: SourceTables) -> None:
-    """Contract checks every reader's output must pass (ids unique and known)."""
-    dup = t.samples["sample_id"].duplicated()
-    if dup.any():
-        raise DataError(f"{t.name}: duplicate sample_id {t.samples['sample_id'][dup].iloc[0]!r}"
-                        f" (samples row {int(np.flatnonzero(dup)[0])}); ids must be unique.")
-    dup = t.models["model"].duplicated()
-    if dup.any():
-        raise DataError(f"{t.name}: duplicate model {t.models['model'][dup].iloc[0]!r}.")
-    for column, known, what in (("sample_id", t.samples["sample_id"], "sample"),
-                                ("model", t.models["model"], "model")):
-        unknown = ~t.outcomes[column].isin(known)
-        if unknown.any():
-            row = int(np.flatnonzero(unknown.to_numpy())[0])
+def _codes(t: SourceTables) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each outcome's sample and model; unknown ids, repeated pairs and bad scores
+    fail with the outcome's row."""
+    sample_idx = pd.Categorical(t.outcomes["sample_id"],
+                                categories=t.samples["sample_id"]).codes.astype(np.int64)
+    model_idx = pd.Categorical(t.outcomes["model"],
+                               categories=t.models["model"]).codes.astype(np.int64)
+    for codes, column, what in ((sample_idx, "sample_id", "sample"), (model_idx, "model",
+                                                                      "model")):
+        if (codes < 0).any():
+            row = int(np.flatnonzero(codes < 0)[0])
             raise DataError(f"{t.name}: outcome row {row} refers to unknown {what} "
                             f"{t.outcomes[column].iloc[row]!r}.")
-    pairs = t.outcomes.duplicated(["sample_id", "model"])
-    if pairs.any():
-        row = int(np.flatnonzero(pairs.to_numpy())[0])
+    pair = sample_idx * len(t.models) + model_idx
+    order = np.argsort(pair, kind="stable")
+    repeated = np.flatnonzero(np.diff(pair[order]) == 0)
+    if len(repeated):
+        row = int(order[repeated[0] + 1])
         raise DataError(f"{t.name}: outcome row {row} repeats the pair "
                         f"({t.outcomes['sample_id'].iloc[row]!r}, "
                         f"{t.outcomes['model'].iloc[row]!r}).")
@@ -53,6 +54,18 @@ def _check_cross_tables(t: SourceTables) -> None:
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"{t.name}: outcome row {row} has score {scores[row]}; expected a "
                         "number in [0, 1].")
+    return sample_idx, model_idx
+
+
+def _check_ids(t: SourceTables) -> None:
+    """Sample and model ids are unique."""
+    dup = t.samples["sample_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{t.name}: duplicate sample_id {t.samples['sample_id'][dup].iloc[0]!r}"
+                        f" (samples row {int(np.flatnonzero(dup)[0])}); ids must be unique.")
+    dup = t.models["model"].duplicated()
+    if dup.any():
+        raise DataError(f"{t.name}: duplicate model {t.models['model'][dup].iloc[0]!r}.")
 
 
 def _official(samples: pd.DataFrame, info: dict[str, Any]) -> list[str | None] | None:
@@ -118,10 +131,15 @@ def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = No
     Nothing is left at ``out`` if any step fails; an existing bench is only replaced when
     ``overwrite`` is true, and only once the new one is complete.
     """
-    note = progress or (lambda _msg: None)
-    catalog = catalog or Catalog.default()
-    split = split or SplitSpec()
-    _check_cross_tables(tables)
+    _build_into(tables, Path(out), catalog or Catalog.default(), split or SplitSpec(),
+                overwrite, progress or (lambda _msg: None))
+    return load_bench(out)
+
+
+def _build_into(tables: SourceTables, out: Path, catalog: Catalog, split: SplitSpec,
+                overwrite: bool, note: Progress) -> None:
+    _check_ids(tables)
+    sample_idx, model_idx = _codes(tables)
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         note("images")
         samples = tables.samples.reset_index(drop=True)
@@ -136,32 +154,49 @@ def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = No
                                          official=_official(samples, tables.info))
         note("economics")
         models = tables.models.reset_index(drop=True)
-        sample_idx = pd.Categorical(tables.outcomes["sample_id"],
-                                    categories=samples["sample_id"]).codes.astype(np.int64)
-        model_idx = pd.Categorical(tables.outcomes["model"],
-                                   categories=models["model"]).codes.astype(np.int64)
         models, econ = _economics(tables, catalog, models, samples, images, sample_idx,
                                   model_idx)
-        records = pd.DataFrame({
-            "sample_idx": sample_idx.astype(np.int32), "model_idx": model_idx.astype(np.int16),
-            "sample_id": pd.Categorical.from_codes(sample_idx,
-                                                   pd.Index(samples["sample_id"].astype(str))),
-            "model": pd.Categorical.from_codes(model_idx, pd.Index(models["model"].astype(str))),
-            **{c: tables.outcomes[c] for c in ("score", "raw_score", "response", "prediction")},
-            **econ["columns"]})
+        records = _records_table(tables, samples, models, sample_idx, model_idx,
+                                 econ["columns"])
         note("writing")
         frames = {"samples": samples, "images": images, "models": models, "records": records}
         _write(staging, tables, catalog, split, frames, econ["estimated_share"])
-    return load_bench(out)
+
+
+def _text_column(values: pd.Series) -> pa.Array:
+    return pa.array(values.astype(object).where(values.notna(), None).tolist(), pa.string()) \
+        if values.notna().any() else pa.nulls(len(values), pa.string())
+
+
+def _records_table(t: SourceTables, samples: pd.DataFrame, models: pd.DataFrame,
+                   sample_idx: np.ndarray, model_idx: np.ndarray,
+                   economics: dict[str, np.ndarray]) -> pa.Table:
+    """The records as an Arrow table built from numpy without a pandas copy (large benches)."""
+    ids = pa.array(samples["sample_id"].astype(str).tolist(), pa.string())
+    names = pa.array(models["model"].astype(str).tolist(), pa.string())
+    columns: dict[str, pa.Array] = {
+        "sample_idx": pa.array(sample_idx.astype(np.int32)),
+        "model_idx": pa.array(model_idx.astype(np.int16)),
+        "sample_id": pa.DictionaryArray.from_arrays(pa.array(sample_idx.astype(np.int32)), ids),
+        "model": pa.DictionaryArray.from_arrays(pa.array(model_idx.astype(np.int32)), names),
+        "score": pa.array(t.outcomes["score"].to_numpy(dtype=float)),
+    }
+    for name in TEXT_COLUMNS:
+        columns[name] = _text_column(t.outcomes[name])
+    columns.update({k: pa.array(v) for k, v in economics.items()})
+    return pa.table(columns)
 
 
 def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
-           frames: dict[str, pd.DataFrame], estimated: dict[str, float]) -> None:
+           frames: dict[str, Any], estimated: dict[str, float]) -> None:
     files = {}
     samples = frames["samples"]
     for name, frame in frames.items():
         path = staging / f"{name}.parquet"
-        frame.to_parquet(path, index=False)
+        if isinstance(frame, pa.Table):
+            pq.write_table(frame, path)
+        else:
+            frame.to_parquet(path, index=False)
         files[path.name] = sha256_file(path)
     manifest = {
         "schema": SCHEMA,
@@ -176,7 +211,7 @@ def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
         "source_digest": hashlib.sha256(json.dumps(t.sources, sort_keys=True).encode())
         .hexdigest(),
         "counts": {"samples": len(samples), "models": len(frames["models"]),
-                   "records": len(frames["records"]),
+                   "records": frames["records"].num_rows,
                    "images": len(frames["images"]), "groups": int(samples["group"].nunique())},
         "split": {"seed": split.seed, "fractions": [split.train, split.dev, split.test],
                   "stratify": split.stratify, "honour_official": split.honour_official,

@@ -61,17 +61,16 @@ def merge_groups(groups: Sequence[str], links: Iterable[tuple[str, str]]) -> lis
 
 def _split_groups(group_names: npt.NDArray[np.object_], sizes: npt.NDArray[np.int64],
                   fractions: tuple[float, float, float], rng: np.random.Generator
-                  ) -> dict[str, str]:
+                  ) -> npt.NDArray[np.object_]:
+    """Split label per group: shuffled groups fill train, then dev, then test."""
     order = np.argsort(group_names, kind="stable")
     order = order[rng.permutation(len(order))]
     total = float(sizes.sum())
-    bounds = (fractions[0] * total, (fractions[0] + fractions[1]) * total)
-    start = 0.0
-    out = {}
-    for g in order:
-        out[str(group_names[g])] = ("train" if start < bounds[0] - 1e-9
-                                    else "dev" if start < bounds[1] - 1e-9 else "test")
-        start += sizes[g]
+    bounds = np.array([fractions[0] * total, (fractions[0] + fractions[1]) * total]) - 1e-9
+    start = np.cumsum(sizes[order]) - sizes[order]   # samples placed before each group
+    labels = np.array(SPLITS, dtype=object)[np.searchsorted(bounds, start, side="right")]
+    out = np.empty(len(order), dtype=object)
+    out[order] = labels
     return out
 
 
@@ -112,8 +111,7 @@ def assign_splits(groups: Sequence[str], spec: SplitSpec = SplitSpec(), *,
             rows = mask & (strata == stratum)
             names, inverse, sizes = np.unique(groups_arr[rows].astype(str), return_inverse=True,
                                               return_counts=True)
-            mapping = _split_groups(names.astype(object), sizes, fractions, rng)
-            labels = np.array([mapping[str(n)] for n in names], dtype=object)
+            labels = _split_groups(names.astype(object), sizes, fractions, rng)
             out[rows] = labels[inverse]
     return out
 
