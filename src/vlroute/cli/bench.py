@@ -62,6 +62,8 @@ def build(src: Path, reader_name: str, out: Path, seed: int, fractions: str, str
                                                  stratify=stratify), progress=note)
         finally:
             _remove_tree(staging)
+    for line in tables.report:
+        console.print(f"  {line}")
     counts = result.manifest["counts"]
     console.print(f"Built {out}: {counts['samples']} samples x {counts['models']} models, "
                   f"{counts['records']} records, {counts['images']} images; split "

@@ -208,6 +208,7 @@ def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
         "license": t.info.get("license"),
         "set_info": t.info,
         "sources": t.sources,
+        "reader_report": t.report,
         "source_digest": hashlib.sha256(json.dumps(t.sources, sort_keys=True).encode())
         .hexdigest(),
         "counts": {"samples": len(samples), "models": len(frames["models"]),

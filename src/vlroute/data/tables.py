@@ -7,6 +7,8 @@ ones of the contract in the shared data README.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +40,32 @@ class SourceTables:
     info: dict[str, Any] = field(default_factory=dict)
     image_root: Path | None = None
     sources: list[dict[str, str]] = field(default_factory=list)
+    #: per-file reading notes (rows read, joined, unjoinable, unscored, failed inferences)
+    report: list[str] = field(default_factory=list)
 
 
-def models_from_outcomes(models: list[str], *, open_weights: bool = True,
-                         params_b: float | None = None) -> pd.DataFrame:
-    """A models table for sources that only name their models (VLMEvalKit, lmms-eval, csv)."""
+_SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)b(?![a-z])", re.IGNORECASE)
+
+
+def params_from_name(model: str) -> float | None:
+    """A parameter count read off a model name ("Qwen2-VL-7B" -> 7.0), or None."""
+    found = _SIZE.findall(model.replace("_", "-"))
+    return float(found[-1]) if found else None
+
+
+def models_from_names(models: list[str]) -> pd.DataFrame:
+    """A models table for sources that only name their models (VLMEvalKit, lmms-eval).
+
+    A size in the name ("7b") marks an open-weight model of that size; others are treated as
+    API models. The cost catalog flags every fallback price.
+    """
+    params = [params_from_name(m) for m in models]
     return pd.DataFrame({
         "model": models,
         "display_name": models,
         "family": [m.split("-")[0] for m in models],
-        "params_b": [params_b] * len(models),
-        "open_weights": [open_weights] * len(models),
+        "params_b": [math.nan if p is None else p for p in params],
+        "open_weights": [p is not None for p in params],
         "modality": ["vision-language"] * len(models),
-        "notes": ["" for _ in models],
+        "notes": ["size read from the name" if p is not None else "" for p in params],
     })
