@@ -1,0 +1,130 @@
+"""Pipeline benchmark: build + baselines on DynaMath and on a synthetic 1M x 20 bench, and
+validation with and without decoding every image. Run by hand (not in CI):
+
+    python bench/pipeline.py [--shared ../shared/data] [--samples 1000000] [--out bench/results]
+
+Each measurement runs in a fresh process so its peak memory (ru_maxrss) is its own. Prints a
+table and writes ``pipeline.json``. Targets (design.md): DynaMath build + baselines < 5 s;
+1M x 20 build + baselines < 60 s within 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"dynamath build+baselines": (5.0, None), "synthetic build+baselines": (60.0, 4096.0)}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_build(reader: str, src: Path, work: Path) -> dict[str, float]:
+    from vlroute.data import READERS, build_bench
+    from vlroute.evaluation import EvalSpec, evaluate_bench
+
+    start = time.perf_counter()
+    tables = READERS.get(reader)(src, work / "staging")
+    read_s = time.perf_counter() - start
+    bench = build_bench(tables, work / "bench", overwrite=True)
+    del tables
+    build_s = time.perf_counter() - start
+    evaluate_bench(bench, EvalSpec(breakdown=False))
+    total = time.perf_counter() - start
+    return {"read_s": read_s, "build_s": build_s, "baselines_s": total - build_s,
+            "total_s": total, "peak_mb": _peak_mb(),
+            "samples": len(bench.samples), "models": len(bench.models)}
+
+
+def child_validate(bench_dir: Path, decode: bool) -> dict[str, float]:
+    from vlroute.data import load_bench
+    from vlroute.data.validate import validate_bench
+
+    start = time.perf_counter()
+    report = validate_bench(load_bench(bench_dir, verify=True), decode_images=decode)
+    return {"total_s": time.perf_counter() - start, "peak_mb": _peak_mb(),
+            "images": report.stats["images"], "errors": len(report.errors)}
+
+
+def child_synth(path: Path, n: int, m: int = 20) -> dict[str, float]:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    ids = np.char.add("s", np.arange(n).astype(str))
+    frame = pd.DataFrame({
+        "sample_id": np.repeat(ids, m),
+        "model": np.tile([f"model-{k:02d}" for k in range(m)], n),
+        "score": (rng.random(n * m) < np.tile(np.linspace(0.2, 0.8, m), n)).astype(float),
+        "group": np.repeat(np.char.add("g", (np.arange(n) // 5).astype(str)), m),
+        "question": np.repeat(np.array(["What is the value of x in the figure?"] * n,
+                                       dtype=object), m),
+        "params_b": np.tile(np.linspace(1, 80, m), n)})
+    frame.to_parquet(path, index=False)
+    return {"rows": float(len(frame))}
+
+
+def run_child(*args: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--child", nargs="+")
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "build":
+            result = child_build(rest[0], Path(rest[1]), Path(rest[2]))
+        elif kind == "validate":
+            result = child_validate(Path(rest[0]), rest[1] == "decode")
+        else:
+            result = child_synth(Path(rest[0]), int(rest[1]))
+        print(json.dumps(result))
+        return
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows["dynamath build+baselines"] = run_child("build", "jsonl",
+                                                     str(args.shared / "dynamath"),
+                                                     str(work / "dyn"))
+        for mode in ("header", "decode"):
+            rows[f"dynamath validate ({mode})"] = run_child("validate",
+                                                            str(work / "dyn" / "bench"), mode)
+        synth = work / "synthetic.parquet"
+        run_child("synth", str(synth), str(args.samples))
+        rows["synthetic build+baselines"] = run_child("build", "parquet", str(synth),
+                                                      str(work / "syn"))
+    print(f"{'step':32} {'seconds':>9} {'peak MB':>9} {'size':>16} {'target':>16}")
+    for name, r in rows.items():
+        size = (f"{int(r['samples'])} x {int(r['models'])}" if "samples" in r
+                else f"{int(r['images'])} images")
+        limit = TARGETS.get(name)
+        target = "" if not limit else f"< {limit[0]:g} s" + (
+            f", < {limit[1]:g} MB" if limit[1] else "")
+        print(f"{name:32} {r['total_s']:9.2f} {r['peak_mb']:9.0f} {size:>16} {target:>16}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
+                       "platform": platform.platform()}, "targets": TARGETS, "rows": rows}
+    (args.out / "pipeline.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out / 'pipeline.json'}")
+
+
+if __name__ == "__main__":
+    main()
