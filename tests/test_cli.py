@@ -62,3 +62,23 @@ def test_demo_runs_on_the_embedded_data(tmp_path: Path) -> None:
     assert {s["name"] for s in doc["scenarios"]} == {"fast", "quality", "eco"}
     assert "best_single_by_rank" in result.output
     assert not (tmp_path / "demo" / ".staging").exists()
+
+
+def test_features_then_learned_routers(toy_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    run("bench", "build", toy_set, "--out", out)
+    result = run("features", out, "--text", "hashing-text", "--image", "hashing-image")
+    assert result.exit_code == 0, result.output
+    assert (out / "features" / "hashing-text.npy").is_file()
+    result = run("eval", out, "--routers", "knn,linear,gbdt,oracle", "--features",
+                 "hashing-text,hashing-image", "--param", "knn.n_neighbors=3",
+                 "--param", "gbdt.n_estimators=5", "--scenario", "cost_weight@dev",
+                 "--results", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    doc = load_results(tmp_path / "r.json")
+    assert {c["router"] for c in doc["curves"]} == {"knn", "linear", "gbdt"}
+    assert doc["features"]["text"] == "hashing-text-64"
+    knn = next(r for r in doc["rows"] if r["router"] == "knn" and r["seed"] == 0)
+    assert knn["cost_weight"] == doc["curves"][0]["selected"]
+    result = CliRunner().invoke(cli, ["eval", str(out), "--routers", "knn", "--param", "knn"])
+    assert result.exit_code != 0 and "ROUTER.KEY=VALUE" in result.output

@@ -23,6 +23,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results and benches are for sharing
     try:
         yield tmp
         os.replace(tmp, target)
@@ -54,6 +55,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging",
                                     dir=target.parent))
+    os.chmod(staging, 0o755)
     try:
         yield staging
     except BaseException:

@@ -163,6 +163,9 @@ PRESETS: dict[str, Scenario] = {
     "eco": Scenario("eco", mes=5, tau=0.5, by="energy", rcs_weights=(0.3, 0.5, 0.2)),
 }
 _KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l")
+#: evaluation-only scenario: each learned router takes the cost_weight with the best Rank Score
+#: on the dev split (baselines, which ignore cost_weight, decide as always)
+TUNED = "cost_weight@dev"
 
 
 def parse_scenario(spec: str) -> Scenario:
@@ -171,6 +174,8 @@ def parse_scenario(spec: str) -> Scenario:
     A ``vlroute/`` prefix (the gateway's model field) is accepted.
     """
     text = spec.strip().removeprefix("vlroute/")
+    if text == TUNED:
+        return Scenario(TUNED, cost_weight=0.0)
     if not text:
         raise ScenarioError("Empty scenario spec; use a preset (fast, quality, eco) or "
                             "key=value pairs such as 'mes=6,tau=0.7,by=latency'.")

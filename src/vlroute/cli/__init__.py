@@ -34,9 +34,11 @@ def _register() -> None:
     from vlroute.cli.bench import bench
     from vlroute.cli.demo import demo
     from vlroute.cli.evaluate import eval_command, routers
+    from vlroute.cli.features import features
 
     cli.add_command(bench)
     cli.add_command(eval_command)
+    cli.add_command(features)
     cli.add_command(routers)
     cli.add_command(demo)
 

@@ -12,7 +12,12 @@ from vlroute.data import READERS, build_bench
 from vlroute.data.validate import validate_bench
 from vlroute.demo_data import demo_set_path
 from vlroute.evaluation import EvalSpec, evaluate_bench, save_results
-from vlroute.scenarios import PRESETS
+from vlroute.features.registry import make_encoder
+from vlroute.features.store import compute_features, feature_matrix
+from vlroute.routers import BASELINES, DEFAULT_ROUTER
+from vlroute.scenarios import PRESETS, TUNED, parse_scenario
+
+DEMO_ENCODERS = ("minilm", "efficientnet-lite0")
 
 
 @click.command()
@@ -20,26 +25,33 @@ from vlroute.scenarios import PRESETS
               show_default=True, help="Where the bench and results are written.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 20))
 def demo(out: Path, seeds: int) -> None:
-    """Build the embedded DynaMath bench, validate it and evaluate the baselines.
+    """Build the embedded DynaMath bench, validate it, extract features with the offline
+    encoders (MiniLM text, EfficientNet-Lite0 image), and evaluate the baselines and the
+    default router (kNN) under the presets and with cost_weight chosen on dev.
 
-    Writes OUT/bench (the bench) and OUT/results.json (vlroute-results/1).
+    Writes OUT/bench (the bench, with OUT/bench/features) and OUT/results.json.
     """
     src = demo_set_path()
-    with steps("demo", 4) as note:
+    with steps("demo", 5) as note:
         note("build bench")
         bench = build_bench(READERS.get("jsonl")(src, out / ".staging"), out / "bench",
                             overwrite=True)
         note("validate")
         report = validate_bench(bench)
+        note("features (MiniLM + EfficientNet-Lite0)")
+        compute_features(bench, {name: make_encoder(name) for name in DEMO_ENCODERS})
+        X, feature_spec = feature_matrix(bench, *DEMO_ENCODERS)
         note("evaluate")
-        spec = EvalSpec(scenarios=tuple(PRESETS.values()), seeds=seeds)
+        spec = EvalSpec(routers=(*BASELINES, DEFAULT_ROUTER),
+                        scenarios=(*PRESETS.values(), parse_scenario(TUNED)), seeds=seeds,
+                        features=X, feature_spec=feature_spec)
         doc = evaluate_bench(bench, spec)
         note("write results")
         save_results(doc, out / "results.json")
     console.print(f"Bench {out / 'bench'}: {len(bench.samples)} samples x {len(bench.models)} "
                   f"models; validation: {len(report.errors)} error(s), "
                   f"{len(report.warnings)} warning(s).")
-    console.print(table("DynaMath demo: training-free baselines, test split, mean over "
+    console.print(table(f"DynaMath demo: baselines and {DEFAULT_ROUTER}, test split, mean over "
                         f"{seeds} grouped splits (cost, latency, energy estimated)",
                         COLUMNS, results_table(doc, with_singles=False)))
     console.print(f"Results: {out / 'results.json'}")

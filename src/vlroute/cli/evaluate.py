@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,26 @@ from vlroute._io import write_json_atomic
 from vlroute.cli._ui import console, fmt, steps, table
 from vlroute.data import load_bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
-from vlroute.routers import BASELINES, ROUTERS
+from vlroute.features.store import feature_matrix
+from vlroute.routers import BASELINES, LEARNED, ROUTERS
 from vlroute.scenarios import parse_scenario
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``ROUTER.KEY=VALUE`` strings as {router: {key: value}}; values are Python literals."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, text = item.partition("=")
+        router, dot, key = target.partition(".")
+        if not (sep and dot and router and key):
+            raise click.BadParameter(f"{item!r}: expected ROUTER.KEY=VALUE, e.g. "
+                                     "knn.n_neighbors=30")
+        try:
+            value: Any = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out.setdefault(router, {})[key] = value
+    return out
 
 
 def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
@@ -21,6 +40,8 @@ def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in ("baselines", "all"):
             names.extend(BASELINES)
+            if part == "all":
+                names.extend(LEARNED)
         elif part == "singles":
             singles = True
         else:
@@ -69,6 +90,11 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               type=click.Choice(["test", "dev"]), help="Split(s) to report.")
 @click.option("--models", default=None, help="Comma-separated candidate models.")
 @click.option("--all-models", is_flag=True, help="Include text-only and baseline models.")
+@click.option("--features", "feature_names", default="minilm,efficientnet-lite0",
+              show_default=True, help="Stored features for learned routers: TEXT,IMAGE "
+                                      "(either may be 'none').")
+@click.option("--param", "params", multiple=True,
+              help="Router parameter ROUTER.KEY=VALUE, e.g. knn.n_neighbors=30.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write the flat rows (mean over seeds, with *_std) as JSON.")
 @click.option("--results", "results_out", type=click.Path(path_type=Path), default=None,
@@ -76,14 +102,26 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str, scenarios: tuple[str, ...], seeds: int,
                  splits: tuple[str, ...], models: str | None, all_models: bool,
-                 json_out: Path | None, results_out: Path | None) -> None:
-    """Evaluate routers on a bench (fitted on train, reported on test)."""
+                 feature_names: str, params: tuple[str, ...], json_out: Path | None,
+                 results_out: Path | None) -> None:
+    """Evaluate routers on a bench (fitted on train, reported on test).
+
+    Learned routers (knn, linear, gbdt) use the stored features; add the scenario
+    `cost_weight@dev` to let each pick its cost_weight on dev by Rank Score.
+    """
+    router_params = parse_params(params)
     bench = load_bench(directory)
     names, singles = _router_names(router_text, [])
+    X, feature_spec = None, dict[str, Any]()
+    if any(ROUTERS.get(n).needs_features for n in names if not n.startswith("single:")):
+        text, _, image = feature_names.partition(",")
+        X, feature_spec = feature_matrix(bench, None if text in ("", "none") else text,
+                                         None if image in ("", "none") else image)
     spec = EvalSpec(routers=tuple(names), scenarios=tuple(parse_scenario(s) for s in scenarios),
                     seeds=seeds, splits=splits,
                     models=tuple(m.strip() for m in models.split(",")) if models else None,
-                    all_models=all_models)
+                    all_models=all_models, features=X, feature_spec=feature_spec,
+                    params=router_params)
     with steps("eval", seeds) as note:
         doc = evaluate_bench(bench, spec, progress=note)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "

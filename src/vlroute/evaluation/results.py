@@ -78,7 +78,8 @@ def new_document(bench: Bench, spec: EvalSpec, m: RoutingMatrices,
                    cost_bounds_per_10k=list(bounds_10k))
     return {"schema": SCHEMA, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "vlroute_version": __version__, "bench": section,
-            "scenarios": [_scenario_dict(s) for s in spec.scenarios], "seeds": [], "rows": [],
+            "scenarios": [_scenario_dict(s) for s in spec.scenarios],
+            "features": spec.feature_spec, "seeds": [], "rows": [],
             "singles": [], "pareto": [], "curves": [], "breakdown": [], "timings": []}
 
 

@@ -9,15 +9,18 @@ from typing import Any
 
 import numpy as np
 
+from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench, resplit
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import cost_bounds, gap_closed, pareto_area, pareto_frontier
 from vlroute.routers import BASELINES, BaseRouter, make_router
-from vlroute.scenarios import PRESETS, Scenario
+from vlroute.routers.quality import QualityRouter
+from vlroute.scenarios import PRESETS, TUNED, Scenario
 
 Progress = Callable[[str], None]
+COST_WEIGHTS = (0.0, *np.round(np.geomspace(1e-3, 3.0, 48), 6).tolist())
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,13 @@ class EvalSpec:
     models: tuple[str, ...] | None = None
     all_models: bool = False
     breakdown: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: request features (n_samples, n_features) row-aligned with the bench, for learned routers
+    features: FloatArray | None = None
+    feature_spec: dict[str, Any] = field(default_factory=dict)
+    #: constructor parameters per router name
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: cost_weight grid searched on dev for the ``cost_weight@dev`` scenario
+    cost_weights: tuple[float, ...] = COST_WEIGHTS
 
 
 def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int) -> RoutingMatrices:
@@ -42,26 +51,66 @@ def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int) -> RoutingMatric
     return base.with_splits(resplit(bench, seed))
 
 
-def _fit(names: list[str], train: RoutingMatrices, bounds: tuple[float, float]
+def _rows_of(m: RoutingMatrices, split: str) -> np.ndarray:
+    return np.flatnonzero(m.splits == split)
+
+
+class _Split:
+    """One split's matrices and features."""
+
+    def __init__(self, m: RoutingMatrices, name: str, X: FloatArray | None) -> None:
+        rows = _rows_of(m, name)
+        self.data = m.subset(rows)
+        self.X = None if X is None else X[rows]
+
+
+def _fit(names: list[str], train: _Split, bounds: tuple[float, float], spec: EvalSpec
          ) -> dict[str, BaseRouter]:
-    return {name: make_router(name).fit(train, bounds=bounds) for name in names}
+    routers = {}
+    for name in names:
+        router = make_router(name, **spec.params.get(name, {}))
+        routers[name] = router.fit(train.data, bounds=bounds,
+                                   X=train.X if router.needs_features else None)
+    return routers
 
 
-def _timed_route(router: BaseRouter, data: RoutingMatrices, scenario: Scenario
+def _timed_route(router: BaseRouter, part: _Split, scenario: Scenario
                  ) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
-    decisions = router.route(data, scenario)
+    decisions = router.route(part.data, scenario, part.X if router.needs_features else None)
     return decisions, time.perf_counter() - start
+
+
+def _tune(router: BaseRouter, dev: _Split, ctx: ScoringContext, spec: EvalSpec
+          ) -> tuple[Scenario, list[dict[str, Any]]]:
+    """The utility scenario whose cost_weight maximises Rank Score on dev, and the sweep."""
+    points: list[dict[str, Any]] = []
+    assert isinstance(router, QualityRouter) and dev.X is not None
+    if dev.data.n_samples == 0:  # nothing to tune on: accuracy only
+        return Scenario(TUNED, cost_weight=0.0), points
+    preds = router.predictions_for(dev.X, Scenario(TUNED, cost_weight=0.0))
+    for weight in spec.cost_weights:
+        scenario = Scenario(TUNED, cost_weight=weight)
+        values = score(router.decide(preds, scenario), dev.data, scenario, ctx)
+        points.append({"cost_weight": weight, **values})
+    best = max(points, key=lambda p: (np.nan_to_num(p["rank_score"], nan=-1.0),
+                                      -p["cost_weight"]))
+    return Scenario(TUNED, cost_weight=best["cost_weight"]), points
 
 
 def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                    progress: Progress | None = None) -> dict[str, Any]:
     """Fit every router on each seed's train split and score it on ``spec.splits``.
 
+    Learned routers get ``spec.features``. In the ``cost_weight@dev`` scenario each router's
+    cost_weight is the one with the best Rank Score on dev; baselines decide as always.
     Returns a ``vlroute-results/1`` document (see :mod:`vlroute.evaluation.results`).
     """
     note = progress or (lambda _msg: None)
     m = bench.matrices(list(spec.models) if spec.models else None, all_models=spec.all_models)
+    if spec.features is not None and len(spec.features) != m.n_samples:
+        raise ValueError(f"features have {len(spec.features)} rows; the bench has "
+                         f"{m.n_samples} samples.")
     bounds = cost_bounds(m.cost)
     bounds_10k = (bounds[0] * 1e4, bounds[1] * 1e4)
     singles = [f"single:{model}" for model in m.models] if spec.singles else []
@@ -72,25 +121,21 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     for k in range(spec.seeds):
         note(f"seed {k + 1}/{spec.seeds}")
         mk = _seed_matrices(bench, m, k)
-        train = mk.split("train")
-        ctx = ScoringContext(bounds_10k, reference_model(train))
-        routers = _fit(names, train, bounds)
+        parts = {s: _Split(mk, s, spec.features) for s in ("train", "dev", "test")}
+        ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
+        routers = _fit(names, parts["train"], bounds, spec)
         for scenario in spec.scenarios:
-            for split in spec.splits:
-                data = mk.split(split)
-                scored = {}
+            chosen = {name: scenario for name in routers}
+            if scenario.name == TUNED:
                 for name, router in routers.items():
-                    decisions, seconds = _timed_route(router, data, scenario)
-                    times.setdefault(name, []).append(seconds / max(data.n_samples, 1))
-                    scored[name] = score(decisions, data, scenario, ctx)
-                    if k == 0 and split == "test" and spec.breakdown and name in spec.routers:
-                        doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, data))
-                ref_rs, orc_rs = (scored["best_single_by_rank"]["rank_score"],
-                                  scored["oracle"]["rank_score"])
-                for name, values in scored.items():
-                    values["gap_closed"] = gap_closed(values["rank_score"], ref_rs, orc_rs)
-                    rows.append({"router": name, "scenario": scenario.name, "split": split,
-                                 "seed": k, **values})
+                    if isinstance(router, QualityRouter):
+                        chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
+                        doc["curves"].append({"router": name, "parameter": "cost_weight",
+                                              "split": "dev", "seed": k, "selected":
+                                              chosen[name].cost_weight, "points": sweep})
+            for split in spec.splits:
+                rows.extend(_score_split(routers, chosen, parts[split], ctx, split, k, spec,
+                                         doc, times))
         doc["seeds"].append({"seed": k, "reference_model": m.models[ctx.reference],
                              "best_single_by_rank":
                                  m.models[routers["best_single_by_rank"].choice_],  # type: ignore[attr-defined]
@@ -98,6 +143,30 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                                              for s in ("train", "dev", "test")}})
     _finish(doc, rows, times, spec, m, bounds_10k)
     return doc
+
+
+def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explicitly
+        routers: dict[str, BaseRouter], chosen: dict[str, Scenario], part: _Split,
+                 ctx: ScoringContext, split: str, seed: int, spec: EvalSpec,
+                 doc: dict[str, Any], times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    scored = {}
+    for name, router in routers.items():
+        scenario = chosen[name]
+        decisions, seconds = _timed_route(router, part, scenario)
+        times.setdefault(name, []).append(seconds / max(part.data.n_samples, 1))
+        scored[name] = score(decisions, part.data, scenario, ctx)
+        if scenario.cost_weight is not None and scenario.name == TUNED:
+            scored[name]["cost_weight"] = scenario.cost_weight
+        if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
+            doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
+    ref_rs, orc_rs = (scored["best_single_by_rank"]["rank_score"],
+                      scored["oracle"]["rank_score"])
+    out = []
+    for name, values in scored.items():
+        values["gap_closed"] = gap_closed(values["rank_score"], ref_rs, orc_rs)
+        out.append({"router": name, "scenario": chosen[name].name, "split": split,
+                    "seed": seed, **values})
+    return out
 
 
 def _finish(doc: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, list[float]],

@@ -44,7 +44,8 @@ def cost_advantage(decisions: IntArray, cost: FloatArray, reference: int) -> flo
 
 def ail(decisions: IntArray, latency: FloatArray) -> float:
     """Average inference latency of the chosen models, seconds."""
-    return float(np.nanmean(chosen(latency, decisions)))
+    values = chosen(latency, decisions)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
 def edge_share(decisions: IntArray, tiers: Sequence[str]) -> float:

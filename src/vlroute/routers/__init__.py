@@ -19,10 +19,19 @@ for _name, _cls in zip(BASELINES, ("OracleRouter", "StrongestGlobalRouter",
                                    "CheapestGlobalRouter", "StrongestPerDatasetRouter",
                                    "RandomRouter", "BestSingleByRankRouter"), strict=True):
     ROUTERS.register(_name, f"{_MODULE}:{_cls}")
+LEARNED = ("knn", "linear", "gbdt")
+#: the router `vlroute demo` trains and the gateway will serve: kNN supports both scenario
+#: families and decides in well under a millisecond; to be revisited when bench/routers.py
+#: compares every router on dev splits
+DEFAULT_ROUTER = "knn"
+ROUTERS.register("knn", "vlroute.routers.quality:KNNRouter")
+ROUTERS.register("linear", "vlroute.routers.quality:LinearRouter")
+ROUTERS.register("gbdt", "vlroute.routers.quality:GBDTRouter")
 
 
-def make_router(name: str) -> BaseRouter:
-    """A fresh router for a registry name or ``single:<model id>``."""
+def make_router(name: str, **params: object) -> BaseRouter:
+    """A fresh router for a registry name (with constructor ``params``) or
+    ``single:<model id>``."""
     if name.startswith("single:"):
         from vlroute.routers.baselines import SingleModelRouter
 
@@ -30,7 +39,7 @@ def make_router(name: str) -> BaseRouter:
         if not model:
             raise UnknownComponentError("'single:' needs a model id, e.g. single:gpt-4o-mini.")
         return SingleModelRouter(model=model)
-    return ROUTERS.get(name)()
+    return ROUTERS.get(name)(**params)
 
 
-__all__ = ["BASELINES", "ROUTERS", "BaseRouter", "make_router"]
+__all__ = ["BASELINES", "DEFAULT_ROUTER", "LEARNED", "ROUTERS", "BaseRouter", "make_router"]

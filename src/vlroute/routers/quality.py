@@ -1,0 +1,234 @@
+"""Routers that estimate quality per model, so any scenario applies without retraining.
+
+``predict_quality(X)`` gives, per request and model, P(correct) for binary labels or the
+expected score for graded ones. Threshold scenarios need P(solved) = P(10 q >= MES): for
+binary labels that is the same estimate; for graded labels the estimator is refitted on the
+labels 1[10 q >= MES] of the train split (cached per MES).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlroute._typing import FloatArray, IntArray
+from vlroute.data.matrices import RoutingMatrices
+from vlroute.errors import NotFittedError
+from vlroute.metrics.ecvl import solved
+from vlroute.metrics.pareto import pareto_frontier
+from vlroute.routers.base import BaseRouter
+from vlroute.scenarios import Scenario
+
+
+class QualityRouter(BaseRouter):
+    """Estimate per-model quality from request features, then let the scenario decide.
+
+    ``candidates="pareto"`` (a constructor parameter of every subclass) lets the decision pick
+    only the models on the train split's accuracy / cost Pareto frontier: a model dominated on
+    average is rarely worth its noise in per-request estimates.
+    """
+
+    needs_features: ClassVar[bool] = True
+    candidates: str = "all"
+
+    def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
+        assert X is not None
+        if self.candidates not in ("all", "pareto"):
+            raise ValueError(f"candidates must be 'all' or 'pareto', got {self.candidates!r}.")
+        allowed = np.ones(train.n_models, dtype=bool)
+        if self.candidates == "pareto":
+            allowed[:] = False
+            allowed[pareto_frontier(self.mean_cost_["usd"].tolist(),
+                                    self.mean_quality_.tolist())] = True
+        self.allowed_ = allowed
+        self.n_features_in_ = X.shape[1]
+        q = train.quality
+        finite = q[np.isfinite(q)]
+        self.binary_ = bool(np.isin(finite, (0.0, 1.0)).all())
+        self._X_train = X
+        self._quality_train = q
+        self.state_ = self._fit_estimator(X, q)
+        self._by_mes: dict[float, Any] = {}
+
+    def predict_quality(self, X: FloatArray) -> FloatArray:
+        """(n_samples, n_models) estimated quality in [0, 1]."""
+        if not hasattr(self, "state_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first.")
+        self._check_features(X, X.shape[0])
+        return np.clip(self._predict(self.state_, X), 0.0, 1.0)
+
+    def predict_solved(self, X: FloatArray, mes: float) -> FloatArray:
+        """(n_samples, n_models) estimated P(10 q >= mes)."""
+        if self.binary_:
+            return self.predict_quality(X)
+        if mes not in self._by_mes:
+            labels = solved(self._quality_train, mes)
+            self._by_mes[mes] = self._fit_estimator(self._X_train, labels)
+        return np.clip(self._predict(self._by_mes[mes], X), 0.0, 1.0)
+
+    def _route(self, data: RoutingMatrices, scenario: Scenario,
+               X: FloatArray | None) -> IntArray:
+        assert X is not None
+        return self.decide(self.predictions_for(X, scenario), scenario)
+
+    def predictions_for(self, X: FloatArray, scenario: Scenario) -> FloatArray:
+        """What ``scenario`` decides on: quality (utility) or P(solved) (threshold)."""
+        return (self.predict_quality(X) if scenario.family == "utility"
+                else self.predict_solved(X, scenario.solved_mes))
+
+    def decide(self, predictions: FloatArray, scenario: Scenario) -> IntArray:
+        """Choices from precomputed predictions (sweeps predict once, decide many times)."""
+        predictions = np.where(self.allowed_, predictions, -np.inf)
+        costs = self.mean_cost_
+        return scenario.select(predictions, costs["usd"], costs["latency"], costs["energy"],
+                               bounds=self.bounds_ if scenario.by == "usd" else None)
+
+    @abstractmethod
+    def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
+        """Fitted state for labels ``quality`` (n_train, n_models), NaN where missing."""
+
+    @abstractmethod
+    def _predict(self, state: Any, X: FloatArray) -> FloatArray:
+        """(n, n_models) predictions from a fitted state."""
+
+
+def _unit(X: FloatArray) -> FloatArray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    out: FloatArray = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+    return out
+
+
+class KNNRouter(QualityRouter):
+    """Mean quality of the k most similar train requests (cosine), per model.
+
+    Parameters
+    ----------
+    n_neighbors : int
+        k.
+    weighted : bool
+        Weight neighbours by their (positive) similarity.
+    """
+
+    def __init__(self, *, n_neighbors: int = 60, weighted: bool = False,
+                 candidates: str = "pareto") -> None:
+        self.n_neighbors = n_neighbors
+        self.weighted = weighted
+        self.candidates = candidates
+
+    def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
+        return {"X": _unit(X), "y": quality}
+
+    def _predict(self, state: Any, X: FloatArray) -> FloatArray:
+        train, y = state["X"], state["y"]
+        k = min(self.n_neighbors, len(train))
+        out = np.empty((len(X), y.shape[1]))
+        for start in range(0, len(X), 1024):          # bounds the (batch, n_train) block
+            sims = _unit(X[start:start + 1024]) @ train.T
+            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]           # (batch, k)
+            labels = y[idx]                                              # (batch, k, models)
+            w = (np.clip(np.take_along_axis(sims, idx, axis=1), 1e-6, None) if self.weighted
+                 else np.ones(idx.shape))[..., None] * np.isfinite(labels)
+            out[start:start + 1024] = (np.nan_to_num(labels) * w).sum(1) / np.maximum(
+                w.sum(1), 1e-12)
+        return out
+
+
+class LinearRouter(QualityRouter):
+    """One L2-regularised logistic regression per model (binary labels) or ridge regression
+    (graded labels), on standardised features.
+
+    Parameters
+    ----------
+    C : float
+        Inverse regularisation strength (ridge uses alpha = 1 / C).
+    """
+
+    def __init__(self, *, C: float = 0.1, candidates: str = "all") -> None:
+        self.C = C
+        self.candidates = candidates
+
+    def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(X)
+        Z = scaler.transform(X)
+        models = []
+        for k in range(quality.shape[1]):
+            rows = np.isfinite(quality[:, k])
+            y = quality[rows, k]
+            binary = np.isin(y, (0.0, 1.0)).all()
+            if binary and len(np.unique(y)) < 2:
+                models.append(float(y.mean()) if len(y) else 0.0)
+            elif binary:
+                models.append(LogisticRegression(C=self.C, max_iter=2000).fit(Z[rows], y))
+            else:
+                models.append(Ridge(alpha=1.0 / self.C).fit(Z[rows], y))
+        return {"scaler": scaler, "models": models}
+
+    def _predict(self, state: Any, X: FloatArray) -> FloatArray:
+        Z = state["scaler"].transform(X)
+        cols = []
+        for model in state["models"]:
+            if isinstance(model, float):
+                cols.append(np.full(len(X), model))
+            elif hasattr(model, "predict_proba"):
+                cols.append(model.predict_proba(Z)[:, 1])
+            else:
+                cols.append(model.predict(Z))
+        return np.stack(cols, axis=1)
+
+
+class GBDTRouter(QualityRouter):
+    """One LightGBM model per candidate: binary classifier or regressor on graded labels.
+
+    Parameters
+    ----------
+    n_estimators, learning_rate, num_leaves, min_child_samples : LightGBM parameters.
+    random_state : int
+        Seed (deterministic, single-threaded training).
+    """
+
+    def __init__(self, *, n_estimators: int = 200, learning_rate: float = 0.03,
+                 num_leaves: int = 15, min_child_samples: int = 20,
+                 random_state: int = 0, candidates: str = "all") -> None:
+        self.candidates = candidates
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.random_state = random_state
+
+    def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
+        import lightgbm as lgb
+
+        params: dict[str, Any] = {
+                  "n_estimators": self.n_estimators, "learning_rate": self.learning_rate,
+                  "num_leaves": self.num_leaves, "min_child_samples": self.min_child_samples,
+                  "random_state": self.random_state, "n_jobs": 1, "verbose": -1,
+                  "deterministic": True, "colsample_bytree": 0.5, "subsample": 0.8,
+                  "subsample_freq": 1}
+        models: list[Any] = []
+        for k in range(quality.shape[1]):
+            rows = np.isfinite(quality[:, k])
+            y = quality[rows, k]
+            if len(np.unique(y)) < 2:
+                models.append(float(y.mean()) if len(y) else 0.0)
+            elif np.isin(y, (0.0, 1.0)).all():
+                models.append(lgb.LGBMClassifier(**params).fit(X[rows], y.astype(int)))
+            else:
+                models.append(lgb.LGBMRegressor(**params).fit(X[rows], y))
+        return models
+
+    def _predict(self, state: Any, X: FloatArray) -> FloatArray:
+        cols = []
+        for model in state:
+            if isinstance(model, float):
+                cols.append(np.full(len(X), model))
+            elif hasattr(model, "predict_proba"):
+                cols.append(model.predict_proba(X)[:, 1])
+            else:
+                cols.append(model.predict(X))
+        return np.stack(cols, axis=1)

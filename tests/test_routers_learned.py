@@ -1,0 +1,96 @@
+"""Conformance suite run over every registered learned router, plus behaviour checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_baselines import matrices
+from vlroute.errors import NotFittedError
+from vlroute.metrics import avg_acc
+from vlroute.routers import LEARNED, make_router
+from vlroute.scenarios import Scenario
+
+BOUNDS = (1e-4, 4e-3)
+
+
+def learnable(n: int = 240, seed: int = 0) -> tuple[np.ndarray, object]:
+    """Two clusters: the cheap model solves cluster 0, the mid model cluster 1, the dear model
+    both; a fourth model is always wrong."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, 2, size=n)
+    X = rng.normal(size=(n, 6)) * 0.3
+    X[:, 0] += np.where(cluster == 0, 2.0, -2.0)
+    quality = np.stack([cluster == 0, cluster == 1, np.ones(n, bool), np.zeros(n, bool)],
+                       axis=1).astype(float)
+    return X, matrices(quality, np.array([1e-4, 4e-4, 4e-3, 2e-4]))
+
+
+@pytest.fixture(params=LEARNED)
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def fitted(name: str, **params: object):  # type: ignore[no-untyped-def]
+    X, m = learnable()
+    return make_router(name, candidates="all", **params).fit(m, bounds=BOUNDS, X=X), X, m
+
+
+def test_fit_returns_self_and_keeps_parameters(name: str) -> None:
+    X, m = learnable()
+    router = make_router(name)
+    before = dict(vars(router))
+    assert router.fit(m, bounds=BOUNDS, X=X) is router
+    assert {k: v for k, v in vars(router).items() if k in before} == before
+
+
+def test_not_fitted_and_feature_checks(name: str) -> None:
+    X, m = learnable()
+    with pytest.raises(NotFittedError):
+        make_router(name).route(m, Scenario(cost_weight=0.0), X)
+    with pytest.raises(ValueError, match="needs request features"):
+        make_router(name).fit(m, bounds=BOUNDS)
+    router = make_router(name).fit(m, bounds=BOUNDS, X=X)
+    with pytest.raises(ValueError, match="features"):
+        router.route(m, Scenario(cost_weight=0.0), X[:, :3])
+
+
+def test_predictions_shape_range_determinism_and_permutation(name: str) -> None:
+    router, X, _ = fitted(name)
+    p = router.predict_quality(X)
+    assert p.shape == (len(X), 4) and np.isfinite(p).all() and (0 <= p).all() and (p <= 1).all()
+    again, _, _ = fitted(name)
+    assert np.allclose(p, again.predict_quality(X))
+    perm = np.random.default_rng(1).permutation(len(X))
+    assert np.allclose(router.predict_quality(X[perm]), p[perm])
+
+
+def test_beats_random_and_obeys_cost_weight_extremes(name: str) -> None:
+    router, _, _ = fitted(name)
+    X, m = learnable(seed=5)
+    decisions = router.route(m, Scenario(cost_weight=0.0), X)
+    rng = np.random.default_rng(0)
+    assert avg_acc(decisions, m.quality) > avg_acc(rng.integers(0, 4, len(X)), m.quality) + 0.2
+    assert avg_acc(decisions, m.quality) > 0.9
+    assert (router.route(m, Scenario(cost_weight=1e6), X) == 0).all()     # the cheapest
+    p = router.predict_quality(X)
+    assert (decisions == np.argmax(p, axis=1)).mean() > 0.99
+
+
+def test_threshold_scenarios_and_graded_labels(name: str) -> None:
+    router, X, m = fitted(name)
+    chosen = router.route(m, Scenario(tau=0.5, by="usd"), X)
+    assert avg_acc(chosen, m.quality) > 0.9 and (chosen != 2).mean() > 0.8  # cheap when sure
+    graded = m.quality * 0.5 + 0.5 * (m.quality > 0) * np.linspace(0, 1, len(X))[:, None]
+    gm = matrices(graded, np.array([1e-4, 4e-4, 4e-3, 2e-4]))
+    grouter = make_router(name, candidates="all").fit(gm, bounds=BOUNDS, X=X)
+    p6 = grouter.predict_solved(X, 6.0)
+    assert p6.shape == (len(X), 4) and (0 <= p6).all() and (p6 <= 1).all()
+    assert not np.allclose(p6, grouter.predict_quality(X))
+
+
+def test_pareto_candidates_never_pick_a_dominated_model() -> None:
+    X, m = learnable()
+    router = make_router("knn", candidates="pareto").fit(m, bounds=BOUNDS, X=X)
+    assert not router.allowed_[3]            # always wrong: dominated
+    assert 3 not in set(router.route(m, Scenario(cost_weight=0.0), X).tolist())
