@@ -59,8 +59,11 @@ def test_demo_runs_on_the_embedded_data(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "1500 samples x 14 models" in result.output
     doc = load_results(tmp_path / "demo" / "results.json")
-    assert {s["name"] for s in doc["scenarios"]} == {"fast", "quality", "eco"}
+    assert {s["name"] for s in doc["scenarios"]} == {"fast", "quality", "eco", "cost_weight@dev"}
     assert "best_single_by_rank" in result.output
+    assert {r["router"] for r in doc["rows"]} >= {"knn", "oracle"}
+    assert doc["features"]["image"] == "efficientnet-lite0@57934424"
+    assert (tmp_path / "demo" / "bench" / "features" / "minilm.npy").is_file()
     assert not (tmp_path / "demo" / ".staging").exists()
 
 
