@@ -85,3 +85,20 @@ def test_features_then_learned_routers(toy_set: Path, tmp_path: Path) -> None:
     assert knn["cost_weight"] == doc["curves"][0]["selected"]
     result = CliRunner().invoke(cli, ["eval", str(out), "--routers", "knn", "--param", "knn"])
     assert result.exit_code != 0 and "ROUTER.KEY=VALUE" in result.output
+
+
+def test_train_saves_an_artifact_with_the_dev_chosen_scenario(toy_set: Path,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    run("bench", "build", toy_set, "--out", out, "--split", "0.5,0.25,0.25")
+    run("features", out, "--text", "hashing-text", "--image", "hashing-image")
+    result = run("train", "knn", out, "--features", "hashing-text,hashing-image",
+                 "--param", "n_neighbors=3", "--out", tmp_path / "art")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "art" / "router.json").read_text())
+    assert doc["router"] == "knn" and doc["params"]["n_neighbors"] == 3
+    assert doc["info"]["scenario_name"] == "cost_weight@dev"
+    assert doc["feature_spec"]["text"] == "hashing-text-64"
+    result = CliRunner().invoke(cli, ["train", "knn", str(out), "--features",
+                                      "hashing-text,none", "--out", str(tmp_path / "art")])
+    assert result.exit_code == 1 and "already exists" in result.output

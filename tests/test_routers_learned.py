@@ -94,3 +94,32 @@ def test_pareto_candidates_never_pick_a_dominated_model() -> None:
     router = make_router("knn", candidates="pareto").fit(m, bounds=BOUNDS, X=X)
     assert not router.allowed_[3]            # always wrong: dominated
     assert 3 not in set(router.route(m, Scenario(cost_weight=0.0), X).tolist())
+
+
+def test_artifacts_round_trip_and_refuse_other_features(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vlroute.routers.persistence import IncompatibleArtifactError, load_router, save_router
+
+    graded_quality = learnable()[1].quality * 0.75
+    X, m = learnable()
+    gm = matrices(graded_quality, np.array([1e-4, 4e-4, 4e-3, 2e-4]))
+    for data in (m, gm):
+        router = make_router(name).fit(data, bounds=BOUNDS, X=X)
+        save_router(router, tmp_path / "art", feature_spec={"dim": 6}, overwrite=True)
+        assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "art" / "router.json").is_file()
+        loaded = load_router(tmp_path / "art", feature_spec={"dim": 6})
+        for scenario in (Scenario(cost_weight=0.05), Scenario(tau=0.7, mes=6)):
+            assert (loaded.route(data, scenario, X) == router.route(data, scenario, X)).all()
+    with pytest.raises(IncompatibleArtifactError, match="trained on features"):
+        load_router(tmp_path / "art", feature_spec={"dim": 7})
+
+
+def test_baselines_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vlroute.routers import BASELINES
+    from vlroute.routers.persistence import load_router, save_router
+
+    _, m = learnable()
+    for name in BASELINES:
+        router = make_router(name).fit(m, bounds=BOUNDS)
+        save_router(router, tmp_path / name)
+        assert (load_router(tmp_path / name).route(m, Scenario(tau=0.5)) ==
+                router.route(m, Scenario(tau=0.5))).all()

@@ -81,6 +81,18 @@ def _timed_route(router: BaseRouter, part: _Split, scenario: Scenario
     return decisions, time.perf_counter() - start
 
 
+def tune_cost_weight(router: QualityRouter, dev: RoutingMatrices, X_dev: FloatArray,
+                     bounds: tuple[float, float],
+                     cost_weights: tuple[float, ...] = COST_WEIGHTS) -> Scenario:
+    """The utility scenario whose cost_weight gives ``router`` the best Rank Score on ``dev``
+    (bounds in USD per request, as fitted)."""
+    part = _Split.__new__(_Split)
+    part.data, part.X = dev, X_dev
+    ctx = ScoringContext((bounds[0] * 1e4, bounds[1] * 1e4),
+                         reference_model(dev))
+    return _tune(router, part, ctx, EvalSpec(cost_weights=cost_weights))[0]
+
+
 def _tune(router: BaseRouter, dev: _Split, ctx: ScoringContext, spec: EvalSpec
           ) -> tuple[Scenario, list[dict[str, Any]]]:
     """The utility scenario whose cost_weight maximises Rank Score on dev, and the sweep."""

@@ -85,6 +85,14 @@ class QualityRouter(BaseRouter):
         return scenario.select(predictions, costs["usd"], costs["latency"], costs["energy"],
                                bounds=self.bounds_ if scenario.by == "usd" else None)
 
+    def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A fitted state as JSON-able metadata and named arrays (default: a dict of arrays)."""
+        return {}, {k: np.asarray(v) for k, v in state.items()}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+        """Inverse of :meth:`export_state`."""
+        return dict(arrays)
+
     @abstractmethod
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
         """Fitted state for labels ``quality`` (n_train, n_models), NaN where missing."""
@@ -155,30 +163,31 @@ class LinearRouter(QualityRouter):
 
         scaler = StandardScaler().fit(X)
         Z = scaler.transform(X)
-        models = []
-        for k in range(quality.shape[1]):
+        m = quality.shape[1]
+        coef, intercept = np.zeros((m, X.shape[1])), np.zeros(m)
+        logistic = np.zeros(m, dtype=bool)
+        for k in range(m):
             rows = np.isfinite(quality[:, k])
             y = quality[rows, k]
             binary = np.isin(y, (0.0, 1.0)).all()
-            if binary and len(np.unique(y)) < 2:
-                models.append(float(y.mean()) if len(y) else 0.0)
+            if len(np.unique(y)) < 2:     # constant label: predict it
+                intercept[k] = float(y.mean()) if len(y) else 0.0
             elif binary:
-                models.append(LogisticRegression(C=self.C, max_iter=2000).fit(Z[rows], y))
+                fitted = LogisticRegression(C=self.C, max_iter=2000).fit(Z[rows], y)
+                coef[k], intercept[k], logistic[k] = fitted.coef_[0], fitted.intercept_[0], True
             else:
-                models.append(Ridge(alpha=1.0 / self.C).fit(Z[rows], y))
-        return {"scaler": scaler, "models": models}
+                fitted_r = Ridge(alpha=1.0 / self.C).fit(Z[rows], y)
+                coef[k], intercept[k] = fitted_r.coef_, fitted_r.intercept_
+        return {"mean": scaler.mean_, "scale": scaler.scale_, "coef": coef,
+                "intercept": intercept, "logistic": logistic}
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
-        Z = state["scaler"].transform(X)
-        cols = []
-        for model in state["models"]:
-            if isinstance(model, float):
-                cols.append(np.full(len(X), model))
-            elif hasattr(model, "predict_proba"):
-                cols.append(model.predict_proba(Z)[:, 1])
-            else:
-                cols.append(model.predict(Z))
-        return np.stack(cols, axis=1)
+        Z = (X - state["mean"]) / state["scale"]
+        raw = Z @ state["coef"].T + state["intercept"]                 # (n, n_models)
+        with np.errstate(over="ignore"):
+            prob = 1.0 / (1.0 + np.exp(-raw))
+        out: FloatArray = np.where(state["logistic"], prob, raw)
+        return out
 
 
 class GBDTRouter(QualityRouter):
@@ -217,18 +226,23 @@ class GBDTRouter(QualityRouter):
             if len(np.unique(y)) < 2:
                 models.append(float(y.mean()) if len(y) else 0.0)
             elif np.isin(y, (0.0, 1.0)).all():
-                models.append(lgb.LGBMClassifier(**params).fit(X[rows], y.astype(int)))
+                models.append(lgb.LGBMClassifier(**params).fit(X[rows], y.astype(int)).booster_)
             else:
-                models.append(lgb.LGBMRegressor(**params).fit(X[rows], y))
+                models.append(lgb.LGBMRegressor(**params).fit(X[rows], y).booster_)
         return models
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
-        cols = []
-        for model in state:
-            if isinstance(model, float):
-                cols.append(np.full(len(X), model))
-            elif hasattr(model, "predict_proba"):
-                cols.append(model.predict_proba(X)[:, 1])
-            else:
-                cols.append(model.predict(X))
-        return np.stack(cols, axis=1)
+        # A binary booster predicts the probability, a regression booster the score.
+        return np.stack([np.full(len(X), m) if isinstance(m, float) else m.predict(X)
+                         for m in state], axis=1)
+
+    def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """LightGBM models as their text format (no pickle)."""
+        return {"models": [m if isinstance(m, float) else m.model_to_string()
+                           for m in state]}, {}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+        """Boosters back from their text format."""
+        import lightgbm as lgb
+
+        return [m if isinstance(m, float) else lgb.Booster(model_str=m) for m in meta["models"]]
