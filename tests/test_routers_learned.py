@@ -123,3 +123,23 @@ def test_baselines_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
         save_router(router, tmp_path / name)
         assert (load_router(tmp_path / name).route(m, Scenario(tau=0.5)) ==
                 router.route(m, Scenario(tau=0.5))).all()
+
+
+def test_throughput_harness_times_every_router_the_same_way() -> None:
+    from vlroute.evaluation.throughput import TimingPlan, measure
+
+    X, m = learnable()
+    for name in ("knn", "best_single_by_rank"):
+        router = make_router(name).fit(m, bounds=BOUNDS, X=X)
+        calls: list[int] = []
+
+        def featurize(rows: np.ndarray, calls: list[int] = calls) -> np.ndarray:
+            calls.append(len(rows))
+            return X[rows]
+
+        rows = measure(router, m, Scenario(cost_weight=0.0), X=X, featurize=featurize,
+                       plan=TimingPlan(batches=(1, 8), warmup=2, runs=3))
+        expected = 4 if router.needs_features else 2
+        assert [r["batch"] for r in rows] == [1, 8, 1, 8][:expected]
+        assert all(r["ms_p50"] > 0 and r["requests_per_s"] > 0 for r in rows)
+        assert calls == ([1] * 5 + [8] * 5 if router.needs_features else [])

@@ -8,10 +8,12 @@ labels 1[10 q >= MES] of the train split (cached per MES).
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
@@ -102,6 +104,12 @@ class QualityRouter(BaseRouter):
         """(n, n_models) predictions from a fitted state."""
 
 
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """Discovering the loaded thread pools is slow (milliseconds): do it once."""
+    return ThreadpoolController()
+
+
 def _unit(X: FloatArray) -> FloatArray:
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     out: FloatArray = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
@@ -132,6 +140,17 @@ class KNNRouter(QualityRouter):
         train, y = state["X"], state["y"]
         k = min(self.n_neighbors, len(train))
         out = np.empty((len(X), y.shape[1]))
+        # Small batches run single-threaded: waking BLAS threads costs more than the product,
+        # and they contend with torch's spinning OpenMP threads right after the encoders.
+        if len(X) < 64:
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                self._knn_blocks(X, train, y, k, out)
+        else:
+            self._knn_blocks(X, train, y, k, out)
+        return out
+
+    def _knn_blocks(self, X: FloatArray, train: FloatArray, y: FloatArray, k: int,
+                    out: FloatArray) -> None:
         for start in range(0, len(X), 1024):          # bounds the (batch, n_train) block
             sims = _unit(X[start:start + 1024]) @ train.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]           # (batch, k)
@@ -140,7 +159,6 @@ class KNNRouter(QualityRouter):
                  else np.ones(idx.shape))[..., None] * np.isfinite(labels)
             out[start:start + 1024] = (np.nan_to_num(labels) * w).sum(1) / np.maximum(
                 w.sum(1), 1e-12)
-        return out
 
 
 class LinearRouter(QualityRouter):

@@ -1,0 +1,145 @@
+"""Every router on the shared sets, 5 grouped seeds; the edge/cloud tau curve. Run by hand:
+
+    python bench/routers.py [--shared ../shared/data] [--work /tmp/vlroute-benches] \
+        [--seeds 5] [--out bench/results]
+
+For each set: build the bench, compute features (MiniLM text; EfficientNet-Lite0 image where the
+set has images), evaluate the baselines and learned routers with cost_weight chosen on dev
+(scenario ``cost_weight@dev``), and, for one edge/cloud pair per image set, sweep tau of the
+threshold rule (kNN P(solved)) on dev and test. Writes ``routers.json`` (a vlroute-results/1
+document per set) and ``routers.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlroute.data import READERS, build_bench, load_bench
+from vlroute.data.bench import Bench
+from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows
+from vlroute.evaluation.scoring import ScoringContext, score
+from vlroute.features.registry import make_encoder
+from vlroute.features.store import compute_features, feature_matrix
+from vlroute.metrics import cost_bounds
+from vlroute.routers import BASELINES, LEARNED, make_router
+from vlroute.scenarios import TUNED, Scenario, parse_scenario
+
+SETS = {"dynamath": ("Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct"),
+        "mathv": ("internlm-xcomposer2-vl-7b", "qwen-vl-max"),
+        "vibe_eval": None, "llmrouter_text": None}
+TAUS = tuple(np.round(np.linspace(0.0, 1.0, 41), 3).tolist())
+
+
+def prepare(name: str, shared: Path, work: Path) -> tuple[Bench, str | None]:
+    root = work / name
+    if not (root / "manifest.json").is_file():
+        build_bench(READERS.get("jsonl")(shared / name, work / f".{name}"), root)
+    bench = load_bench(root)
+    image = "efficientnet-lite0" if len(bench.images) else None
+    have = json.loads((root / "features" / "index.json").read_text()) \
+        if (root / "features" / "index.json").is_file() else {}
+    todo = [n for n in ("minilm", image) if n and n not in have]
+    if todo:
+        compute_features(bench, {n: make_encoder(n) for n in todo},
+                         cache_dir=work / "cache")
+    return bench, image
+
+
+def tau_curve(bench: Bench, X: np.ndarray, pair: tuple[str, str], seeds: int
+              ) -> dict[str, Any]:
+    """kNN P(solved) threshold rule on an edge/cloud pair, per tau, dev and test, mean over
+    seeds; the tau for "edge share as large as possible with APSP within 5% of always-cloud"
+    is chosen on dev and reported on test."""
+    from vlroute.data.bench import resplit
+
+    m_all = bench.matrices(list(pair))
+    per_seed = []
+    for k in range(seeds):
+        m = m_all if k == 0 else m_all.with_splits(resplit(bench, 42 + k))
+        router = make_router("knn", candidates="all").fit(
+            m.split("train"), bounds=cost_bounds(m_all.cost), X=X[m.splits == "train"])
+        ctx = ScoringContext(tuple(b * 1e4 for b in cost_bounds(m_all.cost)), 1)
+        seed_rows = {}
+        for split in ("dev", "test"):
+            data, Xs = m.split(split), X[m.splits == split]
+            cloud = score(np.ones(data.n_samples, dtype=np.int64), data,
+                          Scenario(tau=1.0, by="usd", mes=6), ctx)
+            preds = router.predict_solved(Xs, 6.0)
+            points = []
+            for tau in TAUS:
+                scenario = Scenario("pair", tau=tau, mes=6, by="usd",
+                                    rcs_weights=(0.6, 0.2, 0.2))
+                values = score(router.decide(preds, scenario), data, scenario, ctx)
+                values["apsp_drop"] = 1.0 - values["apsp"] / cloud["apsp"]
+                points.append({"tau": tau, **values})
+            seed_rows[split] = points
+        per_seed.append(seed_rows)
+    mean = {split: [{key: float(np.mean([s[split][i][key] for s in per_seed]))
+                     for key in ("tau", "edge_share", "apsp", "apsp_drop", "ca", "ail", "rcs")}
+                    for i in range(len(TAUS))] for split in ("dev", "test")}
+    ok = [p for p in mean["dev"] if p["apsp_drop"] <= 0.05]
+    chosen = max(ok, key=lambda p: p["edge_share"]) if ok else None
+    test_at = next((p for p in mean["test"] if chosen and p["tau"] == chosen["tau"]), None)
+    return {"pair": list(pair), "mes": 6, "router": "knn", "seeds": seeds, "curve": mean,
+            "chosen_on_dev": chosen, "test_at_chosen": test_at}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vlroute-benches"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--sets", default=",".join(SETS))
+    args = parser.parse_args()
+    docs, lines = {}, ["# Routers on the shared sets", ""]
+    for name in args.sets.split(","):
+        bench, image = prepare(name, args.shared, args.work)
+        X, spec = feature_matrix(bench, "minilm", image)
+        doc = evaluate_bench(bench, EvalSpec(
+            routers=(*BASELINES, *LEARNED), scenarios=(parse_scenario(TUNED),),
+            seeds=args.seeds, features=X, feature_spec=spec, singles=True))
+        if SETS[name]:
+            doc["tau_curve"] = tau_curve(bench, X, SETS[name], args.seeds)
+        docs[name] = doc
+        lines += table(name, doc)
+        print("\n".join(lines[-(len(flat_rows(doc)) + 5):]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "routers.json").write_text(json.dumps(docs, indent=1, default=float) + "\n")
+    (args.out / "routers.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'routers.json'} and routers.md")
+
+
+def table(name: str, doc: dict[str, Any]) -> list[str]:
+    out = [f"## {name} (test split, mean ± std over {len(doc['seeds'])} grouped seeds; "
+           "cost estimated)", "",
+           "| router | Avg Acc | Avg Cost ($/10K) | Rank Score | gap closed |",
+           "|---|---|---|---|---|"]
+    for r in flat_rows(doc):
+        gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.3f}"
+        out.append(f"| {r['router']} | {r['avg_acc']:.3f} ± {r['avg_acc_std']:.3f} | "
+                   f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
+                   f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} |")
+    curve = doc.get("tau_curve")
+    if curve:
+        c, t = curve["chosen_on_dev"], curve["test_at_chosen"]
+        out += ["", f"Edge/cloud pair {curve['pair'][0]} / {curve['pair'][1]} (MES 6, kNN "
+                "P(solved)); tau chosen on dev as the largest edge share with APSP drop <= 5%:",
+                "" if not c else f"tau {c['tau']}: test edge share {t['edge_share']:.3f}, "
+                f"APSP drop {t['apsp_drop']:.3f}, CA {t['ca']:.3f}, AIL {t['ail']:.2f} s, "
+                f"RCS {t['rcs']:.3f}", "",
+                "| tau | edge share | APSP drop | CA | AIL (s) | RCS |",
+                "|---|---|---|---|---|---|"]
+        for p in curve["curve"]["test"][::4]:
+            out.append(f"| {p['tau']} | {p['edge_share']:.3f} | {p['apsp_drop']:.3f} | "
+                       f"{p['ca']:.3f} | {p['ail']:.2f} | {p['rcs']:.3f} |")
+    return [*out, ""]
+
+
+if __name__ == "__main__":
+    main()
