@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -105,7 +105,3 @@ class RoutingMatrices:
         arr: FloatArray = getattr(self, names[dimension])
         return arr
 
-
-def field_names() -> tuple[str, ...]:
-    """Names of the dataclass fields (for serialisation helpers)."""
-    return tuple(f.name for f in fields(RoutingMatrices))

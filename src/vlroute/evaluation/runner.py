@@ -55,13 +55,17 @@ def _rows_of(m: RoutingMatrices, split: str) -> np.ndarray:
     return np.flatnonzero(m.splits == split)
 
 
+@dataclass(frozen=True)
 class _Split:
     """One split's matrices and features."""
 
-    def __init__(self, m: RoutingMatrices, name: str, X: FloatArray | None) -> None:
+    data: RoutingMatrices
+    X: FloatArray | None
+
+    @classmethod
+    def of(cls, m: RoutingMatrices, name: str, X: FloatArray | None) -> _Split:
         rows = _rows_of(m, name)
-        self.data = m.subset(rows)
-        self.X = None if X is None else X[rows]
+        return cls(m.subset(rows), None if X is None else X[rows])
 
 
 def _fit(names: list[str], train: _Split, bounds: tuple[float, float], spec: EvalSpec
@@ -86,8 +90,7 @@ def tune_cost_weight(router: QualityRouter, dev: RoutingMatrices, X_dev: FloatAr
                      cost_weights: tuple[float, ...] = COST_WEIGHTS) -> Scenario:
     """The utility scenario whose cost_weight gives ``router`` the best Rank Score on ``dev``
     (bounds in USD per request, as fitted)."""
-    part = _Split.__new__(_Split)
-    part.data, part.X = dev, X_dev
+    part = _Split(dev, X_dev)
     ctx = ScoringContext((bounds[0] * 1e4, bounds[1] * 1e4),
                          reference_model(dev))
     return _tune(router, part, ctx, EvalSpec(cost_weights=cost_weights))[0]
@@ -133,7 +136,7 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     for k in range(spec.seeds):
         note(f"seed {k + 1}/{spec.seeds}")
         mk = _seed_matrices(bench, m, k)
-        parts = {s: _Split(mk, s, spec.features) for s in ("train", "dev", "test")}
+        parts = {s: _Split.of(mk, s, spec.features) for s in ("train", "dev", "test")}
         ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
         routers = _fit(names, parts["train"], bounds, spec)
         for scenario in spec.scenarios:
