@@ -71,3 +71,18 @@ def _names(kinds: tuple[type, ...]) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_json_object(path: Path, *, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON file holding one object; ``{}`` for a missing file when ``missing_ok``."""
+    if missing_ok and not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ReaderError(path, None, f"cannot open: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ReaderError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ReaderError(path, None, "expected a JSON object")
+    return data

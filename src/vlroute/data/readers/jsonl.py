@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vlroute._io import sha256_file
-from vlroute.data.readers._checks import field, iter_jsonl, score_value
+from vlroute.data.readers._checks import field, iter_jsonl, read_json_object, score_value
 from vlroute.data.tables import MEASURED_COLUMNS, MODALITIES, SourceTables
 from vlroute.errors import ReaderError
 
@@ -43,15 +43,7 @@ def read_jsonl_set(src: Path, staging: Path) -> SourceTables:
 
 
 def _read_info(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReaderError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg})") from exc
-    if not isinstance(info, dict):
-        raise ReaderError(path, None, "expected a JSON object")
-    return info
+    return read_json_object(path, missing_ok=True)
 
 
 def _read_models(path: Path) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from vlroute._io import sha256_file
-from vlroute.data.readers._checks import iter_jsonl
+from vlroute.data.readers._checks import iter_jsonl, read_json_object
 from vlroute.data.tables import SourceTables, models_from_names
 from vlroute.errors import ReaderError
 
@@ -34,13 +34,7 @@ FALLBACK_KEYS = ("acc", "correct", "hit", "match")
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReaderError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise ReaderError(path, None, "expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def _model(results: dict[str, Any], folder: Path) -> str:

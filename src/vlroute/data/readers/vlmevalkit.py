@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from vlroute._io import sha256_file
+from vlroute.data.readers._checks import read_json_object
 from vlroute.data.readers._files import (
     decode_image,
     literal_list,
@@ -56,14 +57,7 @@ class _Found:
 
 
 def _status(folder: Path) -> dict[str, Any]:
-    path = folder / "status.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReaderError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg})") from exc
-    return data if isinstance(data, dict) else {}
+    return read_json_object(folder / "status.json", missing_ok=True)
 
 
 def _split_mcq(head: str, datasets: list[str]) -> tuple[str, str] | None:
