@@ -102,3 +102,9 @@ def test_train_saves_an_artifact_with_the_dev_chosen_scenario(toy_set: Path,
     result = CliRunner().invoke(cli, ["train", "knn", str(out), "--features",
                                       "hashing-text,none", "--out", str(tmp_path / "art")])
     assert result.exit_code == 1 and "already exists" in result.output
+    result = run("train", "knn", out, "--features", "hashing-text,hashing-image",
+                 "--scenario", "tau=0.5,by=usd", "--target", "edge_share>=0.3",
+                 "--out", tmp_path / "calibrated")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "calibrated" / "router.json").read_text())["info"]
+    assert saved["scenario"].startswith("tau=") and "Calibrated on dev" in result.output

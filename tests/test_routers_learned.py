@@ -143,3 +143,37 @@ def test_throughput_harness_times_every_router_the_same_way() -> None:
         assert [r["batch"] for r in rows] == [1, 8, 1, 8][:expected]
         assert all(r["ms_p50"] > 0 and r["requests_per_s"] > 0 for r in rows)
         assert calls == ([1] * 5 + [8] * 5 if router.needs_features else [])
+
+
+@pytest.mark.parametrize(("target", "family"), [
+    ("edge_share>=0.45", "tau=0.5"), ("cost_per_request<=0.0005", "cost_weight=0"),
+    ("apsp_drop<=0.05", "tau=0.5")])
+def test_calibration_meets_the_target_on_dev(target: str, family: str) -> None:
+    from vlroute.evaluation.calibrate import Target, calibrate
+    from vlroute.scenarios import parse_scenario
+
+    X, m = learnable()
+    router = make_router("knn", candidates="all").fit(m, bounds=BOUNDS, X=X)
+    Xd, dev = learnable(seed=3)
+    scenario, values = calibrate(router, dev, Xd, Target.parse(target),
+                                 parse_scenario(family), BOUNDS)
+    assert scenario.family == parse_scenario(family).family
+    if target.startswith("edge"):
+        assert values["edge_share"] >= 0.45
+    elif target.startswith("cost"):
+        assert values["avg_cost_per_10k"] / 1e4 <= 0.0005
+    else:
+        assert values["apsp"] >= 0.95 * 1.0    # the reference (dear model) solves everything
+
+
+def test_impossible_targets_and_bad_specs_are_refused() -> None:
+    from vlroute.errors import ScenarioError
+    from vlroute.evaluation.calibrate import Target, calibrate
+
+    X, m = learnable()
+    router = make_router("knn", candidates="all").fit(m, bounds=BOUNDS, X=X)
+    with pytest.raises(ScenarioError, match="No cost_weight meets"):
+        calibrate(router, m, X, Target.parse("cost_per_request<=0.00001"),
+                  Scenario(cost_weight=0.0), BOUNDS)
+    with pytest.raises(ScenarioError, match="Cannot parse target"):
+        Target.parse("edge_share<=0.8")

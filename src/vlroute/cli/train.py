@@ -9,6 +9,7 @@ import click
 from vlroute.cli._ui import console
 from vlroute.cli.evaluate import parse_params
 from vlroute.data import load_bench
+from vlroute.evaluation.calibrate import Target, calibrate
 from vlroute.evaluation.runner import tune_cost_weight
 from vlroute.features.store import feature_matrix
 from vlroute.metrics import cost_bounds
@@ -27,11 +28,14 @@ from vlroute.scenarios import TUNED, parse_scenario
 @click.option("--scenario", default=TUNED, show_default=True,
               help="Scenario saved with the artifact; cost_weight@dev picks the cost_weight "
                    "on the dev split by Rank Score.")
+@click.option("--target", default=None,
+              help="Calibrate the scenario on dev to a target: cost_per_request<=USD, "
+                   "edge_share>=SHARE or apsp_drop<=FRACTION.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Artifact folder (router.json + arrays.npz).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
 def train(router_name: str, directory: Path, params: tuple[str, ...], feature_names: str,
-          scenario: str, out: Path, overwrite: bool) -> None:
+          scenario: str, target: str | None, out: Path, overwrite: bool) -> None:
     """Fit ROUTER on the train split of the bench in DIRECTORY and save it to --out."""
     router_params = parse_params(tuple(f"{router_name}.{p}" for p in params)).get(
         router_name, {})
@@ -48,8 +52,15 @@ def train(router_name: str, directory: Path, params: tuple[str, ...], feature_na
     router = make_router(router_name, **router_params).fit(
         m.subset(train_rows), bounds=bounds, X=None if X is None else X[train_rows])
     chosen = parse_scenario(scenario)
-    if chosen.name == TUNED and isinstance(router, QualityRouter) and X is not None:
-        dev_rows = m.splits == "dev"
+    dev_rows = m.splits == "dev"
+    if target and isinstance(router, QualityRouter) and X is not None:
+        base = chosen if chosen.name != TUNED else parse_scenario("cost_weight=0")
+        chosen, values = calibrate(router, m.subset(dev_rows), X[dev_rows],
+                                   Target.parse(target), base, bounds)
+        console.print(f"Calibrated on dev to {target}: {chosen.spec()} (dev edge share "
+                      f"{values['edge_share']:.3f}, APSP {values['apsp']:.3f}, cost "
+                      f"{values['avg_cost_per_10k']:.3f} $/10K).")
+    elif chosen.name == TUNED and isinstance(router, QualityRouter) and X is not None:
         chosen = tune_cost_weight(router, m.subset(dev_rows), X[dev_rows], bounds)
     save_router(router, out, feature_spec=spec, overwrite=overwrite, info={
         "bench": bench.name, "source_digest": bench.manifest.get("source_digest"),
