@@ -60,7 +60,8 @@ def tau_curve(bench: Bench, X: np.ndarray, pair: tuple[str, str], seeds: int
     m_all = bench.matrices(list(pair))
     per_seed = []
     for k in range(seeds):
-        m = m_all if k == 0 else m_all.with_splits(resplit(bench, 42 + k))
+        base_seed = int(bench.manifest.get("split", {}).get("seed", 42))
+        m = m_all if k == 0 else m_all.with_splits(resplit(bench, base_seed + k))
         router = make_router("knn", candidates="all").fit(
             m.split("train"), bounds=cost_bounds(m_all.cost), X=X[m.splits == "train"])
         ctx = ScoringContext(tuple(b * 1e4 for b in cost_bounds(m_all.cost)), 1)

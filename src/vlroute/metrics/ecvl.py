@@ -20,12 +20,7 @@ import numpy as np
 
 from vlroute._typing import FloatArray, IntArray
 from vlroute.metrics.routing import chosen
-
-
-def solved(quality: FloatArray, mes: float) -> FloatArray:
-    """1.0 where 10 q >= MES, 0.0 where not, NaN where q is missing."""
-    out = (10.0 * quality >= mes - 1e-9).astype(float)
-    return np.where(np.isnan(quality), np.nan, out)
+from vlroute.objectives import solved
 
 
 def apsp(decisions: IntArray, quality: FloatArray, mes: float) -> float:

@@ -7,21 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlroute._typing import IntArray
-
-
-def pareto_frontier(costs: Sequence[float], accs: Sequence[float]) -> IntArray:
-    """Indices of the points no other point beats (cheaper or equal and more accurate),
-    ordered by cost."""
-    c = np.asarray(costs, dtype=float)
-    a = np.asarray(accs, dtype=float)
-    order = np.lexsort((-a, c))
-    out, best = [], -math.inf
-    for i in order:
-        if a[i] > best + 1e-12:
-            out.append(int(i))
-            best = a[i]
-    return np.array(out, dtype=np.int64)
+from vlroute.objectives import pareto_frontier
 
 
 def pareto_area(costs: Sequence[float], accs: Sequence[float], *, c_min: float,

@@ -9,7 +9,7 @@ import numpy as np
 
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
-from vlroute.metrics.routing import oracle_decisions, rank_score
+from vlroute.objectives import oracle_decisions, rank_score
 from vlroute.routers.base import BaseRouter, argbest
 from vlroute.scenarios import Scenario
 

@@ -18,8 +18,7 @@ from threadpoolctl import ThreadpoolController
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
-from vlroute.metrics.ecvl import solved
-from vlroute.metrics.pareto import pareto_frontier
+from vlroute.objectives import pareto_frontier, solved
 from vlroute.routers.base import BaseRouter
 from vlroute.scenarios import Scenario
 
