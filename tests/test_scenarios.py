@@ -60,3 +60,18 @@ def test_utility_extremes() -> None:
     assert Scenario(cost_weight=100.0).select(quality, cost).tolist() == [0]
     per_sample = np.array([[8.0, 2.0, 1.0]])
     assert Scenario(cost_weight=100.0).select(quality, per_sample).tolist() == [2]
+
+
+def test_edge_first_tries_the_edge_model_before_a_cheaper_cloud_model() -> None:
+    p_solved = np.array([[0.9, 0.95], [0.3, 0.95]])
+    usd = np.array([2.64, 2.63])                  # the cloud model is (slightly) cheaper
+    tiers = ("edge", "cloud")
+    plain = Scenario(tau=0.8)
+    first = parse_scenario("tau=0.8,edge_first=1")
+    assert plain.select(p_solved, usd, tiers=tiers).tolist() == [1, 1]
+    assert first.select(p_solved, usd, tiers=tiers).tolist() == [0, 1]
+    assert parse_scenario(first.spec()).edge_first
+    with pytest.raises(ScenarioError, match="no tier per model"):
+        first.select(p_solved, usd)
+    with pytest.raises(ScenarioError, match="edge_first must be"):
+        parse_scenario("tau=0.5,edge_first=maybe")

@@ -48,6 +48,10 @@ class Scenario:
         dimension of the cost advantage CA.
     rcs_weights : tuple of float
         (w_q, w_c, w_l) of the routing comprehensive score.
+    edge_first : bool
+        Threshold family: try edge-tier models before cloud ones (ECVL's "stay on the edge
+        unless it is unlikely to reach MES"), then by ``by`` within a tier. Without it the
+        cheapest model in ``by`` comes first, which need not be the edge model.
     """
 
     name: str = "custom"
@@ -56,6 +60,7 @@ class Scenario:
     tau: float | None = None
     by: CostDimension = "usd"
     rcs_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    edge_first: bool = False
 
     def __post_init__(self) -> None:
         if (self.cost_weight is None) == (self.tau is None):
@@ -92,6 +97,8 @@ class Scenario:
         if self.mes is not None:
             parts.append(f"mes={self.mes:g}")
         parts.append(f"by={self.by}")
+        if self.edge_first:
+            parts.append("edge_first=1")
         if self.rcs_weights != (0.6, 0.2, 0.2):
             parts += [f"{k}={w:g}" for k, w in zip(("w_q", "w_c", "w_l"), self.rcs_weights,
                                                   strict=True)]
@@ -103,7 +110,8 @@ class Scenario:
 
     def select(self, predictions: FloatArray, costs: FloatArray,
                latencies: FloatArray | None = None, energies: FloatArray | None = None, *,
-               bounds: tuple[float, float] | None = None) -> IntArray:
+               bounds: tuple[float, float] | None = None,
+               tiers: tuple[str, ...] | None = None) -> IntArray:
         """Choose one model per request.
 
         Parameters
@@ -115,6 +123,8 @@ class Scenario:
         bounds : (low, high), optional
             Log-scale bounds of the cost dimension for the utility family; default the min
             and max of the given costs.
+        tiers : tuple of str, optional
+            Each model's tier ("edge" / "cloud"); needed by ``edge_first``.
         """
         preds = np.asarray(predictions, dtype=float)
         if preds.ndim != 2:
@@ -122,6 +132,15 @@ class Scenario:
         cost = self._dimension(costs, latencies, energies, preds.shape)
         if self.family == "utility":
             return self._utility(preds, cost, bounds)
+        if self.edge_first:
+            if tiers is None or len(tiers) != preds.shape[1]:
+                raise ScenarioError(f"Scenario {self.name!r} is edge_first but no tier per "
+                                    "model was given.")
+            cloud = np.array([t != "edge" for t in tiers], dtype=float)
+            # Order key: tier first, then the cost dimension (a cloud model sorts after every
+            # edge model whatever its cost).
+            span = float(np.nanmax(cost) - np.nanmin(cost)) + 1.0
+            cost = np.nan_to_num(cost, nan=np.inf) + cloud * span * 2.0
         return self._threshold(preds, cost)
 
     def _dimension(self, costs: FloatArray, latencies: FloatArray | None,
@@ -162,7 +181,7 @@ PRESETS: dict[str, Scenario] = {
     "quality": Scenario("quality", mes=8, tau=0.8, by="usd", rcs_weights=(0.6, 0.2, 0.2)),
     "eco": Scenario("eco", mes=5, tau=0.5, by="energy", rcs_weights=(0.3, 0.5, 0.2)),
 }
-_KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l")
+_KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l", "edge_first")
 #: evaluation-only scenario: each learned router takes the cost_weight with the best Rank Score
 #: on the dev split (baselines, which ignore cost_weight, decide as always)
 TUNED = "cost_weight@dev"
@@ -210,6 +229,10 @@ def _pair(part: str, spec: str) -> tuple[str, Any]:
                             f"with key in {', '.join(_KEYS)}.")
     if key in ("by", "name"):
         return key, value
+    if key == "edge_first":
+        if value not in ("0", "1", "true", "false"):
+            raise ScenarioError(f"edge_first must be 0/1 or true/false in scenario {spec!r}.")
+        return key, value in ("1", "true")
     try:
         return key, float(value)
     except ValueError:

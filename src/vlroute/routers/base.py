@@ -36,6 +36,7 @@ class BaseRouter(ABC):
         """Learn from the train split. ``bounds`` are the bench's Rank Score cost bounds;
         ``X`` (n_train, n_features) the request features, for routers that need them."""
         self.models_ = train.models
+        self.tiers_ = train.tiers
         self.bounds_ = bounds
         with np.errstate(all="ignore"):
             self.mean_quality_ = np.nanmean(train.quality, axis=0)

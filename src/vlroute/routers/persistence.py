@@ -104,7 +104,7 @@ def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> Ba
             f"{feature_spec}; retrain the router or use the same encoders and fusion.")
     router = make_router(doc["router"], **doc["params"])
     for key, value in _join(doc["fitted"], arrays).items():
-        if key in ("models_",):
+        if key in ("models_", "tiers_"):
             value = tuple(value)
         setattr(router, key, value)
     if isinstance(router, QualityRouter):

@@ -84,7 +84,8 @@ class QualityRouter(BaseRouter):
         predictions = np.where(self.allowed_, predictions, -np.inf)
         costs = self.mean_cost_
         return scenario.select(predictions, costs["usd"], costs["latency"], costs["energy"],
-                               bounds=self.bounds_ if scenario.by == "usd" else None)
+                               bounds=self.bounds_ if scenario.by == "usd" else None,
+                               tiers=self.tiers_)
 
     def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """A fitted state as JSON-able metadata and named arrays (default: a dict of arrays)."""
