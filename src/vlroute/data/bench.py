@@ -131,14 +131,6 @@ class Bench:
             **arrays,
         )
 
-    def model_info(self, model: str) -> dict[str, Any]:
-        """The models-table row of ``model`` as a dict."""
-        row = self.models.loc[self.models["model"] == model]
-        if row.empty:
-            raise BenchError(f"Unknown model {model!r}.")
-        out: dict[str, Any] = {str(k): v for k, v in row.iloc[0].to_dict().items()}
-        return out
-
 
 def load_bench(root: Path | str, *, verify: bool = False, text: bool = False) -> Bench:
     """Open a bench directory; with ``verify``, check every table against its hash.

@@ -213,12 +213,7 @@ def _finish(doc: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, li
          "ms_per_request_p99": clean(float(np.percentile(v, 99)) * 1e3),
          "requests_per_s": clean(1.0 / float(np.median(v))) if np.median(v) > 0 else None}
         for name, v in times.items() if name in spec.routers]
-    doc["bench"] = {**doc["bench"], **bench_section_extra(m)}
-
-
-def bench_section_extra(m: RoutingMatrices) -> dict[str, Any]:
-    """Counts of the matrices the evaluation used."""
-    return {"n_samples": m.n_samples, "n_models": m.n_models}
+    doc["bench"].update(n_samples=m.n_samples, n_models=m.n_models)
 
 
 __all__ = ["EvalSpec", "bench_section", "evaluate_bench"]
