@@ -8,7 +8,7 @@ import pytest
 from test_baselines import matrices
 from vlroute.errors import NotFittedError
 from vlroute.metrics import avg_acc
-from vlroute.routers import LEARNED, make_router
+from vlroute.routers import QUALITY, make_router
 from vlroute.scenarios import Scenario
 
 BOUNDS = (1e-4, 4e-3)
@@ -26,7 +26,7 @@ def learnable(n: int = 240, seed: int = 0) -> tuple[np.ndarray, object]:
     return X, matrices(quality, np.array([1e-4, 4e-4, 4e-3, 2e-4]))
 
 
-@pytest.fixture(params=LEARNED)
+@pytest.fixture(params=QUALITY)
 def name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -12,6 +12,7 @@ was expected.
   * CatalogError              - the cost / latency / energy catalog is malformed
   * UnknownComponentError     - a registry miss ("Did you mean ...? Available: ...")
   * ScenarioError             - a scenario spec cannot be parsed or applied
+    * ScenarioMismatchError   - a policy router asked to decide under another scenario
   * NotFittedError            - a router was used before ``fit``
   * ResultsError              - a results document is malformed
 """
@@ -59,6 +60,10 @@ class UnknownComponentError(VlrouteError, KeyError):
 
 class ScenarioError(VlrouteError, ValueError):
     """A scenario spec cannot be parsed, or a scenario cannot be applied to the inputs."""
+
+
+class ScenarioMismatchError(ScenarioError):
+    """A policy router (trained for one trade-off) was asked to decide under another."""
 
 
 class NotFittedError(VlrouteError, ValueError, AttributeError):

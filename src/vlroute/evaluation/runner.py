@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +13,13 @@ import numpy as np
 from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench, resplit
 from vlroute.data.matrices import RoutingMatrices
+from vlroute.errors import ScenarioMismatchError
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import cost_bounds, gap_closed, pareto_area, pareto_frontier
 from vlroute.routers import BASELINES, BaseRouter, make_router
+from vlroute.routers.labels import LABEL_LAMBDAS
+from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import QualityRouter
 from vlroute.scenarios import PRESETS, TUNED, Scenario
 
@@ -42,6 +46,9 @@ class EvalSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: cost_weight grid searched on dev for the ``cost_weight@dev`` scenario
     cost_weights: tuple[float, ...] = COST_WEIGHTS
+    #: label_lambda grid searched on dev for policy routers in that scenario (each value is
+    #: a retraining; a label_lambda given in ``params`` is used as is)
+    label_lambdas: tuple[float, ...] = LABEL_LAMBDAS
 
 
 def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int) -> RoutingMatrices:
@@ -113,12 +120,78 @@ def _tune(router: BaseRouter, dev: _Split, ctx: ScoringContext, spec: EvalSpec
     return Scenario(TUNED, cost_weight=best["cost_weight"]), points
 
 
+def lambda_label(value: float) -> float | str:
+    """label_lambda as JSON can hold it (inf becomes "inf")."""
+    return "inf" if math.isinf(value) else value
+
+
+def _tune_policy(name: str, router: PolicyRouter, train: _Split, dev: _Split,
+                 bounds: tuple[float, float], ctx: ScoringContext, spec: EvalSpec
+                 ) -> tuple[PolicyRouter, list[dict[str, Any]]]:
+    """The policy router retrained at each label_lambda, keeping the best Rank Score on dev."""
+    if router.label_lambda is None or "label_lambda" in spec.params.get(name, {}) \
+            or dev.data.n_samples == 0:
+        return router, []
+    as_trained = Scenario(TUNED, cost_weight=0.0)
+    points, fitted = [], []
+    for lam in spec.label_lambdas:
+        candidate = make_router(name, **{**spec.params.get(name, {}), "label_lambda": lam})
+        candidate.fit(train.data, bounds=bounds, X=train.X)
+        values = score(candidate.route(dev.data, as_trained, dev.X), dev.data, as_trained, ctx)
+        points.append({"label_lambda": lambda_label(lam), **values})
+        fitted.append(candidate)
+    best = max(range(len(points)),
+               key=lambda i: np.nan_to_num(points[i]["rank_score"], nan=-1.0))
+    chosen = fitted[best]
+    assert isinstance(chosen, PolicyRouter)
+    return chosen, points
+
+
+def _for_scenario(routers: dict[str, BaseRouter], scenario: Scenario, parts: dict[str, _Split],
+                  bounds: tuple[float, float], ctx: ScoringContext, spec: EvalSpec,
+                  doc: dict[str, Any], seed: int
+                  ) -> tuple[dict[str, BaseRouter], dict[str, Scenario]]:
+    """The routers that take part in ``scenario`` and the scenario each decides under.
+
+    In ``cost_weight@dev`` quality routers get their cost_weight and policy routers their
+    label_lambda from dev. Policy routers sit out any other scenario they cannot decide
+    (threshold, or a cost_weight they were not trained for); the document says so.
+    """
+    active, chosen = dict(routers), {name: scenario for name in routers}
+    for name, router in routers.items():
+        if scenario.name == TUNED and isinstance(router, QualityRouter):
+            chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
+            doc["curves"].append({"router": name, "parameter": "cost_weight", "split": "dev",
+                                  "seed": seed, "selected": chosen[name].cost_weight,
+                                  "points": sweep})
+        elif scenario.name == TUNED and isinstance(router, PolicyRouter):
+            tuned, sweep = _tune_policy(name, router, parts["train"], parts["dev"], bounds,
+                                        ctx, spec)
+            active[name], chosen[name] = tuned, Scenario(TUNED, cost_weight=0.0)
+            if sweep:
+                doc["curves"].append({"router": name, "parameter": "label_lambda",
+                                      "split": "dev", "seed": seed,
+                                      "selected": lambda_label(float(tuned.label_lambda or 0)),
+                                      "points": sweep})
+        elif isinstance(router, PolicyRouter):
+            try:
+                router.check_scenario(scenario)
+            except ScenarioMismatchError as exc:
+                del active[name]
+                if seed == 0:
+                    doc.setdefault("skipped", []).append(
+                        {"router": name, "scenario": scenario.name, "reason": str(exc)})
+    return active, chosen
+
+
 def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                    progress: Progress | None = None) -> dict[str, Any]:
     """Fit every router on each seed's train split and score it on ``spec.splits``.
 
-    Learned routers get ``spec.features``. In the ``cost_weight@dev`` scenario each router's
-    cost_weight is the one with the best Rank Score on dev; baselines decide as always.
+    Learned routers get ``spec.features``. In the ``cost_weight@dev`` scenario each quality
+    router's cost_weight, and each policy router's label_lambda (a retraining per value), is
+    the one with the best Rank Score on dev; baselines decide as always. Policy routers sit out
+    the scenarios they cannot decide (listed under ``skipped``).
     Returns a ``vlroute-results/1`` document (see :mod:`vlroute.evaluation.results`).
     """
     note = progress or (lambda _msg: None)
@@ -140,16 +213,9 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
         ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
         routers = _fit(names, parts["train"], bounds, spec)
         for scenario in spec.scenarios:
-            chosen = {name: scenario for name in routers}
-            if scenario.name == TUNED:
-                for name, router in routers.items():
-                    if isinstance(router, QualityRouter):
-                        chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
-                        doc["curves"].append({"router": name, "parameter": "cost_weight",
-                                              "split": "dev", "seed": k, "selected":
-                                              chosen[name].cost_weight, "points": sweep})
+            active, chosen = _for_scenario(routers, scenario, parts, bounds, ctx, spec, doc, k)
             for split in spec.splits:
-                rows.extend(_score_split(routers, chosen, parts[split], ctx, split, k, spec,
+                rows.extend(_score_split(active, chosen, parts[split], ctx, split, k, spec,
                                          doc, times))
         doc["seeds"].append({"seed": k, "reference_model": m.models[ctx.reference],
                              "best_single_by_rank":
@@ -170,7 +236,9 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
         decisions, seconds = _timed_route(router, part, scenario)
         times.setdefault(name, []).append(seconds / max(part.data.n_samples, 1))
         scored[name] = score(decisions, part.data, scenario, ctx)
-        if scenario.cost_weight is not None and scenario.name == TUNED:
+        if isinstance(router, PolicyRouter) and router.label_lambda is not None:
+            scored[name]["label_lambda"] = lambda_label(float(router.label_lambda))
+        elif scenario.cost_weight is not None and scenario.name == TUNED:
             scored[name]["cost_weight"] = scenario.cost_weight
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))

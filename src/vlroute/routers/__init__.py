@@ -2,7 +2,9 @@
 
 Names: the training-free baselines ``oracle``, ``strongest_global``, ``cheapest_global``,
 ``strongest_per_dataset``, ``random``, ``best_single_by_rank``; ``single:<model id>`` builds a
-fixed single-model router.
+fixed single-model router. Quality routers (estimate each model's quality, so every scenario
+applies): ``knn``, ``linear``, ``gbdt``, ``ovr``, ``mlp``, ``mf``. Policy routers (trained for
+one trade-off, utility family only): ``prknn``, ``prototype``, ``linear_soft``, ``mlp_soft``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ for _name, _cls in zip(BASELINES, ("OracleRouter", "StrongestGlobalRouter",
                                    "CheapestGlobalRouter", "StrongestPerDatasetRouter",
                                    "RandomRouter", "BestSingleByRankRouter"), strict=True):
     ROUTERS.register(_name, f"{_MODULE}:{_cls}")
-LEARNED = ("knn", "linear", "gbdt")
+QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf")
+POLICY = ("prknn", "prototype", "linear_soft", "mlp_soft")
+LEARNED = QUALITY + POLICY
 #: the router `vlroute demo` trains and the gateway will serve: kNN supports both scenario
 #: families and decides in well under a millisecond; to be revisited when bench/routers.py
 #: compares every router on dev splits
@@ -27,6 +31,13 @@ DEFAULT_ROUTER = "knn"
 ROUTERS.register("knn", "vlroute.routers.quality:KNNRouter")
 ROUTERS.register("linear", "vlroute.routers.quality:LinearRouter")
 ROUTERS.register("gbdt", "vlroute.routers.quality:GBDTRouter")
+ROUTERS.register("ovr", "vlroute.routers.ovr:OVRRouter")
+ROUTERS.register("mlp", "vlroute.routers.mlp:MLPRouter")
+ROUTERS.register("mf", "vlroute.routers.mf:MFRouter")
+ROUTERS.register("prknn", "vlroute.routers.neighbours:PRkNNRouter")
+ROUTERS.register("prototype", "vlroute.routers.neighbours:PrototypeRouter")
+ROUTERS.register("linear_soft", "vlroute.routers.mlp:LinearPolicyRouter")
+ROUTERS.register("mlp_soft", "vlroute.routers.mlp:MLPPolicyRouter")
 
 
 def make_router(name: str, **params: object) -> BaseRouter:
@@ -42,4 +53,5 @@ def make_router(name: str, **params: object) -> BaseRouter:
     return ROUTERS.get(name)(**params)
 
 
-__all__ = ["BASELINES", "DEFAULT_ROUTER", "LEARNED", "ROUTERS", "BaseRouter", "make_router"]
+__all__ = ["BASELINES", "DEFAULT_ROUTER", "LEARNED", "POLICY", "QUALITY", "ROUTERS", "BaseRouter",
+           "make_router"]

@@ -9,7 +9,7 @@ it says so with ``uses_labels``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -79,6 +79,40 @@ class BaseRouter(ABC):
 
     def _constant(self, data: RoutingMatrices, column: int) -> IntArray:
         return np.full(data.n_samples, column, dtype=np.int64)
+
+
+class LearnedRouter(BaseRouter):
+    """A router fitted on request features, whose fitted model lives in ``state_``.
+
+    Subclasses turn the state into JSON-able metadata and named arrays for artifacts (no
+    pickle); the default handles a dict of arrays.
+    """
+
+    needs_features: ClassVar[bool] = True
+    #: the fitted model, set by ``fit``
+    state_: Any
+    #: share of train groups held out for early stopping (neural routers)
+    holdout_fraction: ClassVar[float] = 0.1
+
+    def _holdout(self, train: RoutingMatrices) -> np.ndarray:
+        """A seeded, grouped hold-out of the train split: variants of one question stay on
+        one side, so early stopping sees unseen questions."""
+        codes = np.unique(train.groups.astype(str), return_inverse=True)[1]
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        if n_groups < 10:
+            return np.zeros(len(codes), dtype=bool)
+        held = np.random.default_rng(0).permutation(n_groups)[
+            :max(1, round(n_groups * self.holdout_fraction))]
+        out: np.ndarray = np.isin(codes, held)
+        return out
+
+    def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A fitted state as JSON-able metadata and named arrays (default: a dict of arrays)."""
+        return {}, {k: np.asarray(v) for k, v in state.items()}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+        """Inverse of :meth:`export_state`."""
+        return dict(arrays)
 
 
 def argbest(values: FloatArray, tie_cost: FloatArray) -> int:

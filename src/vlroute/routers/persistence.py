@@ -16,6 +16,7 @@ from vlroute import __version__
 from vlroute._io import atomic_directory, atomic_path, write_json_atomic
 from vlroute.errors import VlrouteError
 from vlroute.routers import ROUTERS, BaseRouter, make_router
+from vlroute.routers.base import LearnedRouter
 from vlroute.routers.quality import QualityRouter
 
 FORMAT = "vlroute-router/1"
@@ -71,13 +72,15 @@ def save_router(router: BaseRouter, path: Path, *, feature_spec: dict[str, Any] 
                            "router": _name_of(router), "params": _params(router),
                            "feature_spec": feature_spec or {}, "info": info or {},
                            "fitted": _split(fitted, "fitted", arrays)}
-    if isinstance(router, QualityRouter):
+    if isinstance(router, LearnedRouter):
         meta, state_arrays = router.export_state(router.state_)
         doc["state"] = meta
         arrays.update({f"state.{k}": v for k, v in state_arrays.items()})
         doc["state_arrays"] = sorted(state_arrays)
-        arrays["train.X"] = router._X_train.astype(np.float32)   # for P(solved) refits
+    if isinstance(router, QualityRouter):                         # for P(solved) refits
+        arrays["train.X"] = router._X_train.astype(np.float32)
         arrays["train.quality"] = router._quality_train
+        arrays["train.holdout"] = router._holdout_train
     with atomic_directory(Path(path), overwrite=overwrite) as staging:
         write_json_atomic(staging / "router.json", doc)
         with atomic_path(staging / "arrays.npz") as tmp, tmp.open("wb") as handle:
@@ -107,10 +110,12 @@ def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> Ba
         if key in ("models_", "tiers_"):
             value = tuple(value)
         setattr(router, key, value)
-    if isinstance(router, QualityRouter):
+    if isinstance(router, LearnedRouter):
         state_arrays = {k: arrays[f"state.{k}"] for k in doc["state_arrays"]}
         router.state_ = router.import_state(doc["state"], state_arrays)
+    if isinstance(router, QualityRouter):
         router._X_train = arrays["train.X"].astype(np.float64)
         router._quality_train = arrays["train.quality"]
+        router._holdout_train = arrays["train.holdout"]
         router._by_mes = {}
     return router

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -19,11 +19,11 @@ from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
 from vlroute.objectives import pareto_frontier, solved
-from vlroute.routers.base import BaseRouter
+from vlroute.routers.base import LearnedRouter
 from vlroute.scenarios import Scenario
 
 
-class QualityRouter(BaseRouter):
+class QualityRouter(LearnedRouter):
     """Estimate per-model quality from request features, then let the scenario decide.
 
     ``candidates="pareto"`` (a constructor parameter of every subclass) lets the decision pick
@@ -31,7 +31,6 @@ class QualityRouter(BaseRouter):
     average is rarely worth its noise in per-request estimates.
     """
 
-    needs_features: ClassVar[bool] = True
     candidates: str = "all"
 
     def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
@@ -50,6 +49,7 @@ class QualityRouter(BaseRouter):
         self.binary_ = bool(np.isin(finite, (0.0, 1.0)).all())
         self._X_train = X
         self._quality_train = q
+        self._holdout_train = self._holdout(train)
         self.state_ = self._fit_estimator(X, q)
         self._by_mes: dict[float, Any] = {}
 
@@ -86,14 +86,6 @@ class QualityRouter(BaseRouter):
         return scenario.select(predictions, costs["usd"], costs["latency"], costs["energy"],
                                bounds=self.bounds_ if scenario.by == "usd" else None,
                                tiers=self.tiers_)
-
-    def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """A fitted state as JSON-able metadata and named arrays (default: a dict of arrays)."""
-        return {}, {k: np.asarray(v) for k, v in state.items()}
-
-    def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-        """Inverse of :meth:`export_state`."""
-        return dict(arrays)
 
     @abstractmethod
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
