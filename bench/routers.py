@@ -8,7 +8,7 @@ set has images), evaluate the baselines and learned routers with cost_weight cho
 (scenario ``cost_weight@dev``), and, for one edge/cloud pair per image set, sweep tau of the
 threshold rule (kNN P(solved), edge model first: ECVL's rule) on dev and test.
 ``--tau-only`` recomputes just the tau curves of an existing ``routers.json``. Writes
-``routers.json`` (a vlroute-results/1 document per set) and ``routers.md``.
+``routers.json`` (a vlroute-results/2 document per set) and ``routers.md``.
 """
 
 from __future__ import annotations
@@ -18,22 +18,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vlroute.data import READERS, build_bench, load_bench
 from vlroute.data.bench import Bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows
-from vlroute.evaluation.scoring import ScoringContext, score
+from vlroute.evaluation.results import json_safe, load_result_set
+from vlroute.evaluation.tau import tau_curve
 from vlroute.features.registry import make_encoder
 from vlroute.features.store import compute_features, feature_matrix
-from vlroute.metrics import cost_bounds
-from vlroute.routers import BASELINES, LEARNED, make_router
-from vlroute.scenarios import TUNED, Scenario, parse_scenario
+from vlroute.routers import BASELINES, LEARNED
+from vlroute.scenarios import TUNED, parse_scenario
 
 SETS = {"dynamath": ("Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct"),
         "mathv": ("internlm-xcomposer2-vl-7b", "qwen-vl-max"),
         "vibe_eval": None, "llmrouter_text": None}
-TAUS = tuple(np.round(np.linspace(0.0, 1.0, 41), 3).tolist())
 
 
 def prepare(name: str, shared: Path, work: Path) -> tuple[Bench, str | None]:
@@ -51,46 +48,6 @@ def prepare(name: str, shared: Path, work: Path) -> tuple[Bench, str | None]:
     return bench, image
 
 
-def tau_curve(bench: Bench, X: np.ndarray, pair: tuple[str, str], seeds: int
-              ) -> dict[str, Any]:
-    """kNN P(solved) threshold rule on an edge/cloud pair, per tau, dev and test, mean over
-    seeds; the tau for "edge share as large as possible with APSP within 5% of always-cloud"
-    is chosen on dev and reported on test."""
-    from vlroute.data.bench import resplit
-
-    m_all = bench.matrices(list(pair))
-    per_seed = []
-    for k in range(seeds):
-        base_seed = int(bench.manifest.get("split", {}).get("seed", 42))
-        m = m_all if k == 0 else m_all.with_splits(resplit(bench, base_seed + k))
-        router = make_router("knn", candidates="all").fit(
-            m.split("train"), bounds=cost_bounds(m_all.cost), X=X[m.splits == "train"])
-        ctx = ScoringContext(tuple(b * 1e4 for b in cost_bounds(m_all.cost)), 1)
-        seed_rows = {}
-        for split in ("dev", "test"):
-            data, Xs = m.split(split), X[m.splits == split]
-            cloud = score(np.ones(data.n_samples, dtype=np.int64), data,
-                          Scenario(tau=1.0, by="usd", mes=6), ctx)
-            preds = router.predict_solved(Xs, 6.0)
-            points = []
-            for tau in TAUS:
-                scenario = Scenario("pair", tau=tau, mes=6, by="usd", edge_first=True,
-                                    rcs_weights=(0.6, 0.2, 0.2))
-                values = score(router.decide(preds, scenario), data, scenario, ctx)
-                values["apsp_drop"] = 1.0 - values["apsp"] / cloud["apsp"]
-                points.append({"tau": tau, **values})
-            seed_rows[split] = points
-        per_seed.append(seed_rows)
-    mean = {split: [{key: float(np.mean([s[split][i][key] for s in per_seed]))
-                     for key in ("tau", "edge_share", "apsp", "apsp_drop", "ca", "ail", "rcs")}
-                    for i in range(len(TAUS))] for split in ("dev", "test")}
-    ok = [p for p in mean["dev"] if p["apsp_drop"] <= 0.05]
-    chosen = max(ok, key=lambda p: p["edge_share"]) if ok else None
-    test_at = next((p for p in mean["test"] if chosen and p["tau"] == chosen["tau"]), None)
-    return {"pair": list(pair), "mes": 6, "router": "knn", "seeds": seeds, "curve": mean,
-            "chosen_on_dev": chosen, "test_at_chosen": test_at}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
@@ -102,20 +59,21 @@ def main() -> None:
                         help="Recompute only the tau curves of an existing routers.json.")
     args = parser.parse_args()
     docs, lines = {}, ["# Routers on the shared sets", ""]
-    previous = json.loads((args.out / "routers.json").read_text()) if args.tau_only else {}
+    previous = load_result_set(args.out / "routers.json") if args.tau_only else {}
     for name in args.sets.split(","):
         bench, image = prepare(name, args.shared, args.work)
         X, spec = feature_matrix(bench, "minilm", image)
         doc = previous.get(name) or evaluate_bench(bench, EvalSpec(
             routers=(*BASELINES, *LEARNED), scenarios=(parse_scenario(TUNED),),
             seeds=args.seeds, features=X, feature_spec=spec, singles=True))
-        if SETS[name]:
-            doc["tau_curve"] = tau_curve(bench, X, SETS[name], args.seeds)
+        pair = SETS[name]
+        if pair:
+            doc["tau_curves"] = [tau_curve(bench, X, pair, seeds=args.seeds)]
         docs[name] = doc
         lines += table(name, doc)
         print("\n".join(lines[-(len(flat_rows(doc)) + 5):]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "routers.json").write_text(json.dumps(docs, indent=1, default=float) + "\n")
+    (args.out / "routers.json").write_text(json.dumps(json_safe(docs), indent=1) + "\n")
     (args.out / "routers.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'routers.json'} and routers.md")
 
@@ -130,8 +88,7 @@ def table(name: str, doc: dict[str, Any]) -> list[str]:
         out.append(f"| {r['router']} | {r['avg_acc']:.3f} ± {r['avg_acc_std']:.3f} | "
                    f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
                    f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} |")
-    curve = doc.get("tau_curve")
-    if curve:
+    for curve in doc.get("tau_curves", []):
         c, t = curve["chosen_on_dev"], curve["test_at_chosen"]
         out += ["", f"Edge/cloud pair {curve['pair'][0]} / {curve['pair'][1]} (MES 6, kNN "
                 "P(solved), edge model tried first); tau chosen on dev as the largest edge "

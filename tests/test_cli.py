@@ -35,7 +35,7 @@ def test_build_validate_describe_eval(toy_set: Path, tmp_path: Path) -> None:
                 "gap_closed", "rank_score_std", "apsp", "rcs"):
         assert key in rows[0]
     doc = load_results(tmp_path / "results.json")
-    assert doc["schema"] == "vlroute-results/1" and len(doc["seeds"]) == 2
+    assert doc["schema"] == "vlroute-results/2" and len(doc["seeds"]) == 2
     assert {s["name"] for s in doc["scenarios"]} == {"fast", "cost_weight=0.2"}
     assert "single:small-2b" in result.output
 

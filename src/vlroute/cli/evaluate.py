@@ -98,7 +98,7 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write the flat rows (mean over seeds, with *_std) as JSON.")
 @click.option("--results", "results_out", type=click.Path(path_type=Path), default=None,
-              help="Write the full vlroute-results/1 document.")
+              help="Write the full vlroute-results/2 document.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str, scenarios: tuple[str, ...], seeds: int,
                  splits: tuple[str, ...], models: str | None, all_models: bool,

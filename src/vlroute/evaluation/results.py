@@ -1,8 +1,9 @@
-"""The ``vlroute-results/1`` document that ``eval`` writes and ``report`` reads.
+"""The ``vlroute-results/2`` document that ``eval`` writes and ``report`` reads.
 
 Top-level keys:
 
-- ``schema``: "vlroute-results/1"; ``created_at``; ``vlroute_version``;
+- ``schema``: "vlroute-results/2" (version 1 documents, without ``tau_curves`` and
+  ``skipped``, are still read); ``created_at``; ``vlroute_version``;
 - ``bench``: name, path, label, sources, licence, commit, economics (catalog, which quantities
   are estimated and how), candidate models, tiers, cost bounds, split;
 - ``scenarios``: each scenario's name, spec, family, mes, tau, by, rcs_weights;
@@ -13,7 +14,11 @@ Top-level keys:
 - ``pareto``: the single models' frontier and its area per scenario and split;
 - ``curves``: parameter sweeps (router, parameter, points);
 - ``breakdown``: router, scenario, by (dataset | task), key, n, avg_acc, avg_cost_per_10k;
-- ``timings``: router, with_encoders, batch, ms per request p50 / p99, requests per second.
+- ``timings``: router, with_encoders, batch, ms per request p50 / p99, requests per second;
+- ``tau_curves``: per edge/cloud pair, the threshold curve (:mod:`vlroute.evaluation.tau`);
+- ``skipped``: policy routers that sat out a scenario, and why.
+
+A file may also hold several documents keyed by set name (``bench/results/routers.json``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from vlroute.scenarios import Scenario
 if TYPE_CHECKING:
     from vlroute.evaluation.runner import EvalSpec
 
-SCHEMA = "vlroute-results/1"
+SCHEMA = "vlroute-results/2"
+READABLE = ("vlroute-results/1", SCHEMA)
 _KEYS = ("router", "scenario", "split")
 
 
@@ -80,7 +86,8 @@ def new_document(bench: Bench, spec: EvalSpec, m: RoutingMatrices,
             "vlroute_version": __version__, "bench": section,
             "scenarios": [_scenario_dict(s) for s in spec.scenarios],
             "features": spec.feature_spec, "seeds": [], "rows": [],
-            "singles": [], "pareto": [], "curves": [], "breakdown": [], "timings": []}
+            "singles": [], "pareto": [], "curves": [], "breakdown": [], "timings": [],
+            "tau_curves": [], "skipped": []}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,29 +135,54 @@ def flat_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def save_results(doc: dict[str, Any], path: Path) -> None:
     """Write a results document atomically (NaN is written as null)."""
-    write_json_atomic(Path(path), _json_safe(doc))
+    write_json_atomic(Path(path), json_safe(doc))
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return clean(obj)
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """Read and check a results document."""
+    """Read and check one results document."""
+    docs = load_result_set(path)
+    if len(docs) != 1:
+        raise ResultsError(f"{path}: holds {len(docs)} results documents "
+                           f"({', '.join(docs)}); expected one.")
+    return next(iter(docs.values()))
+
+
+def load_result_set(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a file holding one results document, or several keyed by set name; returns
+    them by name."""
     try:
-        doc = json.loads(Path(path).read_text("utf-8"))
+        raw = json.loads(Path(path).read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ResultsError(f"{path}: cannot read a results document ({exc}).") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+    if not isinstance(raw, dict):
+        raise ResultsError(f"{path}: a {type(raw).__name__}, not a results document.")
+    if "schema" in raw:
+        return {str(raw.get("bench", {}).get("name", "results")): _checked(raw, path)}
+    if not raw:
+        raise ResultsError(f"{path}: empty; expected a results document.")
+    return {str(k): _checked(v, f"{path}[{k}]") for k, v in raw.items()}
+
+
+def _checked(doc: Any, where: object) -> dict[str, Any]:
+    if not isinstance(doc, dict) or doc.get("schema") not in READABLE:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise ResultsError(f"{path}: schema {got!r} is not supported; expected {SCHEMA!r}.")
+        raise ResultsError(f"{where}: schema {got!r} is not supported; expected one of "
+                           f"{', '.join(READABLE)}.")
     missing = [k for k in ("bench", "rows", "singles") if k not in doc]
     if missing:
-        raise ResultsError(f"{path}: missing key(s) {', '.join(missing)}.")
+        raise ResultsError(f"{where}: missing key(s) {', '.join(missing)}.")
+    doc.setdefault("tau_curves", [])
+    doc.setdefault("skipped", [])
+    if "tau_curve" in doc:                       # version 1 files of bench/routers.py
+        doc["tau_curves"].append(doc.pop("tau_curve"))
     return doc

@@ -192,7 +192,7 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     router's cost_weight, and each policy router's label_lambda (a retraining per value), is
     the one with the best Rank Score on dev; baselines decide as always. Policy routers sit out
     the scenarios they cannot decide (listed under ``skipped``).
-    Returns a ``vlroute-results/1`` document (see :mod:`vlroute.evaluation.results`).
+    Returns a ``vlroute-results/2`` document (see :mod:`vlroute.evaluation.results`).
     """
     note = progress or (lambda _msg: None)
     m = bench.matrices(list(spec.models) if spec.models else None, all_models=spec.all_models)
