@@ -61,8 +61,14 @@ def test_demo_runs_on_the_embedded_data(tmp_path: Path) -> None:
     doc = load_results(tmp_path / "demo" / "results.json")
     assert {s["name"] for s in doc["scenarios"]} == {"fast", "quality", "eco", "cost_weight@dev"}
     assert "best_single_by_rank" in result.output
-    assert {r["router"] for r in doc["rows"]} >= {"knn", "oracle"}
+    assert {r["router"] for r in doc["rows"]} >= {"knn", "linear", "gbdt", "mlp", "prknn",
+                                                  "oracle"}
+    assert doc["tau_curves"][0]["pair"] == ["Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct"]
     assert doc["features"]["image"] == "efficientnet-lite0@57934424"
+    assert (tmp_path / "demo" / "router" / "router.json").is_file()
+    report = tmp_path / "demo" / "report.html"
+    assert f"Report: {report}" in result.output.replace("\n", "")
+    assert report.stat().st_size > 50_000 and "data-figure" in report.read_text()
     assert (tmp_path / "demo" / "bench" / "features" / "minilm.npy").is_file()
     assert not (tmp_path / "demo" / ".staging").exists()
 

@@ -20,7 +20,9 @@ FORBIDDEN = {
     "scenarios": ("routers", "features", "metrics", "evaluation", "cli"),
     "objectives": ("data", "features", "routers", "scenarios", "metrics", "evaluation", "cli"),
     "metrics": ("features", "routers", "evaluation", "cli"),
-    "evaluation": ("cli",),
+    "evaluation": ("cli", "report"),
+    # the report draws from results documents only: it never recomputes a metric
+    "report": ("data", "features", "routers", "scenarios", "metrics", "cli"),
 }
 
 

@@ -35,9 +35,11 @@ def _register() -> None:
     from vlroute.cli.demo import demo
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
+    from vlroute.cli.report import report
     from vlroute.cli.train import train
 
     cli.add_command(bench)
+    cli.add_command(report)
     cli.add_command(eval_command)
     cli.add_command(features)
     cli.add_command(train)

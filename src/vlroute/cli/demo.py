@@ -8,16 +8,24 @@ import click
 
 from vlroute.cli._ui import console, steps, table
 from vlroute.cli.evaluate import COLUMNS, results_table
+from vlroute.cli.train import fit_and_save
 from vlroute.data import READERS, build_bench
 from vlroute.data.validate import validate_bench
 from vlroute.demo_data import demo_set_path
 from vlroute.evaluation import EvalSpec, evaluate_bench, save_results
+from vlroute.evaluation.tau import tau_curve
 from vlroute.features.registry import make_encoder
 from vlroute.features.store import compute_features, feature_matrix
+from vlroute.report import write_report
 from vlroute.routers import BASELINES, DEFAULT_ROUTER
 from vlroute.scenarios import PRESETS, TUNED, parse_scenario
 
 DEMO_ENCODERS = ("minilm", "efficientnet-lite0")
+#: the learned routers the demo compares: each trains in seconds on the demo's 1,050
+#: train requests (policy routers that sweep label_lambda take longer: see bench/routers.py)
+DEMO_ROUTERS = (DEFAULT_ROUTER, "linear", "gbdt", "mlp", "prknn")
+#: the edge/cloud pair of the demo's threshold curve
+DEMO_PAIR = ("Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct")
 
 
 @click.command()
@@ -26,13 +34,15 @@ DEMO_ENCODERS = ("minilm", "efficientnet-lite0")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1, 20))
 def demo(out: Path, seeds: int) -> None:
     """Build the embedded DynaMath bench, validate it, extract features with the offline
-    encoders (MiniLM text, EfficientNet-Lite0 image), and evaluate the baselines and the
-    default router (kNN) under the presets and with cost_weight chosen on dev.
+    encoders (MiniLM text, EfficientNet-Lite0 image), evaluate the baselines and a few
+    learned routers under the presets and with cost_weight chosen on dev, train the default
+    router, and write the report.
 
-    Writes OUT/bench (the bench, with OUT/bench/features) and OUT/results.json.
+    Writes OUT/bench (the bench, with OUT/bench/features), OUT/results.json, OUT/router (the
+    default router's artifact, which examples/gateway.yaml serves) and OUT/report.html.
     """
     src = demo_set_path()
-    with steps("demo", 5) as note:
+    with steps("demo", 7) as note:
         note("build bench")
         bench = build_bench(READERS.get("jsonl")(src, out / ".staging"), out / "bench",
                             overwrite=True)
@@ -42,19 +52,27 @@ def demo(out: Path, seeds: int) -> None:
         compute_features(bench, {name: make_encoder(name) for name in DEMO_ENCODERS})
         X, feature_spec = feature_matrix(bench, *DEMO_ENCODERS)
         note("evaluate")
-        spec = EvalSpec(routers=(*BASELINES, DEFAULT_ROUTER),
+        spec = EvalSpec(routers=(*BASELINES, *DEMO_ROUTERS),
                         scenarios=(*PRESETS.values(), parse_scenario(TUNED)), seeds=seeds,
                         features=X, feature_spec=feature_spec)
         doc = evaluate_bench(bench, spec)
+        doc["tau_curves"].append(tau_curve(bench, X, DEMO_PAIR, seeds=seeds))
         note("write results")
         save_results(doc, out / "results.json")
+        note(f"train {DEFAULT_ROUTER}")
+        info = fit_and_save(DEFAULT_ROUTER, {}, bench, X, feature_spec, TUNED, out / "router",
+                            overwrite=True)
+        note("report")
+        write_report({bench.name: doc}, out / "report.html", title="vlroute demo")
     console.print(f"Bench {out / 'bench'}: {len(bench.samples)} samples x {len(bench.models)} "
                   f"models; validation: {len(report.errors)} error(s), "
                   f"{len(report.warnings)} warning(s).")
-    console.print(table(f"DynaMath demo: baselines and {DEFAULT_ROUTER}, test split, mean over "
+    console.print(table(f"DynaMath demo: baselines and learned routers, test split, mean over "
                         f"{seeds} grouped splits (cost, latency, energy estimated)",
                         COLUMNS, results_table(doc, with_singles=False)))
     console.print(f"Results: {out / 'results.json'}")
+    console.print(f"Router ({DEFAULT_ROUTER}, scenario {info['scenario']}): {out / 'router'}")
+    console.print(f"Report: {out / 'report.html'}")
     if not report.ok:
         raise click.ClickException("the demo bench failed validation: "
                                    + "; ".join(report.errors))

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from vlroute._typing import FloatArray
 from vlroute.cli._ui import console
 from vlroute.cli.evaluate import parse_params
 from vlroute.data import load_bench
+from vlroute.data.bench import Bench
 from vlroute.evaluation.calibrate import Target, calibrate
 from vlroute.evaluation.runner import tune_cost_weight
 from vlroute.features.store import feature_matrix
 from vlroute.metrics import cost_bounds
 from vlroute.routers import ROUTERS, make_router
 from vlroute.routers.persistence import save_router
+from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import QualityRouter
-from vlroute.scenarios import TUNED, parse_scenario
+from vlroute.scenarios import TUNED, Scenario, parse_scenario
 
 
 @click.command("train")
@@ -41,19 +45,34 @@ def train(router_name: str, directory: Path, params: tuple[str, ...], feature_na
         router_name, {})
     cls = ROUTERS.get(router_name)
     bench = load_bench(directory)
-    m = bench.matrices()
-    bounds = cost_bounds(m.cost)
     X, spec = None, None
     if cls.needs_features:
         text, _, image = feature_names.partition(",")
         X, spec = feature_matrix(bench, None if text in ("", "none") else text,
                                  None if image in ("", "none") else image)
-    train_rows = m.splits == "train"
-    router = make_router(router_name, **router_params).fit(
+    info = fit_and_save(router_name, router_params, bench, X, spec, scenario, out,
+                        overwrite=overwrite, target=target)
+    console.print(f"Saved {router_name} to {out} (trained on {info['n_train']} samples; "
+                  f"scenario {info['scenario_name']}: {info['scenario']}).")
+
+
+def fit_and_save(  # noqa: PLR0913 - what an artifact is made of
+        name: str, params: dict[str, Any], bench: Bench, X: FloatArray | None,
+        feature_spec: dict[str, Any] | None, scenario: str, out: Path, *,
+        overwrite: bool = False, target: str | None = None) -> dict[str, Any]:
+    """Fit ``name`` on the train split, settle its scenario on dev (``cost_weight@dev``
+    tuning or a calibration ``target``; a policy router keeps the trade-off it was trained
+    for), and save the artifact to ``out``; returns the artifact's ``info``."""
+    m = bench.matrices()
+    bounds = cost_bounds(m.cost)
+    train_rows, dev_rows = m.splits == "train", m.splits == "dev"
+    router = make_router(name, **params).fit(
         m.subset(train_rows), bounds=bounds, X=None if X is None else X[train_rows])
     chosen = parse_scenario(scenario)
-    dev_rows = m.splits == "dev"
-    if target and isinstance(router, QualityRouter) and X is not None:
+    if isinstance(router, PolicyRouter):
+        chosen = Scenario("as_trained", cost_weight=0.0) if chosen.name == TUNED else chosen
+        router.check_scenario(chosen)
+    elif target and isinstance(router, QualityRouter) and X is not None:
         base = chosen if chosen.name != TUNED else parse_scenario("cost_weight=0")
         chosen, values = calibrate(router, m.subset(dev_rows), X[dev_rows],
                                    Target.parse(target), base, bounds)
@@ -62,10 +81,9 @@ def train(router_name: str, directory: Path, params: tuple[str, ...], feature_na
                       f"{values['avg_cost_per_10k']:.3f} $/10K).")
     elif chosen.name == TUNED and isinstance(router, QualityRouter) and X is not None:
         chosen = tune_cost_weight(router, m.subset(dev_rows), X[dev_rows], bounds)
-    save_router(router, out, feature_spec=spec, overwrite=overwrite, info={
-        "bench": bench.name, "source_digest": bench.manifest.get("source_digest"),
-        "trained_on": "train", "n_train": int(train_rows.sum()),
-        "scenario": chosen.spec(), "scenario_name": chosen.name,
-        "cost_bounds_usd": list(bounds)})
-    console.print(f"Saved {router_name} to {out} (trained on {int(train_rows.sum())} samples; "
-                  f"scenario {chosen.name}: {chosen.spec()}).")
+    info = {"bench": bench.name, "source_digest": bench.manifest.get("source_digest"),
+            "trained_on": "train", "n_train": int(train_rows.sum()),
+            "scenario": chosen.spec(), "scenario_name": chosen.name,
+            "cost_bounds_usd": list(bounds)}
+    save_router(router, out, feature_spec=feature_spec, overwrite=overwrite, info=info)
+    return info

@@ -99,6 +99,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, members in groups.items():
         row: dict[str, Any] = dict(zip(_KEYS, key, strict=True))
         row.update(seed="mean", n_seeds=len(members), n=members[0]["n"])
+        if "kind" in members[0]:
+            row["kind"] = members[0]["kind"]
         for metric in METRICS:
             values = np.array([np.nan if m[metric] is None else m[metric] for m in members],
                               dtype=float)

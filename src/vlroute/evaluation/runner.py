@@ -247,9 +247,16 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
     out = []
     for name, values in scored.items():
         values["gap_closed"] = gap_closed(values["rank_score"], ref_rs, orc_rs)
-        out.append({"router": name, "scenario": chosen[name].name, "split": split,
-                    "seed": seed, **values})
+        out.append({"router": name, "kind": _kind(routers[name]),
+                    "scenario": chosen[name].name, "split": split, "seed": seed, **values})
     return out
+
+
+def _kind(router: BaseRouter) -> str:
+    """"quality", "policy" or "baseline" (training-free), for tables and figures."""
+    if isinstance(router, QualityRouter):
+        return "quality"
+    return "policy" if isinstance(router, PolicyRouter) else "baseline"
 
 
 def _finish(doc: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, list[float]],
