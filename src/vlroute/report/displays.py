@@ -106,9 +106,12 @@ class CostAccuracyDisplay:
         by_name = {p.name: p for p in self.singles}
         ax.scatter([p.cost for p in self.singles], [p.acc * 100 for p in self.singles],
                    s=22, color="#9a9a9a", zorder=2, label="single models")
-        for p in self.singles:
+        right = max((p.cost for p in self.singles), default=0.0) / 3
+        for p in self.singles:          # labels of the dearest models point left
+            left = p.cost > right
             ax.annotate(p.name, (p.cost, p.acc * 100), fontsize=6.5, color="#6b6b6b",
-                        xytext=(3, 2), textcoords="offset points")
+                        xytext=(-3 if left else 3, 2), textcoords="offset points",
+                        ha="right" if left else "left")
         front = [by_name[n] for n in self.frontier if n in by_name]
         if len(front) > 1:
             ax.plot([p.cost for p in front], [p.acc * 100 for p in front], "--",
