@@ -16,11 +16,12 @@ def test_presets_follow_the_design_table() -> None:
 
 
 @pytest.mark.parametrize("spec", ["fast", "vlroute/eco", "cost_weight=0.3",
-                                  "mes=6,tau=0.7,by=latency", "fast,tau=0.7", "quality,w_q=0.5"])
+                                  "mes=6,tau=0.7,by=latency", "fast,tau=0.7", "quality,w_q=0.5",
+                                  "cost_weight=0.5,cost_axis=linear"])
 def test_inline_specs_round_trip(spec: str) -> None:
     scenario = parse_scenario(spec)
     again = parse_scenario(scenario.spec())
-    fields = ("cost_weight", "mes", "tau", "by", "rcs_weights")
+    fields = ("cost_weight", "mes", "tau", "by", "rcs_weights", "cost_axis")
     assert [getattr(scenario, f) for f in fields] == [getattr(again, f) for f in fields]
 
 
@@ -37,6 +38,7 @@ def test_preset_overrides_apply() -> None:
     ("tau=0.5,by=carbon", "Unknown cost dimension"),
     ("tau=x", "tau must be a number"),
     ("color=red", "expected key=value"),
+    ("cost_weight=1,cost_axis=cubic", "cost_axis must be"),
     ("", "Empty scenario"),
 ])
 def test_bad_specs_say_what_is_allowed(spec: str, message: str) -> None:
@@ -51,6 +53,15 @@ def test_threshold_takes_the_cheapest_confident_model_else_the_most_likely() -> 
     assert scenario.select(p_solved, np.zeros(3), latency).tolist() == [0, 1, 2]
     with pytest.raises(ScenarioError, match="no energy values"):
         Scenario(tau=0.5, by="energy").select(p_solved, np.ones(3), latency)
+
+
+def test_linear_cost_axis_penalises_money_not_its_logarithm() -> None:
+    # cheap-but-weak, mid, dear-but-best at 1, 2 and 40 $: on the log axis the step from 1 to 2
+    # costs as much cheapness as the step from 2 to 4; on the linear axis it is almost free
+    quality = np.array([[0.50, 0.58, 0.70]])
+    cost = np.array([1.0, 2.0, 40.0])
+    assert Scenario(cost_weight=0.5).select(quality, cost).tolist() == [0]
+    assert Scenario(cost_weight=0.5, cost_axis="linear").select(quality, cost).tolist() == [1]
 
 
 def test_utility_extremes() -> None:

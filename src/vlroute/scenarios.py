@@ -48,6 +48,12 @@ class Scenario:
         dimension of the cost advantage CA.
     rcs_weights : tuple of float
         (w_q, w_c, w_l) of the routing comprehensive score.
+    cost_axis : {"log", "linear"}
+        Utility family: how cheapness c_k in [0, 1] is measured. "log": on the Rank Score's
+        log2 scale between the cost bounds (1 = cheapest, 0 = dearest). "linear": 1 - cost /
+        high bound, i.e. a penalty proportional to the money spent, the Lagrangian form of "best
+        accuracy at a given average cost" (Rank Score depends on the average cost, so this is
+        the rule that trades per-request cost against it at a fixed point).
     edge_first : bool
         Threshold family: try edge-tier models before cloud ones (ECVL's "stay on the edge
         unless it is unlikely to reach MES"), then by ``by`` within a tier. Without it the
@@ -61,6 +67,7 @@ class Scenario:
     by: CostDimension = "usd"
     rcs_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)
     edge_first: bool = False
+    cost_axis: Literal["log", "linear"] = "log"
 
     def __post_init__(self) -> None:
         if (self.cost_weight is None) == (self.tau is None):
@@ -77,6 +84,8 @@ class Scenario:
                                                  and self.cost_weight >= 0):
             raise ScenarioError(f"cost_weight must be a finite number >= 0, got "
                                 f"{self.cost_weight}.")
+        if self.cost_axis not in ("log", "linear"):
+            raise ScenarioError(f"cost_axis must be 'log' or 'linear', got {self.cost_axis!r}.")
         if len(self.rcs_weights) != 3:
             raise ScenarioError("rcs_weights must be three numbers (w_q, w_c, w_l).")
 
@@ -99,6 +108,8 @@ class Scenario:
         parts.append(f"by={self.by}")
         if self.edge_first:
             parts.append("edge_first=1")
+        if self.cost_axis != "log":
+            parts.append(f"cost_axis={self.cost_axis}")
         if self.rcs_weights != (0.6, 0.2, 0.2):
             parts += [f"{k}={w:g}" for k, w in zip(("w_q", "w_c", "w_l"), self.rcs_weights,
                                                   strict=True)]
@@ -159,7 +170,11 @@ class Scenario:
         low = max(low, 1e-300)
         span = math.log2(high) - math.log2(low) if high > low else 0.0
         clipped = np.clip(np.nan_to_num(cost, nan=high), low, high)
-        cheap = (math.log2(high) - np.log2(clipped)) / span if span > 0 else np.ones_like(cost)
+        if self.cost_axis == "linear":
+            cheap = 1.0 - clipped / high
+        else:
+            cheap = ((math.log2(high) - np.log2(clipped)) / span if span > 0
+                     else np.ones_like(cost))
         weight = float(self.cost_weight or 0.0)
         utility = np.nan_to_num(preds, nan=-np.inf) + weight * cheap
         out: IntArray = np.argmax(utility, axis=1).astype(np.int64)
@@ -181,9 +196,10 @@ PRESETS: dict[str, Scenario] = {
     "quality": Scenario("quality", mes=8, tau=0.8, by="usd", rcs_weights=(0.6, 0.2, 0.2)),
     "eco": Scenario("eco", mes=5, tau=0.5, by="energy", rcs_weights=(0.3, 0.5, 0.2)),
 }
-_KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l", "edge_first")
-#: evaluation-only scenario: each learned router takes the cost_weight with the best Rank Score
-#: on the dev split (baselines, which ignore cost_weight, decide as always)
+_KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l", "edge_first",
+         "cost_axis")
+#: evaluation-only scenario: each learned router takes the cost_weight (and cost axis) with the
+#: best Rank Score on the dev split (baselines, which ignore cost_weight, decide as always)
 TUNED = "cost_weight@dev"
 
 
@@ -227,7 +243,7 @@ def _pair(part: str, spec: str) -> tuple[str, Any]:
     if not sep or key not in _KEYS:
         raise ScenarioError(f"Cannot parse {part!r} in scenario {spec!r}; expected key=value "
                             f"with key in {', '.join(_KEYS)}.")
-    if key in ("by", "name"):
+    if key in ("by", "name", "cost_axis"):
         return key, value
     if key == "edge_first":
         if value not in ("0", "1", "true", "false"):

@@ -105,19 +105,22 @@ def tune_cost_weight(router: QualityRouter, dev: RoutingMatrices, X_dev: FloatAr
 
 def _tune(router: BaseRouter, dev: _Split, ctx: ScoringContext, spec: EvalSpec
           ) -> tuple[Scenario, list[dict[str, Any]]]:
-    """The utility scenario whose cost_weight maximises Rank Score on dev, and the sweep."""
+    """The utility scenario whose cost_weight and cost axis (log or linear) maximise Rank
+    Score on dev, and the sweep."""
     points: list[dict[str, Any]] = []
     assert isinstance(router, QualityRouter) and dev.X is not None
     if dev.data.n_samples == 0:  # nothing to tune on: accuracy only
         return Scenario(TUNED, cost_weight=0.0), points
     preds = router.predictions_for(dev.X, Scenario(TUNED, cost_weight=0.0))
-    for weight in spec.cost_weights:
-        scenario = Scenario(TUNED, cost_weight=weight)
-        values = score(router.decide(preds, scenario), dev.data, scenario, ctx)
-        points.append({"cost_weight": weight, **values})
+    for axis in ("log", "linear"):
+        for weight in spec.cost_weights:
+            scenario = Scenario(TUNED, cost_weight=weight, cost_axis=axis)
+            values = score(router.decide(preds, scenario), dev.data, scenario, ctx)
+            points.append({"cost_weight": weight, "cost_axis": axis, **values})
     best = max(points, key=lambda p: (np.nan_to_num(p["rank_score"], nan=-1.0),
-                                      -p["cost_weight"]))
-    return Scenario(TUNED, cost_weight=best["cost_weight"]), points
+                                      -p["cost_weight"], p["cost_axis"] == "log"))
+    return Scenario(TUNED, cost_weight=best["cost_weight"],
+                    cost_axis=best["cost_axis"]), points
 
 
 def lambda_label(value: float) -> float | str:
@@ -163,7 +166,7 @@ def _for_scenario(routers: dict[str, BaseRouter], scenario: Scenario, parts: dic
             chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
             doc["curves"].append({"router": name, "parameter": "cost_weight", "split": "dev",
                                   "seed": seed, "selected": chosen[name].cost_weight,
-                                  "points": sweep})
+                                  "cost_axis": chosen[name].cost_axis, "points": sweep})
         elif scenario.name == TUNED and isinstance(router, PolicyRouter):
             tuned, sweep = _tune_policy(name, router, parts["train"], parts["dev"], bounds,
                                         ctx, spec)
@@ -240,6 +243,7 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
             scored[name]["label_lambda"] = lambda_label(float(router.label_lambda))
         elif scenario.cost_weight is not None and scenario.name == TUNED:
             scored[name]["cost_weight"] = scenario.cost_weight
+            scored[name]["cost_axis"] = scenario.cost_axis
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
     ref_rs, orc_rs = (scored["best_single_by_rank"]["rank_score"],

@@ -89,9 +89,11 @@ class CostAccuracyDisplay:
         sweeps: dict[str, list[tuple[float, float]]] = {}
         for curve in doc.get("curves", []):
             if curve.get("seed") == 0 and curve["router"] not in sweeps:
+                axis = curve.get("cost_axis", "log")        # the axis chosen on dev
                 sweeps[curve["router"]] = [(p["avg_cost_per_10k"], p["avg_acc"])
                                            for p in curve["points"]
-                                           if p.get("avg_cost_per_10k") is not None]
+                                           if p.get("avg_cost_per_10k") is not None
+                                           and p.get("cost_axis", "log") == axis]
         return cls(title=f"{doc['bench']['name']}: accuracy vs cost ({split}, {scenario})",
                    singles=singles, frontier=list(frontier),
                    routers=[p for p in points if p.name != "oracle"], oracle=oracle,

@@ -37,8 +37,8 @@ class RankRow:
 
 def _setting(doc: dict[str, Any], router: str, scenario: str) -> str:
     """The dev-chosen cost_weight / label_lambda per seed, as written in the curves."""
-    picked = [str(c["selected"]) for c in doc.get("curves", [])
-              if c["router"] == router and c.get("split") == "dev"]
+    picked = [str(c["selected"]) + (" (linear)" if c.get("cost_axis") == "linear" else "")
+              for c in doc.get("curves", []) if c["router"] == router and c.get("split") == "dev"]
     if not picked:
         return ""
     parameter = next(c["parameter"] for c in doc["curves"] if c["router"] == router)
