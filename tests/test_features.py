@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import make_set
 from vlroute.data import READERS, build_bench
-from vlroute.errors import BenchError
+from vlroute.errors import BenchError, UnknownComponentError
 from vlroute.features.base import FeatureCache, Item
 from vlroute.features.fusion import Fusion
 from vlroute.features.hashing import HashingEncoder
@@ -130,3 +130,25 @@ def test_features_are_stored_beside_the_bench(tmp_path: Path) -> None:
                                                      .read_bytes())
     with pytest.raises(BenchError, match="computed for other samples"):
         feature_matrix(other, "hashing-text", None)
+
+
+def test_ocr_feature_reads_text_printed_in_the_image(tmp_path: Path) -> None:
+    pytest.importorskip("rapidocr_onnxruntime")
+    from PIL import ImageDraw, ImageFont
+
+    from vlroute.features.ocr import read_text
+
+    path = tmp_path / "label.png"
+    image = Image.new("RGB", (420, 120), "white")
+    ImageDraw.Draw(image).text((20, 30), "AREA 42", fill="black",
+                               font=ImageFont.load_default(size=48))
+    image.save(path)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 100), "white").save(blank)
+    assert "42" in read_text(path).replace(" ", "")
+    encoder = make_encoder("ocr:hashing-text")
+    assert encoder.encoder_id.startswith("ocr-rapidocr+") and encoder.modality == "image"
+    vectors = encoder.encode([Item("q", (path,)), Item("q", (blank,)), Item("q")])
+    assert np.abs(vectors[0]).sum() > 0 and not vectors[1].any() and not vectors[2].any()
+    with pytest.raises(UnknownComponentError, match="needs a text encoder"):
+        make_encoder("ocr:image-stats")
