@@ -23,6 +23,8 @@ FORBIDDEN = {
     "evaluation": ("cli", "report"),
     # the report draws from results documents only: it never recomputes a metric
     "report": ("data", "features", "routers", "scenarios", "metrics", "cli"),
+    # the gateway sits on top: it may use everything but the CLI and the evaluation
+    "serve": ("cli", "evaluation", "report"),
 }
 
 

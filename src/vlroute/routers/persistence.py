@@ -87,6 +87,20 @@ def save_router(router: BaseRouter, path: Path, *, feature_spec: dict[str, Any] 
             np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
 
 
+def artifact_metadata(path: Path) -> dict[str, Any]:
+    """The JSON part of an artifact (router name, params, feature spec, info), unvalidated
+    beyond its format."""
+    try:
+        doc: dict[str, Any] = json.loads((Path(path) / "router.json").read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IncompatibleArtifactError(f"{path}: not a readable router artifact ({exc}).") \
+            from exc
+    if doc.get("format") != FORMAT:
+        raise IncompatibleArtifactError(f"{path}: format {doc.get('format')!r}; expected "
+                                        f"{FORMAT!r}.")
+    return {k: v for k, v in doc.items() if k not in ("fitted", "state", "state_arrays")}
+
+
 def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> BaseRouter:
     """A fitted router from ``path``; with ``feature_spec``, refuse an artifact trained on
     other features (encoders, fusion or width)."""

@@ -1,0 +1,69 @@
+"""``vlroute serve`` (the gateway) and ``vlroute dev-backends`` (two local stand-ins)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from vlroute.cli._ui import console
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False,
+                                                          path_type=Path), required=True,
+              help="Gateway YAML (see examples/gateway.yaml).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes (each loads the router and encoders).")
+def serve(config_path: Path, host: str, port: int, workers: int) -> None:
+    """Serve the OpenAI-compatible routing gateway."""
+    import uvicorn
+
+    from vlroute.serve.config import load_config
+
+    config = load_config(config_path)          # fail here, with a clear message, not later
+    artifact = config.router.artifact
+    if artifact is not None and not (artifact / "router.json").is_file():
+        console.print(f"[yellow]router artifact {artifact} not found: routing without a "
+                      "router (each backend's prior_quality); run `vlroute demo` to make "
+                      "one.[/yellow]")
+    console.print(f"vlroute gateway on http://{host}:{port}/v1 ({len(config.backends)} "
+                  f"backends, default scenario {config.default_scenario})")
+    if workers == 1:
+        from vlroute.serve.app import create_app
+
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    else:
+        import os
+
+        os.environ["VLROUTE_CONFIG"] = str(config_path.resolve())
+        uvicorn.run("vlroute.serve.factory:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning")
+
+
+@click.command("dev-backends")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--ports", default="18001,18002", show_default=True,
+              help="EDGE,CLOUD ports (examples/gateway.yaml expects 18001 and 18002).")
+def dev_backends(host: str, ports: str) -> None:
+    """Start two instant OpenAI-compatible stand-ins ("edge" and "cloud") until Ctrl-C."""
+    import uvicorn
+
+    from vlroute.serve.dev_backends import stub_app
+
+    numbers = [int(p) for p in ports.split(",")]
+    if len(numbers) != 2:
+        raise click.BadParameter("give two ports, EDGE,CLOUD.", param_hint="--ports")
+
+    async def run() -> None:
+        servers = [uvicorn.Server(uvicorn.Config(stub_app(name), host=host, port=port,
+                                                 log_level="warning"))
+                   for name, port in zip(("edge", "cloud"), numbers, strict=True)]
+        console.print(f"edge on http://{host}:{numbers[0]}/v1, cloud on "
+                      f"http://{host}:{numbers[1]}/v1 (Ctrl-C stops)")
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    asyncio.run(run())

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible routing gateway (``pip install 'vlroute[serve]'``)."""

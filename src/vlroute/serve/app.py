@@ -1,0 +1,300 @@
+"""The OpenAI-compatible gateway: ``create_app(config)`` builds it; its state (HTTP client,
+routing engine, telemetry store, backend states) lives in the app, created in the lifespan.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from vlroute import __version__
+from vlroute.errors import VlrouteError
+from vlroute.scenarios import Scenario
+from vlroute.serve.config import GatewayConfig, hash_key
+from vlroute.serve.routing import Decision, Prompt, RequestError, RoutingEngine, prompt_of
+from vlroute.serve.telemetry import TelemetryStore
+from vlroute.serve.upstream import BackendState, call, passthrough
+
+#: a backend with this many failures in a row leaves the candidate set ...
+BREAKER_FAILURES = 3
+#: ... until this many seconds have passed; then one request probes it
+BREAKER_COOLDOWN_S = 30.0
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error",
+          param: str | None = None, code: str | None = None) -> JSONResponse:
+    """The OpenAI error envelope."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code}}, status_code=status)
+
+
+class Gateway:
+    """Everything a request needs; one per app."""
+
+    def __init__(self, config: GatewayConfig, engine: RoutingEngine, client: httpx.AsyncClient,
+                 store: TelemetryStore) -> None:
+        self.config, self.engine, self.client, self.store = config, engine, client, store
+        self.states = {b.name: BackendState() for b in config.backends}
+        self.opened_at: dict[str, float] = {}
+        self.keys = {k.sha256: k.id for k in config.auth_keys}
+        self.counters: Counter[str] = Counter()
+        self.latency: list[float] = []
+        self.sessions: dict[str, str] = {}
+
+    def available(self) -> list[str]:
+        """Backends not cut off by their circuit breaker (config order)."""
+        now, out = time.monotonic(), []
+        for b in self.config.backends:
+            if self.states[b.name].failures >= BREAKER_FAILURES:
+                opened = self.opened_at.setdefault(b.name, now)
+                if now - opened < BREAKER_COOLDOWN_S:
+                    continue
+                self.opened_at[b.name] = now        # half-open: let this one probe
+            else:
+                self.opened_at.pop(b.name, None)
+            out.append(b.name)
+        return out
+
+    def key_id(self, request: Request) -> str | None:
+        if not self.keys:
+            return None
+        auth = request.headers.get("authorization", "")
+        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        found = self.keys.get(hash_key(token)) if token else None
+        if found is None:
+            raise RequestError("missing or invalid API key (Authorization: Bearer <key>).",
+                               status=401)
+        return found
+
+
+async def _body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes is over the limit of {limit}.",
+                           status=413)
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise RequestError(f"request body is over the limit of {limit} bytes.", status=413)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"request body must be a JSON object, got {type(body).__name__}.")
+    return body
+
+
+def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
+               transport: httpx.AsyncBaseTransport | None = None,
+               store: TelemetryStore | None = None) -> FastAPI:
+    """The gateway app; ``engine``, ``transport`` and ``store`` are injectable for tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = httpx.AsyncClient(transport=transport, limits=httpx.Limits(
+            max_connections=sum(b.max_concurrency for b in config.backends)))
+        gateway = Gateway(config, engine or RoutingEngine.from_config(config), client,
+                          store or TelemetryStore(config.telemetry.url))
+        await run_in_threadpool(gateway.engine.warm_up)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if store is None:
+                gateway.store.close()
+
+    app = FastAPI(title="vlroute gateway", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        kind = "authentication_error" if exc.status == 401 else "invalid_request_error"
+        return error(exc.status, str(exc), kind, exc.param)
+
+    @app.exception_handler(VlrouteError)
+    async def _vlroute_error(_: Request, exc: VlrouteError) -> JSONResponse:
+        return error(400, str(exc))
+
+    def gw(request: Request) -> Gateway:
+        out: Gateway = request.app.state.gateway
+        return out
+
+    async def _decide(g: Gateway, request: Request, body: dict[str, Any]
+                      ) -> tuple[Decision | None, Prompt, str | None]:
+        key = g.key_id(request)
+        model = body.get("model") or config.default_scenario
+        if not isinstance(model, str):
+            raise RequestError("'model' must be a string: a scenario (vlroute/quality) or a "
+                               "backend name.", param="model")
+        prompt = await run_in_threadpool(prompt_of, body, config)
+        names = [b.name for b in config.backends]
+        if model in names:
+            return None, prompt, key
+        scenario = config.scenario(model)
+        up = g.available()
+        pinned = g.sessions.get(request.headers.get("x-vlroute-session", ""))
+        if pinned in up:
+            up = [pinned]
+        latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
+        decision = await run_in_threadpool(g.engine.decide, prompt, scenario, up, latency)
+        return decision, prompt, key
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        g = gw(request)
+        start = time.perf_counter()
+        body = await _body(request, config.limits.max_body_bytes)
+        decision, prompt, key = await _decide(g, request, body)
+        order = decision.order if decision else [str(body["model"])]
+        scenario_name = decision.scenario.name if decision else "direct"
+        stream = bool(body.get("stream"))
+        backends = [next(b for b in config.backends if b.name == n) for n in order]
+        attempt = await call(g.client, backends, body, g.states, stream=stream,
+                             retries_429=config.limits.max_retries_429)
+        g.counters["requests"] += 1
+        g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
+        rid = f"vlr-{uuid.uuid4().hex}"
+        row = {"id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
+               "chosen": attempt.backend, "predicted": decision.predicted if decision else {},
+               "fallback_path": attempt.path, "ttft_ms": attempt.ttft_ms,
+               "route_ms": decision.route_ms if decision else 0.0,
+               "prompt": prompt.text if config.telemetry.store_prompts else None}
+        if attempt.response is None:
+            row.update(status=502, total_ms=(time.perf_counter() - start) * 1e3)
+            await run_in_threadpool(g.store.record, row)
+            return error(502, f"no backend answered (tried {', '.join(order)}): "
+                         f"{attempt.path}", "api_error", code="upstream_unavailable")
+        g.counters[f"decision:{attempt.backend}"] += 1
+        if decision:
+            session = request.headers.get("x-vlroute-session")
+            if session:
+                g.sessions.setdefault(session, attempt.backend or "")
+        chosen = attempt.backend or ""
+        headers = {"x-vlroute-model": chosen, "x-vlroute-scenario": scenario_name,
+                   "x-vlroute-route-ms": f"{decision.route_ms if decision else 0.0:.3f}",
+                   "x-vlroute-request-id": rid}
+        if decision:
+            headers["x-vlroute-predicted-score"] = f"{decision.predicted.get(chosen, 0):.4f}"
+            headers["x-vlroute-est-cost-usd"] = f"{decision.est_cost_usd.get(chosen, 0):.8f}"
+        response = attempt.response
+        media = response.headers.get("content-type", "application/json")
+        if not stream:
+            usage = _usage(response.content)
+            backend = next(b for b in config.backends if b.name == chosen)
+            row.update(status=response.status_code, tokens_in=usage[0], tokens_out=usage[1],
+                       cost_usd=(usage[0] * backend.price_in_per_1m
+                                 + usage[1] * backend.price_out_per_1m) / 1e6,
+                       total_ms=(time.perf_counter() - start) * 1e3)
+            await run_in_threadpool(g.store.record, row)
+            g.latency.append(time.perf_counter() - start)
+            return Response(response.content, status_code=response.status_code,
+                            media_type=media, headers=headers)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in passthrough(response):
+                    yield chunk
+            finally:
+                row.update(status=response.status_code,
+                           total_ms=(time.perf_counter() - start) * 1e3)
+                await run_in_threadpool(g.store.record, row)
+                g.latency.append(time.perf_counter() - start)
+
+        return StreamingResponse(relay(), status_code=response.status_code, media_type=media,
+                                 headers=headers)
+
+    @app.post("/v1/route")
+    async def route(request: Request) -> JSONResponse:
+        g = gw(request)
+        body = await _body(request, config.limits.max_body_bytes)
+        decision, _, _ = await _decide(g, request, body)
+        if decision is None:
+            return JSONResponse({"model": body["model"], "scenario": "direct",
+                                 "predicted": {}, "route_ms": 0.0})
+        return JSONResponse({"model": decision.chosen, "fallback_order": decision.order,
+                             "scenario": decision.scenario.name,
+                             "scenario_spec": decision.scenario.spec(),
+                             "predicted": decision.predicted,
+                             "est_cost_usd": decision.est_cost_usd,
+                             "route_ms": decision.route_ms})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        gw(request).key_id(request)
+        data = [{"id": f"vlroute/{name}", "object": "model", "owned_by": "vlroute"}
+                for name in config.scenario_names()]
+        data += [{"id": b.name, "object": "model", "owned_by": b.tier}
+                 for b in config.backends]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        g = gw(request)
+        g.key_id(request)
+        body = await _body(request, 65536)
+        rid, value = body.get("request_id"), body.get("score")
+        if not isinstance(rid, str) or not isinstance(value, int | float) \
+                or isinstance(value, bool) or not 0 <= value <= 1:
+            raise RequestError("feedback needs 'request_id' (string) and 'score' in [0, 1].")
+        if not await run_in_threadpool(g.store.feedback, rid, float(value)):
+            raise RequestError(f"unknown request_id {rid!r}.", status=404, param="request_id")
+        return JSONResponse({"ok": True})
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        g = gw(request)
+        up = set(g.available())
+        return JSONResponse({"status": "ok" if up else "degraded", "router": type(
+            g.engine.router).__name__ if g.engine.router is not None else "training-free",
+            "backends": {n: {"up": n in up, "failures": s.failures,
+                             "latency_s": s.latency_s, "last_error": s.last_error}
+                         for n, s in g.states.items()}})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(_prometheus(gw(request)))
+
+    return app
+
+
+def _usage(content: bytes) -> tuple[int, int]:
+    try:
+        usage = json.loads(content).get("usage") or {}
+        return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0, 0
+
+
+def _prometheus(g: Gateway) -> str:
+    lines = ["# TYPE vlroute_requests_total counter",
+             f"vlroute_requests_total {g.counters['requests']}",
+             "# TYPE vlroute_fallbacks_total counter",
+             f"vlroute_fallbacks_total {g.counters['fallbacks']}",
+             "# TYPE vlroute_decisions_total counter"]
+    for b in g.config.backends:
+        lines.append(f'vlroute_decisions_total{{model="{b.name}"}} '
+                     f"{g.counters[f'decision:{b.name}']}")
+    lines.append("# TYPE vlroute_request_seconds histogram")
+    for edge in LATENCY_BUCKETS:
+        lines.append(f'vlroute_request_seconds_bucket{{le="{edge}"}} '
+                     f"{sum(1 for x in g.latency if x <= edge)}")
+    lines += [f'vlroute_request_seconds_bucket{{le="+Inf"}} {len(g.latency)}',
+              f"vlroute_request_seconds_sum {sum(g.latency):.6f}",
+              f"vlroute_request_seconds_count {len(g.latency)}"]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Scenario", "create_app", "error"]

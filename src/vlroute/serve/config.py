@@ -1,0 +1,156 @@
+"""Gateway configuration: a YAML file validated into typed settings.
+
+Secrets never live in the file: a backend names the environment variable that holds its API
+key (``api_key_env``), and auth keys are stored as SHA-256 hashes. ``VLROUTE_DEFAULT_SCENARIO``
+and ``VLROUTE_TELEMETRY_URL`` override the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vlroute.errors import VlrouteError
+from vlroute.scenarios import PRESETS, Scenario, parse_scenario
+
+
+class ConfigError(VlrouteError):
+    """The gateway configuration is missing, malformed or inconsistent."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backend(_Strict):
+    """One OpenAI-compatible upstream."""
+
+    name: str = Field(description="Name used in decisions, headers and `model` (no routing).")
+    base_url: str = Field(description="Up to /v1, e.g. http://127.0.0.1:18001/v1.")
+    model: str = Field(description="Model id sent upstream.")
+    router_model: str | None = Field(None, description="The router's id of this model "
+                                     "(a column of the bench it was trained on).")
+    api_key_env: str | None = Field(None, description="Environment variable with the key.")
+    tier: Literal["edge", "cloud"] = "cloud"
+    price_in_per_1m: float = Field(0.0, ge=0, description="USD per 1M input tokens.")
+    price_out_per_1m: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
+    latency_s: float = Field(2.0, gt=0, description="Expected latency before measurements.")
+    energy_j: float = Field(0.0, ge=0, description="Expected energy per request.")
+    prior_quality: float = Field(0.7, ge=0, le=1, description="Quality used when no router "
+                                 "artifact is loaded or the router does not know the model.")
+    timeout_s: float = Field(60.0, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    def api_key(self) -> str | None:
+        """The key from the environment (None when the backend needs none)."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"backend {self.name!r}: environment variable "
+                              f"{self.api_key_env} is not set.")
+        return key
+
+
+class RouterSettings(_Strict):
+    """The router artifact and the encoders that make its features."""
+
+    artifact: Path | None = Field(None, description="Folder written by `vlroute train` or "
+                                  "`vlroute demo` (OUT/router); absent: training-free.")
+    text_encoder: str | None = "minilm"
+    image_encoder: str | None = "efficientnet-lite0"
+
+
+class AuthKey(_Strict):
+    id: str
+    sha256: str = Field(min_length=64, max_length=64)
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(20_000_000, ge=1024)
+    max_image_bytes: int = Field(10_000_000, ge=1024)
+    max_images: int = Field(8, ge=0)
+    allow_remote_images: bool = False
+    max_retries_429: int = Field(2, ge=0, le=5)
+
+
+class Telemetry(_Strict):
+    url: str = "sqlite:///vlroute-telemetry.db"
+    store_prompts: bool = False
+
+
+class GatewayConfig(_Strict):
+    """Everything ``vlroute serve`` needs."""
+
+    backends: list[Backend] = Field(min_length=1)
+    router: RouterSettings = RouterSettings()
+    scenarios: dict[str, str] = Field(default_factory=dict,
+                                      description="Custom scenarios: name -> inline spec.")
+    default_scenario: str = "quality"
+    auth_keys: list[AuthKey] = Field(default_factory=list, description="Empty: auth off.")
+    limits: Limits = Limits()
+    telemetry: Telemetry = Telemetry()
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, value: list[Backend]) -> list[Backend]:
+        names = [b.name for b in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique, got {names}")
+        return value
+
+    def scenario(self, name: str) -> Scenario:
+        """A preset, a configured scenario or an inline spec (``vlroute/`` prefix allowed)."""
+        key = name.removeprefix("vlroute/")
+        if key in self.scenarios:
+            return Scenario(**{**vars(parse_scenario(self.scenarios[key])), "name": key})
+        return parse_scenario(key)
+
+    def scenario_names(self) -> list[str]:
+        return [*PRESETS, *self.scenarios]
+
+
+def hash_key(key: str) -> str:
+    """How auth keys are stored: SHA-256 hex of the key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a YAML config; paths in it are relative to the file."""
+    try:
+        raw: Any = yaml.safe_load(Path(path).read_text("utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the gateway config ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'backends', got "
+                          f"{type(raw).__name__}.")
+    if os.environ.get("VLROUTE_DEFAULT_SCENARIO"):
+        raw["default_scenario"] = os.environ["VLROUTE_DEFAULT_SCENARIO"]
+    if os.environ.get("VLROUTE_TELEMETRY_URL"):
+        raw.setdefault("telemetry", {})["url"] = os.environ["VLROUTE_TELEMETRY_URL"]
+    artifact = (raw.get("router") or {}).get("artifact")
+    if artifact and not Path(artifact).is_absolute():
+        raw["router"]["artifact"] = str(Path(path).parent / artifact)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    try:
+        config.scenario(config.default_scenario)
+    except VlrouteError as exc:
+        raise ConfigError(f"{path}: default_scenario: {exc}") from None
+    return config

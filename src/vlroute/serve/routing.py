@@ -1,0 +1,252 @@
+"""From an OpenAI chat request to a routing decision (pure and synchronous: the app runs it
+off the event loop).
+
+The request becomes one :class:`Prompt` (the latest user turn, with the earlier turns as
+context, and every image of the conversation); the router artifact's encoders turn it into
+features, the router predicts each backend's quality (or P(solved) for threshold scenarios),
+and the scenario chooses among the backends that are up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vlroute.errors import VlrouteError
+from vlroute.scenarios import Scenario
+from vlroute.serve.config import Backend, GatewayConfig
+
+#: tokens an image costs when estimating (a common tile count; the catalog refines per model)
+IMAGE_TOKENS = 765
+OUTPUT_TOKENS = 256
+
+
+class RequestError(VlrouteError):
+    """A client request is malformed or over a limit; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the router reads of a request."""
+
+    text: str
+    images: tuple[bytes, ...] = ()
+
+
+@dataclass
+class Decision:
+    """The chosen backend, the order to fall back in, and what they were based on."""
+
+    scenario: Scenario
+    order: list[str]
+    predicted: dict[str, float]
+    est_cost_usd: dict[str, float]
+    route_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> str:
+        return self.order[0]
+
+
+def _text_of(content: Any, where: str) -> tuple[str, list[str]]:
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise RequestError(f"{where}.content must be a string or a list of parts, got "
+                           f"{type(content).__name__}.", param=f"{where}.content")
+    texts, urls = [], []
+    for k, part in enumerate(content):
+        if not isinstance(part, dict) or "type" not in part:
+            raise RequestError(f"{where}.content[{k}] must be an object with a 'type'.",
+                               param=f"{where}.content[{k}]")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise RequestError(f"{where}.content[{k}].text must be a string.",
+                                   param=f"{where}.content[{k}].text")
+            texts.append(part["text"])
+        elif part["type"] == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise RequestError(f"{where}.content[{k}].image_url.url must be a string.",
+                                   param=f"{where}.content[{k}].image_url")
+            urls.append(url)
+    return "\n".join(texts), urls
+
+
+def decode_image(url: str, config: GatewayConfig) -> bytes:
+    """The bytes of a data-URL image, checked for size, type and decodability."""
+    if url.startswith(("http://", "https://")):
+        raise RequestError("remote image URLs are disabled on this gateway; send the image as "
+                           "a data URL (data:image/png;base64,...).", param="image_url")
+    if not url.startswith("data:"):
+        raise RequestError(f"image_url must be a data URL or http(s) URL, got "
+                           f"{url[:30]!r}.", param="image_url")
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise RequestError(f"image data URL must be 'data:image/<type>;base64,...', got "
+                           f"{header[:40]!r}.", param="image_url")
+    if len(payload) * 3 // 4 > config.limits.max_image_bytes:
+        raise RequestError(f"image larger than {config.limits.max_image_bytes} bytes.",
+                           status=413, param="image_url")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("image data URL is not valid base64.", param="image_url") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise RequestError("image data URL does not decode as an image.",
+                           param="image_url") from None
+    return data
+
+
+def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
+    """The latest user turn (earlier turns as context) and every image of the request."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list.", param="messages")
+    turns, urls = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise RequestError(f"messages[{i}] must be an object with a string 'role'.",
+                               param=f"messages[{i}]")
+        text, found = _text_of(message.get("content"), f"messages[{i}]")
+        turns.append((message["role"], text))
+        urls += found
+    if len(urls) > config.limits.max_images:
+        raise RequestError(f"{len(urls)} images; this gateway takes at most "
+                           f"{config.limits.max_images}.", status=413, param="messages")
+    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
+    latest = turns[last_user][1] if last_user is not None else turns[-1][1]
+    context = [t for i, (_, t) in enumerate(turns) if i != last_user and t]
+    text = latest if not context else latest + "\n\n" + "\n".join(context)
+    return Prompt(text=text, images=tuple(decode_image(u, config) for u in urls))
+
+
+class RoutingEngine:
+    """Predictions and decisions over the configured backends."""
+
+    def __init__(self, config: GatewayConfig, router: Any = None,
+                 encoders: dict[str, Any] | None = None,
+                 fusion: tuple[str, float] = ("normalize_concat", 0.5)) -> None:
+        self.config = config
+        self.router = router
+        self.encoders = encoders or {}
+        self.fusion = fusion
+        self.backends = {b.name: b for b in config.backends}
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> RoutingEngine:
+        """Load the artifact and its encoders; training-free when no artifact is set or the
+        file is absent (``vlroute demo`` not run yet). An artifact trained on other features
+        than the configured encoders is refused."""
+        artifact = config.router.artifact
+        if artifact is None or not (Path(artifact) / "router.json").is_file():
+            return cls(config)
+        from vlroute.features.registry import make_encoder
+        from vlroute.routers.persistence import artifact_metadata, load_router
+
+        meta = artifact_metadata(Path(artifact))
+        trained = meta.get("feature_spec") or {}
+        encoders = {kind: make_encoder(name) for kind, name in
+                    (("text", config.router.text_encoder),
+                     ("image", config.router.image_encoder)) if name}
+        for kind in ("text", "image"):
+            have = encoders[kind].encoder_id if kind in encoders else None
+            if trained.get(kind) != have:
+                from vlroute.serve.config import ConfigError
+
+                raise ConfigError(f"router artifact {artifact} was trained on {kind} features "
+                                  f"{trained.get(kind)!r}; the config's {kind}_encoder gives "
+                                  f"{have!r}.")
+        return cls(config, load_router(Path(artifact), feature_spec=trained), encoders,
+                   fusion=(trained.get("fusion", "normalize_concat"),
+                           float(trained.get("text_weight", 0.5))))
+
+    def warm_up(self) -> None:
+        """Load the encoders' weights now (one text + one image), not on the first request."""
+        if self.router is None:
+            return
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), "white").save(buf, format="PNG")
+        self.features(Prompt("warm up", (buf.getvalue(),)))
+
+    def features(self, prompt: Prompt) -> np.ndarray:
+        """The fused feature row of ``prompt`` (images go through temporary files, which is
+        what the encoders read)."""
+        from vlroute.features.base import Item
+        from vlroute.features.fusion import Fusion
+
+        with tempfile.TemporaryDirectory(prefix="vlroute-req-") as tmp:
+            paths = []
+            for k, data in enumerate(prompt.images):
+                path = Path(tmp) / f"image{k}"
+                path.write_bytes(data)
+                paths.append(path)
+            item = Item(text=prompt.text, images=tuple(paths))
+            parts = {kind: enc.encode_batch([item]) for kind, enc in self.encoders.items()}
+        mode, weight = self.fusion
+        if "text" not in parts or "image" not in parts:
+            mode = "text" if "text" in parts else "image"
+        return Fusion(mode, weight)(parts.get("text"), parts.get("image"))  # type: ignore[arg-type]
+
+    def predict(self, prompt: Prompt, scenario: Scenario, names: list[str]
+                ) -> dict[str, float]:
+        """Each backend's predicted quality (utility) or P(solved) (threshold)."""
+        out = {n: self.backends[n].prior_quality for n in names}
+        if self.router is None:
+            return out
+        X = self.features(prompt)
+        preds = self.router.predictions_for(X, scenario)[0]
+        models = list(self.router.models_)
+        for n in names:
+            model = self.backends[n].router_model
+            if model in models:
+                out[n] = float(preds[models.index(model)])
+        return out
+
+    def estimate_cost(self, backend: Backend, prompt: Prompt) -> float:
+        tokens_in = len(prompt.text) / 4 + IMAGE_TOKENS * len(prompt.images)
+        return (tokens_in * backend.price_in_per_1m
+                + OUTPUT_TOKENS * backend.price_out_per_1m) / 1e6
+
+    def decide(self, prompt: Prompt, scenario: Scenario, up: list[str],
+               latency: dict[str, float] | None = None) -> Decision:
+        """Choose among the backends in ``up`` (config order); the rest of ``up`` follows as
+        the fallback order, best predicted first."""
+        if not up:
+            raise RequestError("no backend is available (all are failing); try again later.",
+                               status=503)
+        start = time.perf_counter()
+        predicted = self.predict(prompt, scenario, up)
+        costs = {n: self.estimate_cost(self.backends[n], prompt) for n in up}
+        lat = {n: (latency or {}).get(n, self.backends[n].latency_s) for n in up}
+        preds = np.array([[predicted[n] for n in up]])
+        choice = int(scenario.select(
+            preds, np.array([costs[n] for n in up]), np.array([lat[n] for n in up]),
+            np.array([self.backends[n].energy_j for n in up]),
+            tiers=tuple(self.backends[n].tier for n in up))[0])
+        rest = sorted((n for k, n in enumerate(up) if k != choice),
+                      key=lambda n: -predicted[n])
+        return Decision(scenario, [up[choice], *rest], predicted, costs,
+                        route_ms=(time.perf_counter() - start) * 1e3)
+

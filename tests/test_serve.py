@@ -1,0 +1,264 @@
+"""The gateway in-process, in front of a mocked upstream (httpx MockTransport)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vlroute.serve.app import create_app
+from vlroute.serve.config import ConfigError, GatewayConfig, hash_key, load_config
+from vlroute.serve.telemetry import TelemetryStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path: Path, **extra: Any) -> GatewayConfig:
+    return GatewayConfig.model_validate({
+        "backends": [
+            {"name": "edge", "base_url": "http://edge.test/v1", "model": "small", "tier": "edge",
+             "prior_quality": 0.7, "latency_s": 3.0},
+            {"name": "cloud", "base_url": "http://cloud.test/v1", "model": "big",
+             "price_in_per_1m": 2.0, "price_out_per_1m": 8.0, "prior_quality": 0.9}],
+        "telemetry": {"url": f"sqlite:///{tmp_path / 't.db'}"}, **extra})
+
+
+class Upstream:
+    """Scripted backends: per host a list of behaviours, consumed in order (the last one
+    repeats): "ok", "sse", "500", "429", "timeout", "garbage"."""
+
+    def __init__(self, **script: list[str]) -> None:
+        self.script = script
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host.split(".")[0]
+        body = json.loads(request.content)
+        self.seen.append((host, body))
+        plan = self.script.get(host, ["ok"])
+        what = plan.pop(0) if len(plan) > 1 else plan[0]
+        if what == "timeout":
+            raise httpx.ConnectTimeout("timed out", request=request)
+        if what in ("500", "429"):
+            return httpx.Response(int(what), json={"error": {"message": what}})
+        if what == "garbage":
+            return httpx.Response(200, content=b"\x00not json")
+        if what == "sse":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+                                          b"data: [DONE]\n\n")
+        return httpx.Response(200, json={"id": "x", "object": "chat.completion",
+                                         "model": body["model"], "choices": [{
+                                             "index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant",
+                                                         "content": f"from {host}"}}],
+                                         "usage": {"prompt_tokens": 12,
+                                                   "completion_tokens": 3}})
+
+
+def client(cfg: GatewayConfig, upstream: Upstream, store: TelemetryStore | None = None
+           ) -> TestClient:
+    return TestClient(create_app(cfg, transport=httpx.MockTransport(upstream), store=store))
+
+
+def ask(model: str = "vlroute/quality", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+            **extra}
+
+
+def png_url(size: tuple[int, int] = (32, 24)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> None:
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    up = Upstream()
+    with client(config(tmp_path), up, store) as c:
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.status_code == 200, r.text
+        # quality preset: tau 0.8; edge (0.7) is not sure enough, cloud (0.9) is
+        assert r.headers["x-vlroute-model"] == "cloud" and up.seen[-1][1]["model"] == "big"
+        assert r.headers["x-vlroute-scenario"] == "quality"
+        assert float(r.headers["x-vlroute-predicted-score"]) == pytest.approx(0.9)
+        assert float(r.headers["x-vlroute-est-cost-usd"]) > 0
+        assert float(r.headers["x-vlroute-route-ms"]) >= 0
+        r = c.post("/v1/chat/completions", json=ask("vlroute/mes=6,tau=0.6,by=usd"))
+        assert r.headers["x-vlroute-model"] == "edge"                 # cheap and sure enough
+        r = c.post("/v1/chat/completions", json=ask("cloud"))         # a backend: no routing
+        assert r.headers["x-vlroute-model"] == "cloud"
+        rid = r.headers["x-vlroute-request-id"]
+        assert c.post("/v1/feedback", json={"request_id": rid, "score": 0.5}).json()["ok"]
+        assert c.post("/v1/feedback", json={"request_id": "nope", "score": 1}).status_code == 404
+    rows = store.rows()
+    assert [r["chosen"] for r in rows] == ["cloud", "edge", "cloud"]
+    assert rows[0]["tokens_in"] == 12 and rows[0]["cost_usd"] == pytest.approx(
+        (12 * 2 + 3 * 8) / 1e6)
+    assert rows[-1]["score"] == 0.5 and rows[0]["prompt"] is None
+
+
+def test_falls_back_on_timeouts_and_5xx_and_retries_429(tmp_path: Path) -> None:
+    up = Upstream(cloud=["timeout"], edge=["500"])
+    with client(config(tmp_path), up) as c:
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unavailable"
+    up = Upstream(cloud=["500"])
+    with client(config(tmp_path), up) as c:
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.status_code == 200 and r.headers["x-vlroute-model"] == "edge"
+        assert "vlroute_fallbacks_total 1" in c.get("/metrics").text
+    up = Upstream(cloud=["429", "ok"])
+    with client(config(tmp_path), up) as c:
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.headers["x-vlroute-model"] == "cloud"
+        assert [h for h, _ in up.seen] == ["cloud", "cloud"]
+
+
+def test_circuit_breaker_takes_a_failing_backend_out(tmp_path: Path) -> None:
+    up = Upstream(cloud=["500"])
+    with client(config(tmp_path), up) as c:
+        for _ in range(3):
+            c.post("/v1/chat/completions", json=ask())
+        health = c.get("/health").json()
+        assert health["backends"]["cloud"]["up"] is False
+        before = len(up.seen)
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.headers["x-vlroute-model"] == "edge" and len(up.seen) == before + 1
+
+
+def test_streaming_passes_sse_through(tmp_path: Path) -> None:
+    with client(config(tmp_path), Upstream(cloud=["sse"])) as c:
+        with c.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
+            body = b"".join(r.iter_bytes())
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert body.endswith(b"data: [DONE]\n\n") and b'"hi"' in body
+
+
+@pytest.mark.parametrize(("payload", "status", "message"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"model": "vlroute/quality"}).encode(), 400, "'messages'"),
+    (json.dumps({"model": 3, "messages": [{"role": "user", "content": "x"}]}).encode(), 400,
+     "'model' must be a string"),
+    (json.dumps(ask("vlroute/turbo")).encode(), 400, "Unknown scenario preset"),
+    (json.dumps({"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}]}).encode(),
+     400, "not valid base64"),
+    (json.dumps({"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                            + base64.b64encode(b"hello").decode()}}]}]}
+                ).encode(), 400, "does not decode"),
+    (json.dumps({"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}]}]}
+                ).encode(), 400, "remote image URLs are disabled"),
+    (json.dumps(ask(pad="x" * 30_000)).encode(), 413, "over the limit"),
+])
+def test_bad_requests_get_a_clear_4xx(tmp_path: Path, payload: bytes, status: int,
+                                      message: str) -> None:
+    cfg = config(tmp_path, limits={"max_body_bytes": 20_000})
+    with client(cfg, Upstream()) as c:
+        r = c.post("/v1/chat/completions", content=payload,
+                   headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        assert message in r.json()["error"]["message"]
+
+
+def test_images_and_conversations_route_and_sessions_pin(tmp_path: Path) -> None:
+    up = Upstream()
+    with client(config(tmp_path), up) as c:
+        image_only = {"model": "vlroute/mes=6,tau=0.6", "messages": [
+            {"role": "user", "content": "Earlier question"},
+            {"role": "assistant", "content": "Earlier answer"},
+            {"role": "user", "content": [{"type": "image_url",
+                                          "image_url": {"url": png_url()}}]}]}
+        r = c.post("/v1/route", json=image_only)
+        assert r.status_code == 200 and r.json()["model"] == "edge"
+        assert set(r.json()["predicted"]) == {"edge", "cloud"}
+        headers = {"x-vlroute-session": "s1"}
+        first = c.post("/v1/chat/completions", json=image_only, headers=headers)
+        later = c.post("/v1/chat/completions", json=ask(), headers=headers)  # would be cloud
+        assert first.headers["x-vlroute-model"] == later.headers["x-vlroute-model"] == "edge"
+        models = {m["id"] for m in c.get("/v1/models").json()["data"]}
+        assert {"vlroute/fast", "vlroute/quality", "vlroute/eco", "edge", "cloud"} <= models
+
+
+def test_api_keys_are_checked_against_hashes(tmp_path: Path) -> None:
+    cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key("s3cret")}])
+    with client(cfg, Upstream()) as c:
+        assert c.post("/v1/chat/completions", json=ask()).status_code == 401
+        bad = c.post("/v1/chat/completions", json=ask(),
+                     headers={"authorization": "Bearer wrong"})
+        assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+        ok = c.post("/v1/chat/completions", json=ask(),
+                    headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_config_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("backends:\n  - name: a\n    base_url: ftp://x\n    model: m\n")
+    with pytest.raises(ConfigError, match=r"backends\.0\.base_url"):
+        load_config(path)
+    path.write_text("backends: []\n")
+    with pytest.raises(ConfigError, match="backends"):
+        load_config(path)
+    example = load_config(ROOT / "examples" / "gateway.yaml")
+    assert [b.name for b in example.backends] == ["edge", "cloud"]
+    assert example.scenario("vlroute/edge-first").edge_first
+
+
+def test_openapi_document_is_published(tmp_path: Path) -> None:
+    with client(config(tmp_path), Upstream()) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/route", "/v1/models", "/health", "/metrics",
+            "/v1/feedback"} <= set(paths)
+
+
+def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conftest import make_set
+    from vlroute.cli import cli
+
+    models = [{"model": m, "display_name": m, "family": "F", "params_b": p,
+               "open_weights": True, "modality": "vision-language", "notes": ""}
+              for m, p in (("Qwen2-VL-7B-Instruct", 7), ("Qwen2-VL-72B-Instruct", 72))]
+    toy = make_set(tmp_path / "toy", n_groups=12, models=models)
+    runner = CliRunner()
+    for args in (["bench", "build", toy, "--out", tmp_path / "b"],
+                 ["features", tmp_path / "b", "--text", "hashing-text", "--image",
+                  "hashing-image"],
+                 ["train", "knn", tmp_path / "b", "--features", "hashing-text,hashing-image",
+                  "--param", "n_neighbors=3", "--out", tmp_path / "art"]):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    base = config(tmp_path)
+    cfg = GatewayConfig.model_validate({
+        **base.model_dump(), "router": {"artifact": tmp_path / "art",
+                                        "text_encoder": "hashing-text",
+                                        "image_encoder": "hashing-image"},
+        "backends": [
+            {**b.model_dump(), "router_model": m}
+            for b, m in zip(base.backends, ("Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct"),
+                            strict=True)]})
+    with client(cfg, Upstream()) as c:
+        assert c.get("/health").json()["router"] == "KNNRouter"
+        body = {"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is shown?"},
+            {"type": "image_url", "image_url": {"url": png_url()}}]}]}
+        decision = c.post("/v1/route", json=body).json()
+        assert decision["predicted"] != {"edge": 0.7, "cloud": 0.9}         # not the priors
+        assert all(0 <= p <= 1 for p in decision["predicted"].values())
+    wrong = GatewayConfig.model_validate({**cfg.model_dump(), "router": {
+        "artifact": tmp_path / "art", "text_encoder": "hashing-text", "image_encoder": None}})
+    with pytest.raises(ConfigError, match="trained on image features"), \
+            client(wrong, Upstream()):
+        pass
