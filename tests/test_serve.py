@@ -262,3 +262,26 @@ def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="trained on image features"), \
             client(wrong, Upstream()):
         pass
+
+
+def test_scored_traffic_exports_as_a_set_that_builds(tmp_path: Path) -> None:
+    from vlroute.data import READERS, build_bench
+    from vlroute.serve.export import export_scored
+
+    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    cfg = config(tmp_path, telemetry={"url": f"sqlite:///{tmp_path / 't.db'}",
+                                      "store_prompts": True})
+    with client(cfg, Upstream(), store) as c:
+        ids = []
+        for k in range(6):
+            r = c.post("/v1/chat/completions", json={"model": "vlroute/mes=6,tau=0.6" if k % 2
+                                                     else "vlroute/quality", "messages": [
+                {"role": "user", "content": f"question {k}"}]})
+            ids.append(r.headers["x-vlroute-request-id"])
+        for rid, score in zip(ids[:5], (1.0, 0.0, 0.5, 1.0, 0.25), strict=True):
+            c.post("/v1/feedback", json={"request_id": rid, "score": score})
+    counts = export_scored(store, tmp_path / "served")
+    assert counts == {"exported": 5, "unscored": 1, "no_prompt": 0}
+    bench = build_bench(READERS.get("jsonl")(tmp_path / "served", tmp_path / ".w"),
+                        tmp_path / "bench")
+    assert len(bench.samples) == 5 and set(bench.models["model"]) == {"edge", "cloud"}

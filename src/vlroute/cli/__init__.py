@@ -36,13 +36,14 @@ def _register() -> None:
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
     from vlroute.cli.report import report
-    from vlroute.cli.serve import dev_backends, serve
+    from vlroute.cli.serve import dev_backends, logs, serve
     from vlroute.cli.train import train
 
     cli.add_command(bench)
     cli.add_command(report)
     cli.add_command(serve)
     cli.add_command(dev_backends)
+    cli.add_command(logs)
     cli.add_command(eval_command)
     cli.add_command(features)
     cli.add_command(train)

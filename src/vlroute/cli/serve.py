@@ -67,3 +67,33 @@ def dev_backends(host: str, ports: str) -> None:
         await asyncio.gather(*(s.serve() for s in servers))
 
     asyncio.run(run())
+
+
+@click.group("logs")
+def logs() -> None:
+    """Gateway telemetry."""
+
+
+@logs.command("export")
+@click.option("--telemetry", "url", default="sqlite:///vlroute-telemetry.db", show_default=True,
+              help="The gateway's telemetry store.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Set folder to write (the shared data contract).")
+@click.option("--include-unscored", is_flag=True, help="Also export requests without feedback.")
+@click.option("--overwrite", is_flag=True)
+def export(url: str, out: Path, include_unscored: bool, overwrite: bool) -> None:
+    """Write scored requests as a set folder that `vlroute bench build` reads."""
+    from vlroute.serve.export import export_scored
+    from vlroute.serve.telemetry import TelemetryStore, sqlite_path
+
+    if not sqlite_path(url).is_file():
+        raise click.ClickException(f"no telemetry store at {sqlite_path(url)}.")
+    store = TelemetryStore(url)
+    try:
+        counts = export_scored(store, out, include_unscored=include_unscored,
+                               overwrite=overwrite)
+    finally:
+        store.close()
+    console.print(f"{out}: {counts['exported']} request(s) exported; skipped "
+                  f"{counts['unscored']} without a score and {counts['no_prompt']} without a "
+                  "stored prompt (telemetry.store_prompts).")

@@ -82,7 +82,6 @@ class Limits(_Strict):
     max_body_bytes: int = Field(20_000_000, ge=1024)
     max_image_bytes: int = Field(10_000_000, ge=1024)
     max_images: int = Field(8, ge=0)
-    allow_remote_images: bool = False
     max_retries_429: int = Field(2, ge=0, le=5)
 
 
