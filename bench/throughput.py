@@ -26,7 +26,8 @@ from vlroute.features.registry import make_encoder
 from vlroute.features.store import bench_items, feature_matrix
 from vlroute.metrics import cost_bounds
 from vlroute.routers import BASELINES, LEARNED, make_router
-from vlroute.scenarios import PRESETS
+from vlroute.routers.policy import PolicyRouter
+from vlroute.scenarios import PRESETS, Scenario
 
 
 def main() -> None:
@@ -52,7 +53,11 @@ def main() -> None:
         router = make_router(name)
         router.fit(train, bounds=bounds, X=X[m.splits == "train"] if router.needs_features
                    else None)
-        for r in measure(router, test, PRESETS["quality"], X=X[m.splits == "test"],
+        # policy routers decide only as trained (utility, cost_weight 0); the rest under the
+        # quality preset (threshold family)
+        scenario = (Scenario("as_trained", cost_weight=0.0) if isinstance(router, PolicyRouter)
+                    else PRESETS["quality"])
+        for r in measure(router, test, scenario, X=X[m.splits == "test"],
                          featurize=featurize if router.needs_features else None):
             rows.append({"router": name, **r})
             print(f"{name:22} encoders={r['with_encoders']!s:5} batch={r['batch']:3} "
