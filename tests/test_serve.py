@@ -15,6 +15,7 @@ from PIL import Image
 
 from vlroute.serve.app import create_app
 from vlroute.serve.config import ConfigError, GatewayConfig, hash_key, load_config
+from vlroute.serve.routing import RequestError
 from vlroute.serve.telemetry import TelemetryStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,3 +286,29 @@ def test_scored_traffic_exports_as_a_set_that_builds(tmp_path: Path) -> None:
     bench = build_bench(READERS.get("jsonl")(tmp_path / "served", tmp_path / ".w"),
                         tmp_path / "bench")
     assert len(bench.samples) == 5 and set(bench.models["model"]) == {"edge", "cloud"}
+
+
+def test_budgets_reserve_before_and_settle_after(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from vlroute.serve.budgets import Budgets
+
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    budgets = Budgets({"alice": {"day": 1.0}})
+    first = budgets.reserve("alice", 0.6, now)
+    with pytest.raises(RequestError, match="over its daily budget"):
+        budgets.reserve("alice", 0.6, now)           # concurrent: the first still holds 0.6
+    budgets.settle("alice", first, 0.6, 0.1)         # it cost less than estimated
+    assert budgets.reserve("alice", 0.6, now)         # 0.1 spent + 0.6 fits
+    assert budgets.reserve("bob", 99.0, now) == {}    # no budget, nothing held
+
+    key = "s3cret"
+    cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key(key),
+                                       "budget_usd_day": 0.0021}])
+    auth = {"authorization": f"Bearer {key}"}
+    with client(cfg, Upstream()) as c:
+        assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 200
+        over = c.post("/v1/chat/completions", json=ask(), headers=auth)
+        assert over.status_code == 429 and "budget" in over.json()["error"]["message"]
+    with client(cfg, Upstream()) as c:                # spend survives a restart (telemetry)
+        assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 429

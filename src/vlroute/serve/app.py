@@ -4,6 +4,7 @@ routing engine, telemetry store, backend states) lives in the app, created in th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from vlroute import __version__
 from vlroute.errors import VlrouteError
 from vlroute.scenarios import Scenario
+from vlroute.serve.budgets import Budgets, periods
 from vlroute.serve.config import GatewayConfig, hash_key
 from vlroute.serve.routing import Decision, Prompt, RequestError, RoutingEngine, prompt_of
 from vlroute.serve.telemetry import TelemetryStore
@@ -51,6 +53,17 @@ class Gateway:
         self.counters: Counter[str] = Counter()
         self.latency: list[float] = []
         self.sessions: dict[str, str] = {}
+        self.budgets = Budgets({k.id: {kind: limit for kind, limit in (
+            ("day", k.budget_usd_day), ("month", k.budget_usd_month)) if limit is not None}
+            for k in config.auth_keys})
+        now = dt.datetime.now(dt.UTC)
+        starts = {"day": now.replace(hour=0, minute=0, second=0, microsecond=0)}
+        starts["month"] = starts["day"].replace(day=1)
+        held = periods(now)
+        for key in self.budgets.limits:
+            for kind, start in starts.items():
+                self.budgets.spent[(key, held[kind])] = store.spent_since(
+                    key, start.timestamp())
 
     def available(self) -> list[str]:
         """Backends not cut off by their circuit breaker (config order)."""
@@ -162,8 +175,15 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         scenario_name = decision.scenario.name if decision else "direct"
         stream = bool(body.get("stream"))
         backends = [next(b for b in config.backends if b.name == n) for n in order]
-        attempt = await call(g.client, backends, body, g.states, stream=stream,
-                             retries_429=config.limits.max_retries_429)
+        estimate = max((decision.est_cost_usd.get(n, 0.0) for n in order), default=0.0) \
+            if decision else g.engine.estimate_cost(backends[0], prompt)
+        held = g.budgets.reserve(key, estimate, dt.datetime.now(dt.UTC))
+        try:
+            attempt = await call(g.client, backends, body, g.states, stream=stream,
+                                 retries_429=config.limits.max_retries_429)
+        except BaseException:
+            g.budgets.settle(key, held, estimate, 0.0)
+            raise
         g.counters["requests"] += 1
         g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
         rid = f"vlr-{uuid.uuid4().hex}"
@@ -173,6 +193,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                "route_ms": decision.route_ms if decision else 0.0,
                "prompt": prompt.text if config.telemetry.store_prompts else None}
         if attempt.response is None:
+            g.budgets.settle(key, held, estimate, 0.0)
             row.update(status=502, total_ms=(time.perf_counter() - start) * 1e3)
             await run_in_threadpool(g.store.record, row)
             return error(502, f"no backend answered (tried {', '.join(order)}): "
@@ -194,10 +215,11 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if not stream:
             usage = _usage(response.content)
             backend = next(b for b in config.backends if b.name == chosen)
+            cost = (usage[0] * backend.price_in_per_1m
+                    + usage[1] * backend.price_out_per_1m) / 1e6
             row.update(status=response.status_code, tokens_in=usage[0], tokens_out=usage[1],
-                       cost_usd=(usage[0] * backend.price_in_per_1m
-                                 + usage[1] * backend.price_out_per_1m) / 1e6,
-                       total_ms=(time.perf_counter() - start) * 1e3)
+                       cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
+            g.budgets.settle(key, held, estimate, cost)
             await run_in_threadpool(g.store.record, row)
             g.latency.append(time.perf_counter() - start)
             return Response(response.content, status_code=response.status_code,
@@ -208,7 +230,9 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                 async for chunk in passthrough(response):
                     yield chunk
             finally:
-                row.update(status=response.status_code,
+                # a stream reports no usage here: book the estimate
+                g.budgets.settle(key, held, estimate, estimate)
+                row.update(status=response.status_code, cost_usd=estimate,
                            total_ms=(time.perf_counter() - start) * 1e3)
                 await run_in_threadpool(g.store.record, row)
                 g.latency.append(time.perf_counter() - start)

@@ -74,8 +74,12 @@ class RouterSettings(_Strict):
 
 
 class AuthKey(_Strict):
+    """An API key, stored as its SHA-256, with optional spend budgets (USD)."""
+
     id: str
     sha256: str = Field(min_length=64, max_length=64)
+    budget_usd_day: float | None = Field(None, ge=0)
+    budget_usd_month: float | None = Field(None, ge=0)
 
 
 class Limits(_Strict):

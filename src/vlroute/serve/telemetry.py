@@ -62,6 +62,13 @@ class TelemetryStore:
                                    (score, request_id))
         return cur.rowcount == 1
 
+    def spent_since(self, key_id: str, since: float) -> float:
+        """USD recorded for ``key_id`` from the epoch time ``since`` on."""
+        with self._lock:
+            cur = self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE "
+                                   "key_id = ? AND ts >= ?", (key_id, since))
+            return float(cur.fetchone()[0])
+
     def rows(self) -> list[dict[str, Any]]:
         """Every row (for tests and export), oldest first."""
         with self._lock:
