@@ -1,0 +1,175 @@
+"""Fault injection against the gateway on loopback. Run by hand:
+
+    python bench/faults.py [--seconds 6] [--out bench/results]
+
+1. Steady load of non-streamed requests (4 client threads) through the gateway to the two dev
+   backends; the edge backend is killed half-way. Counts requests that did not get a 200
+   (the target is none: the gateway falls back to the cloud backend).
+2. Steady load again; the gateway is killed with SIGKILL half-way. Every request that got a 200
+   must have its telemetry row (the row is committed before the answer leaves).
+3. A corpus of bad requests: every one must get a 4xx with the OpenAI error envelope, none a 5xx.
+Writes ``faults.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CLI = [sys.executable, "-c", "from vlroute.cli import main; main()"]
+ASK = {"model": "vlroute/mes=6,tau=0.6", "messages": [{"role": "user", "content": "2 + 2?"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | None]]:
+    """(status, request id) of every request sent during ``seconds`` (0: connection lost)."""
+    out: list[tuple[int, str | None]] = []
+    stop = time.monotonic() + seconds
+
+    def worker() -> None:
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < stop:
+                try:
+                    r = client.post(url, json=ASK)
+                    out.append((r.status_code, r.headers.get("x-vlroute-request-id")))
+                except httpx.TransportError:
+                    out.append((0, None))
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return out
+
+
+def bad_requests() -> list[tuple[str, bytes]]:
+    image = "data:image/png;base64,"
+    msg = [{"role": "user", "content": "hi"}]
+    return [
+        ("malformed JSON", b"{nope"), ("array body", b"[]"), ("string body", b'"x"'),
+        ("no messages", json.dumps({"model": "vlroute/quality"}).encode()),
+        ("messages not a list", json.dumps({"model": "vlroute/quality", "messages": 3}).encode()),
+        ("model not a string", json.dumps({"model": [1], "messages": msg}).encode()),
+        ("unknown scenario", json.dumps({"model": "vlroute/turbo", "messages": msg}).encode()),
+        ("bad part", json.dumps({"model": "vlroute/quality", "messages": [
+            {"role": "user", "content": [{"typ": "text"}]}]}).encode()),
+        ("broken base64", json.dumps({"model": "vlroute/quality", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {
+                "url": image + "!!!"}}]}]}).encode()),
+        ("not an image", json.dumps({"model": "vlroute/quality", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {
+                "url": image + base64.b64encode(b"GIF89a-not-really").decode()}}]}]}).encode()),
+        ("remote image", json.dumps({"model": "vlroute/quality", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {
+                "url": "http://127.0.0.1:22/x.png"}}]}]}).encode()),
+        ("huge body", b'{"model": "vlroute/quality", "pad": "' + b"x" * 25_000_000 + b'"}'),
+        ("role missing", json.dumps({"model": "vlroute/quality", "messages": [
+            {"content": "x"}]}).encode()),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vlroute-faults-"))
+    edge, cloud, port = free_port(), free_port(), free_port()
+    db = tmp / "telemetry.db"
+    config = tmp / "gateway.yaml"
+    config.write_text(f"""
+backends:
+  - {{name: edge, base_url: "http://127.0.0.1:{edge}/v1", model: small, tier: edge,
+     prior_quality: 0.7, timeout_s: 5}}
+  - {{name: cloud, base_url: "http://127.0.0.1:{cloud}/v1", model: big, prior_quality: 0.9,
+     price_in_per_1m: 1.0, timeout_s: 5}}
+telemetry: {{url: "sqlite:///{db}"}}
+""")
+    log = (tmp / "log.txt").open("wb")
+    edge_p = subprocess.Popen([*CLI, "dev-backends", "--ports", f"{edge},{free_port()}"],
+                              stdout=log, stderr=log)
+    cloud_p = subprocess.Popen([*CLI, "dev-backends", "--ports", f"{free_port()},{cloud}"],
+                               stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    results: dict[str, Any] = {}
+    try:
+        wait_for(f"http://127.0.0.1:{edge}/v1/models")
+        wait_for(f"http://127.0.0.1:{cloud}/v1/models")
+        gateway = subprocess.Popen([*CLI, "serve", "--config", str(config), "--port",
+                                    str(port)], stdout=log, stderr=log)
+        wait_for(f"http://127.0.0.1:{port}/health")
+        killer = threading.Timer(args.seconds / 2, edge_p.kill)
+        killer.start()
+        got = load(url, args.seconds)
+        results["kill_edge"] = {"requests": len(got),
+                                "lost": sum(1 for s, _ in got if s != 200)}
+        killer = threading.Timer(args.seconds / 2, lambda: gateway.send_signal(signal.SIGKILL))
+        killer.start()
+        got = load(url, args.seconds)
+        gateway.wait()
+        answered = {rid for s, rid in got if s == 200 and rid}
+        with sqlite3.connect(db) as conn:
+            stored = {r[0] for r in conn.execute("SELECT id FROM requests")}
+        results["kill_gateway"] = {"answered": len(answered),
+                                   "answered_without_row": len(answered - stored)}
+        gateway = subprocess.Popen([*CLI, "serve", "--config", str(config), "--port",
+                                    str(port)], stdout=log, stderr=log)
+        wait_for(f"http://127.0.0.1:{port}/health")
+        bad = []
+        for name, payload in bad_requests():
+            r = httpx.post(url, content=payload, headers={"content-type": "application/json"},
+                           timeout=30)
+            envelope = "error" in r.json() if r.headers.get("content-type", "").startswith(
+                "application/json") else False
+            bad.append({"case": name, "status": r.status_code, "envelope": envelope})
+        results["bad_requests"] = {"cases": bad, "non_4xx": sum(
+            1 for b in bad if not 400 <= b["status"] < 500 or not b["envelope"])}
+        gateway.terminate()
+        gateway.wait()
+    finally:
+        for p in (edge_p, cloud_p):
+            p.kill()
+        log.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "faults.json").write_text(json.dumps(results, indent=1) + "\n")
+    k, g, b = results["kill_edge"], results["kill_gateway"], results["bad_requests"]
+    print("| fault | result | target |\n|---|---|---|")
+    print(f"| edge backend killed under load | {k['lost']} of {k['requests']} requests lost "
+          "| 0 |")
+    print(f"| gateway SIGKILLed under load | {g['answered_without_row']} of {g['answered']} "
+          "answered requests without a telemetry row | 0 |")
+    print(f"| {len(b['cases'])} bad requests | {b['non_4xx']} without a 4xx + error envelope "
+          "| 0 |")
+
+
+if __name__ == "__main__":
+    main()
