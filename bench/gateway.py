@@ -1,0 +1,199 @@
+"""Gateway overhead on loopback, side by side with the LiteLLM proxy. Run by hand:
+
+    python bench/gateway.py [--seconds 10] [--artifact demo-out/router] [--out bench/results]
+
+An instant stub backend (``vlroute dev-backends``' app) answers every call. Load comes from
+``wrk`` (Debian's package) with a POST body; each server runs pinned to a stated core
+(``taskset``): the server under test on core 0, the stub backend and wrk on core 1. Measured
+for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image:
+
+- ``direct``: the stub backend itself (the baseline that "added" latency is taken against);
+- ``vlroute pass-through``: ``model`` names the backend (no routing), telemetry on;
+- ``vlroute routing``: ``model`` = ``vlroute/quality``, with the router artifact and its
+  encoders when ``--artifact`` exists (else the training-free decision);
+- ``litellm``: LiteLLM proxy ``litellm[proxy]==1.106.2``, one worker, installed by this
+  script into its own venv (``--litellm-venv``).
+Writes ``gateway.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+LITELLM = "litellm[proxy]==1.106.2"
+CLI = [sys.executable, "-c", "from vlroute.cli import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
+
+
+def image_body(kb: int = 200) -> str:
+    """A PNG of noise close to ``kb`` KB, as a data URL."""
+    side = int((kb * 1024 / 3) ** 0.5)
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=0)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def bodies(model: str) -> dict[str, dict[str, Any]]:
+    text = {"role": "user", "content": "What is the capital of France? Answer in one word."}
+    image = {"role": "user", "content": [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": image_body()}}]}
+    return {"text": {"model": model, "messages": [text]},
+            "image_200kb": {"model": model, "messages": [image]}}
+
+
+def wrk(url: str, body: dict[str, Any], connections: int, seconds: float, tmp: Path
+        ) -> dict[str, float]:
+    payload = tmp / "body.json"
+    payload.write_text(json.dumps(body))
+    script = tmp / "post.lua"
+    script.write_text('local f = io.open("' + str(payload) + '", "rb")\n'
+                      'wrk.method = "POST"\nwrk.body = f:read("*all")\nf:close()\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}",
+                          f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"p50_ms": ms("50"), "p99_ms": ms("99"),
+            "rps": float(rps.group(1)) if rps else float("nan"),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def start(cmd: list[str], core: int, log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=log, stderr=log)
+
+
+def litellm_python(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", LITELLM], check=True)
+    return python
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--artifact", type=Path, default=Path("demo-out/router"))
+    parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        sys.exit("needs wrk and taskset: apt-get install wrk util-linux")
+    tmp = Path(tempfile.mkdtemp(prefix="vlroute-gwbench-"))
+    log = (tmp / "log.txt").open("wb")
+    backend, vl_port, ll_port = free_port(), free_port(), free_port()
+    procs = [start([sys.executable, "-c", "import uvicorn; from vlroute.serve.dev_backends "
+                    f"import stub_app; uvicorn.run(stub_app('stub'), port={backend}, "
+                    "log_level='warning')"], 1, log)]
+    artifact = args.artifact.resolve() if (args.artifact / "router.json").is_file() else None
+    config = tmp / "gateway.yaml"
+    config.write_text(json.dumps({
+        "backends": [{"name": "stub", "base_url": f"http://127.0.0.1:{backend}/v1",
+                      "model": "stub", "router_model": "Qwen2-VL-72B-Instruct",
+                      "tier": "cloud", "price_in_per_1m": 1.0},
+                     {"name": "stub-edge", "base_url": f"http://127.0.0.1:{backend}/v1",
+                      "model": "stub", "router_model": "Qwen2-VL-7B-Instruct",
+                      "tier": "edge"}],
+        "router": {"artifact": str(artifact) if artifact else None},
+        "telemetry": {"url": f"sqlite:///{tmp / 'telemetry.db'}"},
+        "limits": {"max_body_bytes": 5_000_000}}))
+    procs.append(start([*CLI, "serve", "--config", str(config), "--port", str(vl_port)], 0,
+                       log))
+    python = litellm_python(args.litellm_venv)
+    ll_config = tmp / "litellm.yaml"
+    ll_config.write_text(f"""model_list:
+  - model_name: stub
+    litellm_params: {{model: openai/stub, api_base: "http://127.0.0.1:{backend}/v1",
+                      api_key: "none"}}
+""")
+    litellm = shutil.which("litellm", path=str(python.parent)) or str(python.parent / "litellm")
+    procs.append(start([litellm, "--config", str(ll_config), "--port", str(ll_port),
+                        "--num_workers", "1"], 0, log))
+    rows = []
+    try:
+        for url in (f"http://127.0.0.1:{backend}/v1/models",
+                    f"http://127.0.0.1:{vl_port}/health",
+                    f"http://127.0.0.1:{ll_port}/health/liveliness"):
+            wait_for(url)
+        targets = [("direct", backend, "stub"), ("vlroute pass-through", vl_port, "stub"),
+                   ("vlroute routing", vl_port, "vlroute/quality"),
+                   ("litellm", ll_port, "stub")]
+        for name, port, model in targets:
+            for kind, body in bodies(model).items():
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                httpx.post(url, json=body, timeout=60)                       # warm-up
+                for connections in (1, 16):
+                    r = wrk(url, body, connections, args.seconds, tmp)
+                    rows.append({"target": name, "body": kind, "connections": connections,
+                                 **r})
+                    print(f"{name:22} {kind:12} c={connections:2} p50 {r['p50_ms']:8.2f} ms "
+                          f"p99 {r['p99_ms']:8.2f} ms {r['rps']:9.1f} req/s "
+                          f"non-2xx {r['non_2xx']}", flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        log.close()
+    direct = {(r["body"], r["connections"]): r for r in rows if r["target"] == "direct"}
+    for r in rows:
+        base = direct[(r["body"], r["connections"])]
+        r["added_p50_ms"] = r["p50_ms"] - base["p50_ms"]
+        r["added_p99_ms"] = r["p99_ms"] - base["p99_ms"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway.json").write_text(json.dumps({
+        "cores": os.cpu_count(), "pinning": "server under test on core 0; stub backend and "
+        "wrk on core 1", "seconds": args.seconds, "artifact": str(artifact), "litellm":
+        LITELLM, "rows": rows}, indent=1) + "\n")
+    print("\n| target | body | conns | added p50 ms | added p99 ms | req/s |\n|---|---|---|---|"
+          "---|---|")
+    for r in rows:
+        if r["target"] != "direct":
+            print(f"| {r['target']} | {r['body']} | {r['connections']} | "
+                  f"{r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['rps']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
