@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 
 LITELLM = "litellm[proxy]==1.106.2"
+#: LiteLLM refuses to start without a master key; requests to it carry this one
+MASTER_KEY = "sk-vlroute-bench-0123456789abcdef"
 CLI = [sys.executable, "-c", "from vlroute.cli import main; main()"]
 
 
@@ -76,16 +78,17 @@ def bodies(model: str) -> dict[str, dict[str, Any]]:
             "image_200kb": {"model": model, "messages": [image]}}
 
 
-def wrk(url: str, body: dict[str, Any], connections: int, seconds: float, tmp: Path
-        ) -> dict[str, float]:
+def wrk(url: str, body: dict[str, Any], connections: int, seconds: float, tmp: Path,
+        headers: dict[str, str]) -> dict[str, float]:
     payload = tmp / "body.json"
     payload.write_text(json.dumps(body))
     script = tmp / "post.lua"
     script.write_text('local f = io.open("' + str(payload) + '", "rb")\n'
                       'wrk.method = "POST"\nwrk.body = f:read("*all")\nf:close()\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items()))
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}",
-                          f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
@@ -145,7 +148,8 @@ def main() -> None:
                        log))
     python = litellm_python(args.litellm_venv)
     ll_config = tmp / "litellm.yaml"
-    ll_config.write_text(f"""model_list:
+    ll_config.write_text(f"""general_settings: {{master_key: "{MASTER_KEY}"}}
+model_list:
   - model_name: stub
     litellm_params: {{model: openai/stub, api_base: "http://127.0.0.1:{backend}/v1",
                       api_key: "none"}}
@@ -159,15 +163,19 @@ def main() -> None:
                     f"http://127.0.0.1:{vl_port}/health",
                     f"http://127.0.0.1:{ll_port}/health/liveliness"):
             wait_for(url)
-        targets = [("direct", backend, "stub"), ("vlroute pass-through", vl_port, "stub"),
-                   ("vlroute routing", vl_port, "vlroute/quality"),
-                   ("litellm", ll_port, "stub")]
-        for name, port, model in targets:
+        auth = {"Authorization": f"Bearer {MASTER_KEY}"}
+        targets = [("direct", backend, "stub", {}),
+                   ("vlroute pass-through", vl_port, "stub", {}),
+                   ("vlroute routing", vl_port, "vlroute/quality", {}),
+                   ("litellm", ll_port, "stub", auth)]
+        for name, port, model, headers in targets:
             for kind, body in bodies(model).items():
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                httpx.post(url, json=body, timeout=60)                       # warm-up
+                warm = httpx.post(url, json=body, headers=headers, timeout=60)
+                if warm.status_code != 200:
+                    raise RuntimeError(f"{name}: {warm.status_code} {warm.text[:300]}")
                 for connections in (1, 16):
-                    r = wrk(url, body, connections, args.seconds, tmp)
+                    r = wrk(url, body, connections, args.seconds, tmp, headers)
                     rows.append({"target": name, "body": kind, "connections": connections,
                                  **r})
                     print(f"{name:22} {kind:12} c={connections:2} p50 {r['p50_ms']:8.2f} ms "
