@@ -8,16 +8,11 @@ from typing import Any
 import numpy as np
 
 from vlroute._typing import FloatArray
+from vlroute.routers._arrays import standardiser
 from vlroute.routers._torch import TrainConfig, forward, train_network
 from vlroute.routers.labels import soft_targets
 from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import QualityRouter
-
-
-def standardiser(X: FloatArray) -> dict[str, np.ndarray]:
-    """Mean and scale of the columns of ``X`` (scale 1 for constant columns)."""
-    scale = X.std(axis=0)
-    return {"mean": X.mean(axis=0), "scale": np.where(scale > 0, scale, 1.0)}
 
 
 def _sigmoid(z: FloatArray) -> FloatArray:

@@ -8,20 +8,9 @@ from typing import Any
 import numpy as np
 
 from vlroute._typing import FloatArray
+from vlroute.routers._arrays import standardiser, unit_rows
 from vlroute.routers.labels import soft_targets
 from vlroute.routers.policy import PolicyRouter
-
-
-def _standardise(X: FloatArray) -> tuple[FloatArray, FloatArray]:
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0)
-    return mean, np.where(scale > 0, scale, 1.0)
-
-
-def _unit(X: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    out: FloatArray = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-    return out
 
 
 def copeland_wins(quality: FloatArray, cost: FloatArray) -> FloatArray:
@@ -55,8 +44,9 @@ class PRkNNRouter(PolicyRouter):
         keep = np.nan_to_num(quality, nan=0.0).max(axis=1) > 0   # drop unsolved requests
         if not keep.any():
             keep[:] = True
-        mean, scale = _standardise(X[keep])
-        return {"mean": mean, "scale": scale, "X": _unit((X[keep] - mean) / scale),
+        norm = standardiser(X[keep])
+        mean, scale = norm["mean"], norm["scale"]
+        return {"mean": mean, "scale": scale, "X": unit_rows((X[keep] - mean) / scale),
                 "wins": copeland_wins(quality[keep], cost[keep])}
 
     def _policy(self, state: Any, X: FloatArray) -> FloatArray:
@@ -64,7 +54,7 @@ class PRkNNRouter(PolicyRouter):
         k = min(self.n_neighbors, len(train))
         out = np.empty((len(X), wins.shape[1]))
         for start in range(0, len(X), 1024):
-            sims = _unit((X[start:start + 1024] - state["mean"]) / state["scale"]) @ train.T
+            sims = unit_rows((X[start:start + 1024] - state["mean"]) / state["scale"]) @ train.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             dist = 1.0 - np.take_along_axis(sims, idx, axis=1)
             w = 1.0 / (1e-6 + np.clip(dist, 0.0, None))
@@ -93,13 +83,14 @@ class PrototypeRouter(PolicyRouter):
     def _fit_policy(self, X: FloatArray, quality: FloatArray, cost: FloatArray,
                     holdout: np.ndarray) -> Any:
         targets, keep = soft_targets(quality, cost, self.label_lambda, self.cost_scale)
-        mean, scale = _standardise(X)
-        Z = _unit((X[keep] - mean) / scale)
+        norm = standardiser(X)
+        mean, scale = norm["mean"], norm["scale"]
+        Z = unit_rows((X[keep] - mean) / scale)
         mass = targets.sum(axis=0)
-        protos = _unit((targets.T @ Z) / np.maximum(mass, 1e-12)[:, None])
+        protos = unit_rows((targets.T @ Z) / np.maximum(mass, 1e-12)[:, None])
         return {"mean": mean, "scale": scale, "prototypes": protos, "used": mass > 0}
 
     def _policy(self, state: Any, X: FloatArray) -> FloatArray:
-        sims = _unit((X - state["mean"]) / state["scale"]) @ state["prototypes"].T
+        sims = unit_rows((X - state["mean"]) / state["scale"]) @ state["prototypes"].T
         out: FloatArray = np.where(state["used"], sims, -np.inf)
         return out

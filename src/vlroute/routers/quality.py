@@ -19,6 +19,7 @@ from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
 from vlroute.objectives import pareto_frontier, solved
+from vlroute.routers._arrays import unit_rows
 from vlroute.routers.base import LearnedRouter
 from vlroute.scenarios import Scenario
 
@@ -102,12 +103,6 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _unit(X: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    out: FloatArray = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-    return out
-
-
 class KNNRouter(QualityRouter):
     """Mean quality of the k most similar train requests (cosine), per model.
 
@@ -126,7 +121,7 @@ class KNNRouter(QualityRouter):
         self.candidates = candidates
 
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
-        return {"X": _unit(X), "y": quality}
+        return {"X": unit_rows(X), "y": quality}
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
         train, y = state["X"], state["y"]
@@ -144,7 +139,7 @@ class KNNRouter(QualityRouter):
     def _knn_blocks(self, X: FloatArray, train: FloatArray, y: FloatArray, k: int,
                     out: FloatArray) -> None:
         for start in range(0, len(X), 1024):          # bounds the (batch, n_train) block
-            sims = _unit(X[start:start + 1024]) @ train.T
+            sims = unit_rows(X[start:start + 1024]) @ train.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]           # (batch, k)
             labels = y[idx]                                              # (batch, k, models)
             w = (np.clip(np.take_along_axis(sims, idx, axis=1), 1e-6, None) if self.weighted
