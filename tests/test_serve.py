@@ -99,6 +99,9 @@ def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> No
         rid = r.headers["x-vlroute-request-id"]
         assert c.post("/v1/feedback", json={"request_id": rid, "score": 0.5}).json()["ok"]
         assert c.post("/v1/feedback", json={"request_id": "nope", "score": 1}).status_code == 404
+        metrics = c.get("/metrics").text
+        assert "vlroute_request_seconds_count 3" in metrics
+        assert 'vlroute_request_seconds_bucket{le="+Inf"} 3' in metrics
     rows = store.rows()
     assert [r["chosen"] for r in rows] == ["cloud", "edge", "cloud"]
     assert rows[0]["tokens_in"] == 12 and rows[0]["cost_usd"] == pytest.approx(

@@ -4,11 +4,12 @@ routing engine, telemetry store, backend states) lives in the app, created in th
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from vlroute.serve.upstream import BackendState, call, passthrough
 BREAKER_FAILURES = 3
 #: ... until this many seconds have passed; then one request probes it
 BREAKER_COOLDOWN_S = 30.0
+#: sessions pinned at most (x-vlroute-session); the oldest are forgotten first
+MAX_SESSIONS = 100_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -51,8 +54,10 @@ class Gateway:
         self.opened_at: dict[str, float] = {}
         self.keys = {k.sha256: k.id for k in config.auth_keys}
         self.counters: Counter[str] = Counter()
-        self.latency: list[float] = []
-        self.sessions: dict[str, str] = {}
+        # histogram counts per bucket (last: +Inf), sum and count: constant memory
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.sessions: OrderedDict[str, str] = OrderedDict()
         self.budgets = Budgets({k.id: {kind: limit for kind, limit in (
             ("day", k.budget_usd_day), ("month", k.budget_usd_month)) if limit is not None}
             for k in config.auth_keys})
@@ -64,6 +69,18 @@ class Gateway:
             for kind, start in starts.items():
                 self.budgets.spent[(key, held[kind])] = store.spent_since(
                     key, start.timestamp())
+
+    def observe(self, seconds: float) -> None:
+        """Count one answered request in the latency histogram."""
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def pin(self, session: str, backend: str) -> None:
+        """Remember a session's first backend (the oldest sessions are forgotten first)."""
+        if session not in self.sessions:
+            self.sessions[session] = backend
+            if len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
 
     def available(self) -> list[str]:
         """Backends not cut off by their circuit breaker (config order)."""
@@ -202,7 +219,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if decision:
             session = request.headers.get("x-vlroute-session")
             if session:
-                g.sessions.setdefault(session, attempt.backend or "")
+                g.pin(session, attempt.backend or "")
         chosen = attempt.backend or ""
         headers = {"x-vlroute-model": chosen, "x-vlroute-scenario": scenario_name,
                    "x-vlroute-route-ms": f"{decision.route_ms if decision else 0.0:.3f}",
@@ -221,7 +238,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                        cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
             g.budgets.settle(key, held, estimate, cost)
             await run_in_threadpool(g.store.record, row)
-            g.latency.append(time.perf_counter() - start)
+            g.observe(time.perf_counter() - start)
             return Response(response.content, status_code=response.status_code,
                             media_type=media, headers=headers)
 
@@ -235,7 +252,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                 row.update(status=response.status_code, cost_usd=estimate,
                            total_ms=(time.perf_counter() - start) * 1e3)
                 await run_in_threadpool(g.store.record, row)
-                g.latency.append(time.perf_counter() - start)
+                g.observe(time.perf_counter() - start)
 
         return StreamingResponse(relay(), status_code=response.status_code, media_type=media,
                                  headers=headers)
@@ -312,12 +329,12 @@ def _prometheus(g: Gateway) -> str:
         lines.append(f'vlroute_decisions_total{{model="{b.name}"}} '
                      f"{g.counters[f'decision:{b.name}']}")
     lines.append("# TYPE vlroute_request_seconds histogram")
-    for edge in LATENCY_BUCKETS:
-        lines.append(f'vlroute_request_seconds_bucket{{le="{edge}"}} '
-                     f"{sum(1 for x in g.latency if x <= edge)}")
-    lines += [f'vlroute_request_seconds_bucket{{le="+Inf"}} {len(g.latency)}',
-              f"vlroute_request_seconds_sum {sum(g.latency):.6f}",
-              f"vlroute_request_seconds_count {len(g.latency)}"]
+    cumulative = 0
+    for edge, count in zip((*LATENCY_BUCKETS, "+Inf"), g.latency_buckets, strict=True):
+        cumulative += count
+        lines.append(f'vlroute_request_seconds_bucket{{le="{edge}"}} {cumulative}')
+    lines += [f"vlroute_request_seconds_sum {g.latency_sum:.6f}",
+              f"vlroute_request_seconds_count {cumulative}"]
     return "\n".join(lines) + "\n"
 
 
