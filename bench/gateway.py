@@ -123,7 +123,10 @@ def main() -> None:
     parser.add_argument("--artifact", type=Path, default=Path("demo-out/router"))
     parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--only", default="", help="comma-separated targets to run (direct is "
+                        "always run); the JSON is not written then")
     args = parser.parse_args()
+    only = {t.strip() for t in args.only.split(",") if t.strip()}
     if not shutil.which("wrk") or not shutil.which("taskset"):
         sys.exit("needs wrk and taskset: apt-get install wrk util-linux")
     tmp = Path(tempfile.mkdtemp(prefix="vlroute-gwbench-"))
@@ -146,7 +149,8 @@ def main() -> None:
         "limits": {"max_body_bytes": 5_000_000}}))
     procs.append(start([*CLI, "serve", "--config", str(config), "--port", str(vl_port)], 0,
                        log))
-    python = litellm_python(args.litellm_venv)
+    with_litellm = not only or "litellm" in only
+    python = litellm_python(args.litellm_venv) if with_litellm else Path(sys.executable)
     ll_config = tmp / "litellm.yaml"
     ll_config.write_text(f"""general_settings: {{master_key: "{MASTER_KEY}"}}
 model_list:
@@ -155,20 +159,24 @@ model_list:
                       api_key: "none"}}
 """)
     litellm = shutil.which("litellm", path=str(python.parent)) or str(python.parent / "litellm")
-    procs.append(start([litellm, "--config", str(ll_config), "--port", str(ll_port),
-                        "--num_workers", "1"], 0, log))
+    if with_litellm:
+        procs.append(start([litellm, "--config", str(ll_config), "--port", str(ll_port),
+                            "--num_workers", "1"], 0, log))
     rows = []
     try:
         for url in (f"http://127.0.0.1:{backend}/v1/models",
                     f"http://127.0.0.1:{vl_port}/health",
                     f"http://127.0.0.1:{ll_port}/health/liveliness"):
-            wait_for(url)
+            if with_litellm or str(ll_port) not in url:
+                wait_for(url)
         auth = {"Authorization": f"Bearer {MASTER_KEY}"}
         targets = [("direct", backend, "stub", {}),
                    ("vlroute pass-through", vl_port, "stub", {}),
                    ("vlroute routing", vl_port, "vlroute/quality", {}),
                    ("litellm", ll_port, "stub", auth)]
         for name, port, model, headers in targets:
+            if only and name != "direct" and name not in only:
+                continue
             for kind, body in bodies(model).items():
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 warm = httpx.post(url, json=body, headers=headers, timeout=60)
@@ -190,6 +198,8 @@ model_list:
         base = direct[(r["body"], r["connections"])]
         r["added_p50_ms"] = r["p50_ms"] - base["p50_ms"]
         r["added_p99_ms"] = r["p99_ms"] - base["p99_ms"]
+    if only:
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway.json").write_text(json.dumps({
         "cores": os.cpu_count(), "pinning": "server under test on core 0; stub backend and "

@@ -1,14 +1,14 @@
-"""The gateway in-process, in front of a mocked upstream (httpx MockTransport)."""
+"""The gateway in-process, in front of a mocked upstream (a scripted Transport)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,7 +16,8 @@ from PIL import Image
 from vlroute.serve.app import create_app
 from vlroute.serve.config import ConfigError, GatewayConfig, hash_key, load_config
 from vlroute.serve.routing import RequestError
-from vlroute.serve.telemetry import TelemetryStore
+from vlroute.serve.telemetry import SQLiteStore
+from vlroute.serve.upstream import UpstreamError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,40 +34,68 @@ def config(tmp_path: Path, **extra: Any) -> GatewayConfig:
 
 class Upstream:
     """Scripted backends: per host a list of behaviours, consumed in order (the last one
-    repeats): "ok", "sse", "500", "429", "timeout", "garbage"."""
+    repeats): "ok", "sse", "500", "429", "timeout", "garbage", "broken" (the body breaks)."""
 
     def __init__(self, **script: list[str]) -> None:
         self.script = script
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host.split(".")[0]
-        body = json.loads(request.content)
+    async def post(self, url: str, payload: bytes, headers: dict[str, str],
+                   timeout_s: float) -> Reply:
+        host = url.split("//")[1].split(".")[0]
+        body = json.loads(payload)
         self.seen.append((host, body))
         plan = self.script.get(host, ["ok"])
         what = plan.pop(0) if len(plan) > 1 else plan[0]
         if what == "timeout":
-            raise httpx.ConnectTimeout("timed out", request=request)
+            raise UpstreamError("ConnectTimeout")
         if what in ("500", "429"):
-            return httpx.Response(int(what), json={"error": {"message": what}})
+            return Reply(int(what), {"error": {"message": what}})
         if what == "garbage":
-            return httpx.Response(200, content=b"\x00not json")
+            return Reply(200, b"\x00not json")
         if what == "sse":
-            return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                  content=b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
-                                          b"data: [DONE]\n\n")
-        return httpx.Response(200, json={"id": "x", "object": "chat.completion",
-                                         "model": body["model"], "choices": [{
-                                             "index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant",
-                                                         "content": f"from {host}"}}],
-                                         "usage": {"prompt_tokens": 12,
-                                                   "completion_tokens": 3}})
+            return Reply(200, b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+                              b"data: [DONE]\n\n", "text/event-stream")
+        if what == "broken":
+            return Reply(200, b"", broken=True)
+        return Reply(200, {"id": "x", "object": "chat.completion", "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant",
+                                                    "content": f"from {host}"}}],
+                           "usage": {"prompt_tokens": 12, "completion_tokens": 3}})
+
+    async def close(self) -> None:
+        self.closed = True
 
 
-def client(cfg: GatewayConfig, upstream: Upstream, store: TelemetryStore | None = None
+class Reply:
+    """A scripted upstream response (JSON unless bytes are given)."""
+
+    def __init__(self, status: int, content: Any, media: str = "application/json",
+                 broken: bool = False) -> None:
+        self.status = status
+        self.headers = {"content-type": media}
+        self.content = content if isinstance(content, bytes) else json.dumps(content).encode()
+        self.broken = broken
+        self.released = False
+
+    async def read(self) -> bytes:
+        if self.broken:
+            raise UpstreamError("ServerDisconnectedError")
+        return self.content
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for line in self.content.split(b"\n\n"):
+            if line:
+                yield line + b"\n\n"
+
+    def release(self) -> None:
+        self.released = True
+
+
+def client(cfg: GatewayConfig, upstream: Upstream, store: SQLiteStore | None = None
            ) -> TestClient:
-    return TestClient(create_app(cfg, transport=httpx.MockTransport(upstream), store=store))
+    return TestClient(create_app(cfg, transport=upstream, store=store))
 
 
 def ask(model: str = "vlroute/quality", **extra: Any) -> dict[str, Any]:
@@ -81,7 +110,7 @@ def png_url(size: tuple[int, int] = (32, 24)) -> str:
 
 
 def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> None:
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    store = SQLiteStore(f"sqlite:///{tmp_path / 't.db'}")
     up = Upstream()
     with client(config(tmp_path), up, store) as c:
         r = c.post("/v1/chat/completions", json=ask())
@@ -272,7 +301,7 @@ def test_scored_traffic_exports_as_a_set_that_builds(tmp_path: Path) -> None:
     from vlroute.data import READERS, build_bench
     from vlroute.serve.export import export_scored
 
-    store = TelemetryStore(f"sqlite:///{tmp_path / 't.db'}")
+    store = SQLiteStore(f"sqlite:///{tmp_path / 't.db'}")
     cfg = config(tmp_path, telemetry={"url": f"sqlite:///{tmp_path / 't.db'}",
                                       "store_prompts": True})
     with client(cfg, Upstream(), store) as c:

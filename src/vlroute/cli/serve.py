@@ -84,11 +84,11 @@ def logs() -> None:
 def export(url: str, out: Path, include_unscored: bool, overwrite: bool) -> None:
     """Write scored requests as a set folder that `vlroute bench build` reads."""
     from vlroute.serve.export import export_scored
-    from vlroute.serve.telemetry import TelemetryStore, sqlite_path
+    from vlroute.serve.telemetry import open_store, sqlite_path
 
-    if not sqlite_path(url).is_file():
+    if url.startswith("sqlite:///") and not sqlite_path(url).is_file():
         raise click.ClickException(f"no telemetry store at {sqlite_path(url)}.")
-    store = TelemetryStore(url)
+    store = open_store(url)
     try:
         counts = export_scored(store, out, include_unscored=include_unscored,
                                overwrite=overwrite)

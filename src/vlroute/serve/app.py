@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import json
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -14,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +23,25 @@ from vlroute.errors import VlrouteError
 from vlroute.scenarios import Scenario
 from vlroute.serve.budgets import Budgets, periods
 from vlroute.serve.config import GatewayConfig, hash_key
-from vlroute.serve.routing import Decision, Prompt, RequestError, RoutingEngine, prompt_of
-from vlroute.serve.telemetry import TelemetryStore
-from vlroute.serve.upstream import BackendState, call, passthrough
+from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
+from vlroute.serve.remote_images import fetch_all, image_urls, inline
+from vlroute.serve.routing import (
+    Decision,
+    Prompt,
+    RequestError,
+    RoutingEngine,
+    decode_image,
+    read_messages,
+)
+from vlroute.serve.telemetry import Recorder, TelemetryStore, open_store
+from vlroute.serve.upstream import (
+    AiohttpTransport,
+    BackendState,
+    Transport,
+    call,
+    close_quietly,
+    relay,
+)
 
 #: a backend with this many failures in a row leaves the candidate set ...
 BREAKER_FAILURES = 3
@@ -47,10 +62,12 @@ def error(status: int, message: str, kind: str = "invalid_request_error",
 class Gateway:
     """Everything a request needs; one per app."""
 
-    def __init__(self, config: GatewayConfig, engine: RoutingEngine, client: httpx.AsyncClient,
+    def __init__(self, config: GatewayConfig, engine: RoutingEngine, transport: Transport,
                  store: TelemetryStore) -> None:
-        self.config, self.engine, self.client, self.store = config, engine, client, store
-        self.states = {b.name: BackendState() for b in config.backends}
+        self.config, self.engine, self.transport, self.store = config, engine, transport, store
+        self.recorder = Recorder(store)
+        self.image_session: Any = None
+        self.states = {b.name: BackendState(b.max_concurrency) for b in config.backends}
         self.opened_at: dict[str, float] = {}
         self.keys = {k.sha256: k.id for k in config.auth_keys}
         self.counters: Counter[str] = Counter()
@@ -113,14 +130,15 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is over the limit of {limit}.",
                            status=413)
-    raw = b""
+    chunks, size = [], 0
     async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise RequestError(f"request body is over the limit of {limit} bytes.", status=413)
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
         raise RequestError("request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise RequestError(f"request body must be a JSON object, got {type(body).__name__}.")
@@ -128,22 +146,28 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
-               transport: httpx.AsyncBaseTransport | None = None,
+               transport: Transport | None = None,
                store: TelemetryStore | None = None) -> FastAPI:
     """The gateway app; ``engine``, ``transport`` and ``store`` are injectable for tests."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = httpx.AsyncClient(transport=transport, limits=httpx.Limits(
-            max_connections=sum(b.max_concurrency for b in config.backends)))
-        gateway = Gateway(config, engine or RoutingEngine.from_config(config), client,
-                          store or TelemetryStore(config.telemetry.url))
+        wire = transport or AiohttpTransport()
+        gateway = Gateway(config, engine or RoutingEngine.from_config(config), wire,
+                          store or open_store(config.telemetry.url))
+        if config.remote_images.enabled:
+            import aiohttp
+
+            gateway.image_session = aiohttp.ClientSession()
         await run_in_threadpool(gateway.engine.warm_up)
         app.state.gateway = gateway
         try:
             yield
         finally:
-            await client.aclose()
+            await gateway.recorder.close()
+            await close_quietly(wire)
+            if gateway.image_session is not None:
+                await gateway.image_session.close()
             if store is None:
                 gateway.store.close()
 
@@ -163,31 +187,42 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         return out
 
     async def _decide(g: Gateway, request: Request, body: dict[str, Any]
-                      ) -> tuple[Decision | None, Prompt, str | None]:
+                      ) -> tuple[Decision | None, Prompt, str | None, dict[str, Any]]:
+        """The decision (None: ``model`` names a backend), the prompt, the key id and the
+        body to send on (remote images inlined as data URLs)."""
         key = g.key_id(request)
         model = body.get("model") or config.default_scenario
         if not isinstance(model, str):
             raise RequestError("'model' must be a string: a scenario (vlroute/quality) or a "
                                "backend name.", param="model")
-        prompt = await run_in_threadpool(prompt_of, body, config)
-        names = [b.name for b in config.backends]
-        if model in names:
-            return None, prompt, key
+        if config.remote_images.enabled and image_urls(body):
+            body = inline(body, await fetch_all(body, config, g.image_session))
+        text, urls = read_messages(body, config)
+        images: tuple[bytes, ...] = ()
+        if urls:     # base64 and image decoding take milliseconds: off the event loop
+            images = tuple(await run_in_threadpool(
+                lambda: [decode_image(u, config) for u in urls]))
+        prompt = Prompt(text, images)
+        if model in g.states:
+            return None, prompt, key, body
         scenario = config.scenario(model)
         up = g.available()
         pinned = g.sessions.get(request.headers.get("x-vlroute-session", ""))
         if pinned in up:
             up = [pinned]
         latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
-        decision = await run_in_threadpool(g.engine.decide, prompt, scenario, up, latency)
-        return decision, prompt, key
+        if g.engine.router is None:     # training-free: microseconds, stay on the loop
+            decision = g.engine.decide(prompt, scenario, up, latency)
+        else:
+            decision = await run_in_threadpool(g.engine.decide, prompt, scenario, up, latency)
+        return decision, prompt, key, body
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_BODY)
     async def chat(request: Request) -> Response:
         g = gw(request)
         start = time.perf_counter()
         body = await _body(request, config.limits.max_body_bytes)
-        decision, prompt, key = await _decide(g, request, body)
+        decision, prompt, key, body = await _decide(g, request, body)
         order = decision.order if decision else [str(body["model"])]
         scenario_name = decision.scenario.name if decision else "direct"
         stream = bool(body.get("stream"))
@@ -196,7 +231,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             if decision else g.engine.estimate_cost(backends[0], prompt)
         held = g.budgets.reserve(key, estimate, dt.datetime.now(dt.UTC))
         try:
-            attempt = await call(g.client, backends, body, g.states, stream=stream,
+            attempt = await call(g.transport, backends, body, g.states, stream=stream,
                                  retries_429=config.limits.max_retries_429)
         except BaseException:
             g.budgets.settle(key, held, estimate, 0.0)
@@ -209,10 +244,10 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                "fallback_path": attempt.path, "ttft_ms": attempt.ttft_ms,
                "route_ms": decision.route_ms if decision else 0.0,
                "prompt": prompt.text if config.telemetry.store_prompts else None}
-        if attempt.response is None:
+        if attempt.backend is None:
             g.budgets.settle(key, held, estimate, 0.0)
             row.update(status=502, total_ms=(time.perf_counter() - start) * 1e3)
-            await run_in_threadpool(g.store.record, row)
+            await g.recorder.record(row)
             return error(502, f"no backend answered (tried {', '.join(order)}): "
                          f"{attempt.path}", "api_error", code="upstream_unavailable")
         g.counters[f"decision:{attempt.backend}"] += 1
@@ -227,41 +262,40 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if decision:
             headers["x-vlroute-predicted-score"] = f"{decision.predicted.get(chosen, 0):.4f}"
             headers["x-vlroute-est-cost-usd"] = f"{decision.est_cost_usd.get(chosen, 0):.8f}"
-        response = attempt.response
-        media = response.headers.get("content-type", "application/json")
+        media = attempt.headers.get("content-type", "application/json")
         if not stream:
-            usage = _usage(response.content)
+            usage = _usage(attempt.content)
             backend = next(b for b in config.backends if b.name == chosen)
             cost = (usage[0] * backend.price_in_per_1m
                     + usage[1] * backend.price_out_per_1m) / 1e6
-            row.update(status=response.status_code, tokens_in=usage[0], tokens_out=usage[1],
+            row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
                        cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
             g.budgets.settle(key, held, estimate, cost)
-            await run_in_threadpool(g.store.record, row)
+            await g.recorder.record(row)
             g.observe(time.perf_counter() - start)
-            return Response(response.content, status_code=response.status_code,
-                            media_type=media, headers=headers)
+            return Response(attempt.content, status_code=attempt.status, media_type=media,
+                            headers=headers)
 
-        async def relay() -> AsyncIterator[bytes]:
+        async def events() -> AsyncIterator[bytes]:
             try:
-                async for chunk in passthrough(response):
+                async for chunk in relay(attempt):
                     yield chunk
             finally:
                 # a stream reports no usage here: book the estimate
                 g.budgets.settle(key, held, estimate, estimate)
-                row.update(status=response.status_code, cost_usd=estimate,
+                row.update(status=attempt.status, cost_usd=estimate,
                            total_ms=(time.perf_counter() - start) * 1e3)
-                await run_in_threadpool(g.store.record, row)
+                await g.recorder.record(row)
                 g.observe(time.perf_counter() - start)
 
-        return StreamingResponse(relay(), status_code=response.status_code, media_type=media,
+        return StreamingResponse(events(), status_code=attempt.status, media_type=media,
                                  headers=headers)
 
-    @app.post("/v1/route")
+    @app.post("/v1/route", openapi_extra=CHAT_BODY)
     async def route(request: Request) -> JSONResponse:
         g = gw(request)
         body = await _body(request, config.limits.max_body_bytes)
-        decision, _, _ = await _decide(g, request, body)
+        decision, _, _, _ = await _decide(g, request, body)
         if decision is None:
             return JSONResponse({"model": body["model"], "scenario": "direct",
                                  "predicted": {}, "route_ms": 0.0})
@@ -281,7 +315,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                  for b in config.backends]
         return JSONResponse({"object": "list", "data": data})
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=FEEDBACK_BODY)
     async def feedback(request: Request) -> JSONResponse:
         g = gw(request)
         g.key_id(request)
@@ -290,7 +324,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if not isinstance(rid, str) or not isinstance(value, int | float) \
                 or isinstance(value, bool) or not 0 <= value <= 1:
             raise RequestError("feedback needs 'request_id' (string) and 'score' in [0, 1].")
-        if not await run_in_threadpool(g.store.feedback, rid, float(value)):
+        if not await g.recorder.call(g.store.feedback, rid, float(value)):
             raise RequestError(f"unknown request_id {rid!r}.", status=404, param="request_id")
         return JSONResponse({"ok": True})
 
@@ -300,7 +334,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         up = set(g.available())
         return JSONResponse({"status": "ok" if up else "degraded", "router": type(
             g.engine.router).__name__ if g.engine.router is not None else "training-free",
-            "backends": {n: {"up": n in up, "failures": s.failures,
+            "backends": {n: {"up": n in up, "failures": s.failures, "in_flight": s.in_flight,
                              "latency_s": s.latency_s, "last_error": s.last_error}
                          for n, s in g.states.items()}})
 
@@ -313,7 +347,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
 
 def _usage(content: bytes) -> tuple[int, int]:
     try:
-        usage = json.loads(content).get("usage") or {}
+        usage = orjson.loads(content).get("usage") or {}
         return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     except (ValueError, AttributeError, TypeError):
         return 0, 0

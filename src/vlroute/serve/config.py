@@ -89,8 +89,30 @@ class Limits(_Strict):
     max_retries_429: int = Field(2, ge=0, le=5)
 
 
+class RemoteImages(_Strict):
+    """Fetching ``image_url`` parts given as http(s) URLs: off unless enabled, and then only
+    from the listed hosts, never from private, loopback or link-local addresses."""
+
+    enabled: bool = False
+    allow_hosts: list[str] = Field(default_factory=list, description="Exact host names, or "
+                                   "'*.example.com' for its subdomains.")
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            bare = host.removeprefix("*.")
+            if not bare or "*" in bare or "/" in bare or ":" in bare:
+                raise ValueError(f"allow_hosts entries are host names or '*.domain', got "
+                                 f"{host!r}")
+        return [h.lower() for h in value]
+
+
 class Telemetry(_Strict):
-    url: str = "sqlite:///vlroute-telemetry.db"
+    url: str = Field("sqlite:///vlroute-telemetry.db", description="sqlite:///PATH or "
+                     "postgresql://user@host/db (password from PGPASSWORD or from "
+                     "VLROUTE_TELEMETRY_URL, never from the file).")
     store_prompts: bool = False
 
 
@@ -104,6 +126,7 @@ class GatewayConfig(_Strict):
     default_scenario: str = "quality"
     auth_keys: list[AuthKey] = Field(default_factory=list, description="Empty: auth off.")
     limits: Limits = Limits()
+    remote_images: RemoteImages = RemoteImages()
     telemetry: Telemetry = Telemetry()
 
     @field_validator("backends")
@@ -130,6 +153,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _has_password(url: str) -> bool:
+    auth = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+    return ":" in auth
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate a YAML config; paths in it are relative to the file."""
     try:
@@ -141,6 +169,11 @@ def load_config(path: Path) -> GatewayConfig:
                           f"{type(raw).__name__}.")
     if os.environ.get("VLROUTE_DEFAULT_SCENARIO"):
         raw["default_scenario"] = os.environ["VLROUTE_DEFAULT_SCENARIO"]
+    url = str((raw.get("telemetry") or {}).get("url", ""))
+    if _has_password(url):
+        raise ConfigError(f"{path}: telemetry.url carries a password; secrets stay out of the "
+                          "file: set PGPASSWORD, or give the whole URL in "
+                          "VLROUTE_TELEMETRY_URL.")
     if os.environ.get("VLROUTE_TELEMETRY_URL"):
         raw.setdefault("telemetry", {})["url"] = os.environ["VLROUTE_TELEMETRY_URL"]
     artifact = (raw.get("router") or {}).get("artifact")

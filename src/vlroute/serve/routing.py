@@ -119,8 +119,9 @@ def decode_image(url: str, config: GatewayConfig) -> bytes:
     return data
 
 
-def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
-    """The latest user turn (earlier turns as context) and every image of the request."""
+def read_messages(body: dict[str, Any], config: GatewayConfig) -> tuple[str, list[str]]:
+    """The routing text (the latest user turn, earlier turns as context) and every image URL;
+    checks the structure only (cheap enough for the event loop)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list.", param="messages")
@@ -139,6 +140,13 @@ def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
     latest = turns[last_user][1] if last_user is not None else turns[-1][1]
     context = [t for i, (_, t) in enumerate(turns) if i != last_user and t]
     text = latest if not context else latest + "\n\n" + "\n".join(context)
+    return text, urls
+
+
+def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
+    """The latest user turn (earlier turns as context) and every image of the request,
+    decoded and checked."""
+    text, urls = read_messages(body, config)
     return Prompt(text=text, images=tuple(decode_image(u, config) for u in urls))
 
 

@@ -1,43 +1,79 @@
-"""Every request the gateway answers, one row each, in SQLite (WAL, one file).
+"""Every request the gateway answers, one row each: in SQLite (WAL, one file; the default) or
+in PostgreSQL, chosen by the telemetry URL (``sqlite:///PATH``, ``postgresql://...``).
 
 A row is committed before the response leaves the gateway (non-streamed) or when the stream
-ends, so a crash cannot lose the row of an answered request. Prompts are stored only when the
-operator opts in (``telemetry.store_prompts``).
+ends, so a crash cannot lose the row of an answered request. The :class:`Recorder` commits the
+rows of concurrent requests together (group commit) on one writer thread, so the event loop
+never waits on the database and a busy gateway pays one commit per batch, not per request.
+Prompts are stored only when the operator opts in (``telemetry.store_prompts``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vlroute.serve.config import ConfigError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, scenario TEXT, chosen TEXT,
-    predicted TEXT, fallback_path TEXT, status INTEGER, ttft_ms REAL, total_ms REAL,
-    route_ms REAL, tokens_in INTEGER, tokens_out INTEGER, cost_usd REAL, prompt TEXT,
-    score REAL
-)"""
 COLUMNS = ("id", "ts", "key_id", "scenario", "chosen", "predicted", "fallback_path", "status",
            "ttft_ms", "total_ms", "route_ms", "tokens_in", "tokens_out", "cost_usd", "prompt")
+JSON_COLUMNS = ("predicted", "fallback_path")
+TYPES = {"id": "TEXT PRIMARY KEY", "ts": "{real} NOT NULL", "status": "INTEGER",
+         "tokens_in": "INTEGER", "tokens_out": "INTEGER", "ttft_ms": "{real}",
+         "total_ms": "{real}", "route_ms": "{real}", "cost_usd": "{real}", "score": "{real}"}
+
+
+def schema(real: str) -> str:
+    cols = ", ".join(f"{c} {TYPES.get(c, 'TEXT').format(real=real)}"
+                     for c in (*COLUMNS, "score"))
+    return f"CREATE TABLE IF NOT EXISTS requests ({cols})"
+
+
+def _values(row: dict[str, Any]) -> list[Any]:
+    return [json.dumps(row.get(c)) if c in JSON_COLUMNS else row.get(c) for c in COLUMNS]
+
+
+class TelemetryStore(Protocol):
+    """What the gateway and ``vlroute logs export`` need of a store (thread-safe)."""
+
+    url: str
+
+    def write(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def feedback(self, request_id: str, score: float) -> bool: ...
+
+    def spent_since(self, key_id: str, since: float) -> float: ...
+
+    def rows(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
 
 
 def sqlite_path(url: str) -> Path:
     """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` -> a path."""
-    if not url.startswith("sqlite:///"):
-        raise ConfigError(f"telemetry url {url!r}: only sqlite:///PATH is supported in this "
-                          "version.")
     return Path(url.removeprefix("sqlite:///"))
 
 
-class TelemetryStore:
-    """A thread-safe SQLite store (the app calls it from worker threads)."""
+def open_store(url: str) -> TelemetryStore:
+    """The store a telemetry URL names."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ConfigError(f"telemetry url {url!r}: expected sqlite:///PATH or "
+                      "postgresql://[user@]host[:port]/dbname.")
+
+
+class SQLiteStore:
+    """One SQLite file in WAL mode."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.path = sqlite_path(url)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -45,15 +81,20 @@ class TelemetryStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
+            self._db.execute(schema("REAL"))
+        self._insert = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(COLUMNS))})")
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Insert one request (committed on return)."""
-        values = [json.dumps(row[c]) if c in ("predicted", "fallback_path") else row.get(c)
-                  for c in COLUMNS]
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Insert rows in one transaction (committed on return)."""
         with self._lock:
-            self._db.execute(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
-                             f"({', '.join('?' * len(COLUMNS))})", values)
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(self._insert, [_values(r) for r in rows])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def feedback(self, request_id: str, score: float) -> bool:
         """Attach a score in [0, 1]; False when the id is unknown."""
@@ -79,3 +120,105 @@ class TelemetryStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class PostgresStore:
+    """A PostgreSQL table over one connection (psycopg 3). The password comes from the URL
+    given through ``VLROUTE_TELEMETRY_URL`` or from libpq's ``PGPASSWORD`` / ``.pgpass``."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ConfigError("PostgreSQL telemetry needs psycopg: pip install "
+                              "'vlroute[postgres]'.") from exc
+        self.url = url
+        self._lock = threading.Lock()
+        try:
+            self._db = psycopg.connect(url, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise ConfigError(f"telemetry database {_redact(url)}: cannot connect "
+                              f"({str(exc).strip()}).") from None
+        with self._lock, self._db.transaction():
+            self._db.execute(schema("DOUBLE PRECISION"))
+            self._db.execute("CREATE INDEX IF NOT EXISTS requests_key_ts ON requests "
+                             "(key_id, ts)")
+        self._insert = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
+                        f"({', '.join(['%s'] * len(COLUMNS))})")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock, self._db.transaction(), self._db.cursor() as cur:
+            cur.executemany(self._insert, [_values(r) for r in rows])
+
+    def feedback(self, request_id: str, score: float) -> bool:
+        with self._lock, self._db.transaction():
+            cur = self._db.execute("UPDATE requests SET score = %s WHERE id = %s",
+                                   (score, request_id))
+            return cur.rowcount == 1
+
+    def spent_since(self, key_id: str, since: float) -> float:
+        with self._lock, self._db.transaction():
+            row = self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE "
+                                   "key_id = %s AND ts >= %s", (key_id, since)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock, self._db.transaction():
+            cur = self._db.execute("SELECT * FROM requests ORDER BY ts")
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, user = head.partition("://")
+    return f"{scheme}://{user.split(':')[0]}:***@{tail}" if ":" in user else url
+
+
+class Recorder:
+    """Group commit: ``await record(row)`` returns once the row is committed; rows that arrive
+    while a commit runs go in the next one, all on one writer thread."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self.store = store
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlroute-telemetry")
+
+    async def record(self, row: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await loop.run_in_executor(self._thread, self.store.write,
+                                           [row for row, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run another store method on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self._thread.shutdown(wait=True)

@@ -1,27 +1,119 @@
 """Calls to the backends with fallback: connect errors, timeouts and 5xx before the first byte
-move on to the next backend; 429 gets a bounded retry with backoff first."""
+move on to the next backend; 429 gets a bounded retry with backoff first; a backend at its
+``max_concurrency`` is passed over while another candidate is left, else waited for.
+
+The wire goes through a :class:`Transport`: :class:`AiohttpTransport` in production (a pooled
+keep-alive client, several times faster than httpx under load), a scripted one in tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 from vlroute.serve.config import Backend
 
 
+class UpstreamError(Exception):
+    """The backend could not be reached or stopped answering (connect error, timeout, broken
+    connection); the message names the kind."""
+
+
+class UpstreamResponse(Protocol):
+    """An open response: status and headers read, body not yet."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def release(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def post(self, url: str, payload: bytes, headers: dict[str, str],
+                   timeout_s: float) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpResponse:
+    def __init__(self, response: Any) -> None:
+        self._r = response
+        self.status: int = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        import aiohttp
+
+        try:
+            return bytes(await self._r.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(type(exc).__name__) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        try:
+            async for chunk in self._r.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(type(exc).__name__) from exc
+
+    def release(self) -> None:
+        self._r.release()
+
+
+class AiohttpTransport:
+    """One pooled aiohttp session for every backend (created inside the running loop)."""
+
+    def __init__(self) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=True, skip_auto_headers=("User-Agent",))
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str],
+                   timeout_s: float) -> UpstreamResponse:
+        aiohttp = self._aiohttp
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        try:
+            response = await self._session.post(url, data=payload, headers=headers,
+                                                timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(type(exc).__name__) from exc
+        return _AiohttpResponse(response)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
 @dataclass
 class BackendState:
-    """What the gateway has seen of one backend (moving-average latency, failures)."""
+    """What the gateway has seen of one backend (moving-average latency, failures, and the
+    slots of its ``max_concurrency``)."""
 
+    limit: int = 64
     latency_s: float | None = None
     failures: int = 0
     successes: int = 0
     last_error: str | None = None
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.limit)
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit - self.slots._value
 
     def ok(self, seconds: float) -> None:
         self.successes += 1
@@ -36,73 +128,122 @@ class BackendState:
 
 @dataclass
 class Attempt:
-    """The outcome of trying the backends in order."""
+    """The outcome of trying the backends in order. ``response`` is open for a stream (the
+    caller relays and releases it, and gives back ``slot``); for a JSON call ``content`` holds
+    the body and the slot is already given back."""
 
     backend: str | None = None
-    response: httpx.Response | None = None
+    status: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    response: UpstreamResponse | None = None
+    slot: asyncio.Semaphore | None = None
     path: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
 
 
-def _request(client: httpx.AsyncClient, backend: Backend, body: dict[str, Any]
-             ) -> httpx.Request:
+def encode(body: dict[str, Any], model: str) -> bytes:
+    """The request body for the backend: the client's, with the backend's model id."""
+    import orjson
+
+    return orjson.dumps({**body, "model": model})
+
+
+def _headers(backend: Backend) -> dict[str, str]:
     headers = {"content-type": "application/json"}
     key = backend.api_key()
     if key:
         headers["authorization"] = f"Bearer {key}"
-    return client.build_request("POST", f"{backend.base_url}/chat/completions",
-                                json={**body, "model": backend.model}, headers=headers,
-                                timeout=backend.timeout_s)
+    return headers
 
 
-async def call(client: httpx.AsyncClient, backends: list[Backend], body: dict[str, Any],
+async def _slot(state: BackendState, last: bool, timeout_s: float) -> bool:
+    """Take a concurrency slot: at once, or (the last candidate) waiting up to the timeout."""
+    if not state.slots.locked():
+        await state.slots.acquire()
+        return True
+    if not last:
+        return False
+    try:
+        await asyncio.wait_for(state.slots.acquire(), timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def call(transport: Transport, backends: list[Backend], body: dict[str, Any],
                states: dict[str, BackendState], *, stream: bool, retries_429: int
                ) -> Attempt:
-    """Send ``body`` to the first backend that answers; the response of a streamed call is
-    open (headers read, body not) and must be closed by the caller."""
+    """Send ``body`` to the first backend that answers."""
     attempt = Attempt()
-    for backend in backends:
-        for retry in range(retries_429 + 1):
-            start = time.perf_counter()
-            try:
-                response = await client.send(_request(client, backend, body), stream=True)
-            except httpx.TransportError as exc:    # connect error, timeout, protocol error
-                states[backend.name].failed(type(exc).__name__)
-                attempt.path.append({"backend": backend.name, "error": type(exc).__name__})
-                break
-            if response.status_code == 429 and retry < retries_429:
-                await response.aclose()
-                attempt.path.append({"backend": backend.name, "status": 429})
-                await asyncio.sleep(min(0.1 * 2 ** retry, 1.0))
-                continue
-            if response.status_code >= 500 or response.status_code == 429:
-                await response.aclose()
-                states[backend.name].failed(f"HTTP {response.status_code}")
-                attempt.path.append({"backend": backend.name, "status": response.status_code})
-                break
-            attempt.ttft_ms = (time.perf_counter() - start) * 1e3
-            if not stream:
+    for n, backend in enumerate(backends):
+        state = states[backend.name]
+        if not await _slot(state, n == len(backends) - 1, backend.timeout_s):
+            attempt.path.append({"backend": backend.name, "error": "busy"})
+            continue
+        payload = encode(body, backend.model)
+        url = f"{backend.base_url}/chat/completions"
+        keep = False
+        try:
+            for retry in range(retries_429 + 1):
+                start = time.perf_counter()
                 try:
-                    await response.aread()
-                except httpx.TransportError as exc:
-                    states[backend.name].failed(type(exc).__name__)
-                    attempt.path.append({"backend": backend.name,
-                                         "error": type(exc).__name__})
+                    response = await transport.post(url, payload, _headers(backend),
+                                                    backend.timeout_s)
+                except UpstreamError as exc:
+                    state.failed(str(exc))
+                    attempt.path.append({"backend": backend.name, "error": str(exc)})
                     break
-                finally:
-                    await response.aclose()
-            states[backend.name].ok(time.perf_counter() - start)
-            attempt.path.append({"backend": backend.name, "status": response.status_code})
-            attempt.backend, attempt.response = backend.name, response
-            return attempt
+                if response.status == 429 and retry < retries_429:
+                    response.release()
+                    attempt.path.append({"backend": backend.name, "status": 429})
+                    await asyncio.sleep(min(0.1 * 2 ** retry, 1.0))
+                    continue
+                if response.status >= 500 or response.status == 429:
+                    response.release()
+                    state.failed(f"HTTP {response.status}")
+                    attempt.path.append({"backend": backend.name, "status": response.status})
+                    break
+                attempt.ttft_ms = (time.perf_counter() - start) * 1e3
+                if stream:
+                    attempt.response, attempt.slot, keep = response, state.slots, True
+                else:
+                    try:
+                        attempt.content = await response.read()
+                    except UpstreamError as exc:
+                        state.failed(str(exc))
+                        attempt.path.append({"backend": backend.name, "error": str(exc)})
+                        break
+                    finally:
+                        response.release()
+                state.ok(time.perf_counter() - start)
+                attempt.path.append({"backend": backend.name, "status": response.status})
+                attempt.backend, attempt.status = backend.name, response.status
+                attempt.headers = response.headers
+                return attempt
+        finally:
+            if not keep:
+                state.slots.release()
     return attempt
 
 
-async def passthrough(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The upstream body, chunk by chunk (content-encoding undone), unchanged otherwise;
-    closes the response at the end."""
+async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
+    """A streamed upstream body, chunk by chunk, unchanged; releases the response and the
+    backend's slot at the end (also when the client goes away)."""
+    response = attempt.response
+    assert response is not None
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.chunks():
             yield chunk
+    except UpstreamError:
+        return                    # the headers are out: end the stream where it broke
     finally:
-        await response.aclose()
+        response.release()
+        if attempt.slot is not None:
+            attempt.slot.release()
+            attempt.slot = None
+
+
+async def close_quietly(transport: Transport) -> None:
+    with contextlib.suppress(Exception):
+        await transport.close()

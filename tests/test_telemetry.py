@@ -1,0 +1,150 @@
+"""Telemetry stores (SQLite, and PostgreSQL when ``VLROUTE_TEST_POSTGRES_URL`` names a server:
+``.ci/run`` starts Debian's and sets it) and the group-commit recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vlroute.serve.app import create_app
+from vlroute.serve.config import ConfigError, GatewayConfig, load_config
+from vlroute.serve.telemetry import Recorder, TelemetryStore, open_store
+
+POSTGRES = os.environ.get("VLROUTE_TEST_POSTGRES_URL")
+
+
+def _reset_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS requests")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'telemetry.db'}"
+        return
+    if not POSTGRES:
+        pytest.skip("VLROUTE_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
+    _reset_postgres(POSTGRES)
+    yield POSTGRES
+    _reset_postgres(POSTGRES)
+
+
+def row(rid: str, ts: float, key: str | None = "alice", cost: float = 0.5) -> dict[str, Any]:
+    return {"id": rid, "ts": ts, "key_id": key, "scenario": "quality", "chosen": "cloud",
+            "predicted": {"edge": 0.4, "cloud": 0.8},
+            "fallback_path": [{"backend": "cloud", "status": 200}], "status": 200,
+            "ttft_ms": 1.5, "total_ms": 3.0, "route_ms": 0.2, "tokens_in": 10,
+            "tokens_out": 2, "cost_usd": cost, "prompt": None}
+
+
+def test_store_round_trip(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        store.write([row("a", 100.0), row("b", 200.0, cost=0.25), row("c", 300.0, key="bob")])
+        rows = store.rows()
+        assert [r["id"] for r in rows] == ["a", "b", "c"]
+        assert json.loads(rows[0]["predicted"]) == {"edge": 0.4, "cloud": 0.8}
+        assert json.loads(rows[0]["fallback_path"]) == [{"backend": "cloud", "status": 200}]
+        assert rows[0]["score"] is None and rows[0]["tokens_in"] == 10
+        assert store.feedback("b", 0.75) and not store.feedback("zzz", 1.0)
+        assert next(r for r in store.rows() if r["id"] == "b")["score"] == 0.75
+        assert store.spent_since("alice", 150.0) == pytest.approx(0.25)
+        assert store.spent_since("alice", 0.0) == pytest.approx(0.75)
+        assert store.spent_since("carol", 0.0) == 0.0
+    finally:
+        store.close()
+
+
+def test_a_failing_batch_writes_nothing(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        store.write([row("a", 1.0)])
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            store.write([row("b", 2.0), row("a", 3.0)])         # "a" again: the batch fails
+        assert [r["id"] for r in store.rows()] == ["a"]          # and "b" is not half-written
+        store.write([row("b", 2.0)])                              # the store still works
+        assert len(store.rows()) == 2
+    finally:
+        store.close()
+
+
+class CountingStore:
+    """Wraps a store and counts its write calls."""
+
+    def __init__(self, inner: TelemetryStore) -> None:
+        self.inner, self.url, self.writes = inner, inner.url, 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.writes += 1
+        self.inner.write(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_recorder_commits_concurrent_rows_together(store_url: str) -> None:
+    counting = CountingStore(open_store(store_url))
+
+    async def main() -> None:
+        recorder = Recorder(counting)
+        await asyncio.gather(*(recorder.record(row(f"r{k}", float(k))) for k in range(50)))
+        # every record() has returned, so every row is committed
+        assert len(counting.inner.rows()) == 50
+        await recorder.close()
+
+    asyncio.run(main())
+    assert 1 <= counting.writes < 50            # group commit: fewer commits than rows
+    counting.inner.close()
+
+
+def test_gateway_records_into_the_configured_store(store_url: str, tmp_path: Path) -> None:
+    from tests.test_serve import Upstream, ask
+
+    cfg = GatewayConfig.model_validate({
+        "backends": [{"name": "edge", "base_url": "http://edge.test/v1", "model": "small",
+                      "tier": "edge", "prior_quality": 0.95}],
+        "telemetry": {"url": store_url}})
+    with TestClient(create_app(cfg, transport=Upstream())) as c:
+        ids = [c.post("/v1/chat/completions", json=ask()).headers["x-vlroute-request-id"]
+               for _ in range(3)]
+        assert c.post("/v1/feedback", json={"request_id": ids[1], "score": 1}).status_code \
+            == 200
+    store = open_store(store_url)            # reopened: the rows outlive the app
+    try:
+        rows = {r["id"]: r for r in store.rows()}
+        assert set(ids) <= set(rows) and rows[ids[1]]["score"] == 1.0
+        assert all(rows[i]["chosen"] == "edge" and rows[i]["status"] == 200 for i in ids)
+    finally:
+        store.close()
+
+
+def test_bad_store_urls_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected sqlite:///PATH or postgresql://"):
+        open_store("mysql://x/y")
+    with pytest.raises(ConfigError, match=r"cannot connect") as info:
+        open_store("postgresql://someone:hunter2@127.0.0.1:1/none")
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_password_in_the_config_file_is_refused(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text("backends: [{name: a, base_url: 'http://a/v1', model: m}]\n"
+                    "telemetry: {url: 'postgresql://u:secret@db/vlroute'}\n")
+    with pytest.raises(ConfigError, match="PGPASSWORD"):
+        load_config(path)
+    path.write_text("backends: [{name: a, base_url: 'http://a/v1', model: m}]\n"
+                    "telemetry: {url: 'postgresql://u@db/vlroute'}\n")
+    assert load_config(path).telemetry.url == "postgresql://u@db/vlroute"
+    monkeypatch.setenv("VLROUTE_TELEMETRY_URL", "postgresql://u:secret@db/other")
+    assert load_config(path).telemetry.url.endswith("/other")
