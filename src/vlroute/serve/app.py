@@ -49,6 +49,8 @@ BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_S = 30.0
 #: sessions pinned at most (x-vlroute-session); the oldest are forgotten first
 MAX_SESSIONS = 100_000
+#: images up to this many data-URL characters in all are checked on the event loop
+INLINE_IMAGE_CHARS = 1_500_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -199,9 +201,11 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             body = inline(body, await fetch_all(body, config, g.image_session))
         text, urls = read_messages(body, config)
         images: tuple[bytes, ...] = ()
-        if urls:     # base64 and image decoding take milliseconds: off the event loop
+        if sum(map(len, urls)) > INLINE_IMAGE_CHARS:    # milliseconds: off the event loop
             images = tuple(await run_in_threadpool(
                 lambda: [decode_image(u, config) for u in urls]))
+        elif urls:      # about 0.2 ms for 200 KB: cheaper than a thread hop
+            images = tuple(decode_image(u, config) for u in urls)
         prompt = Prompt(text, images)
         if model in g.states:
             return None, prompt, key, body

@@ -11,12 +11,13 @@ decode checks as data URLs, and the backend receives them as a data URL.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
+
+import pybase64
 
 from vlroute.serve.config import GatewayConfig
 from vlroute.serve.routing import RequestError
@@ -130,7 +131,7 @@ async def fetch_all(body: dict[str, Any], config: GatewayConfig, session: Any
 def _data_url(data: bytes, kind: str) -> str:
     if not re.fullmatch(r"image/[a-z0-9.+-]+", kind):
         kind = "image/png"
-    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+    return f"data:{kind};base64,{pybase64.b64encode(data).decode()}"
 
 
 def inline(body: dict[str, Any], data_urls: dict[str, str]) -> dict[str, Any]:
