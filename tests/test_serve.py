@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ class Upstream:
     def __init__(self, **script: list[str]) -> None:
         self.script = script
         self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.release = threading.Event()
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
                    timeout_s: float) -> Reply:
@@ -49,6 +53,9 @@ class Upstream:
         what = plan.pop(0) if len(plan) > 1 else plan[0]
         if what == "timeout":
             raise UpstreamError("ConnectTimeout")
+        if what == "hold":            # answer once the test lets go
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
         if what in ("500", "429"):
             return Reply(int(what), {"error": {"message": what}})
         if what == "garbage":
@@ -153,6 +160,36 @@ def test_falls_back_on_timeouts_and_5xx_and_retries_429(tmp_path: Path) -> None:
         r = c.post("/v1/chat/completions", json=ask())
         assert r.headers["x-vlroute-model"] == "cloud"
         assert [h for h, _ in up.seen] == ["cloud", "cloud"]
+
+
+def test_a_backend_at_max_concurrency_is_passed_over_or_waited_for(tmp_path: Path) -> None:
+    cfg = GatewayConfig.model_validate({**config(tmp_path).model_dump(), "backends": [
+        {**b.model_dump(), "max_concurrency": 1, "timeout_s": 0.3}
+        for b in config(tmp_path).backends]})
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'slots.db'}")
+    up = Upstream(edge=["hold", "ok"])
+    with client(cfg, up, store) as c:
+        held: dict[str, Any] = {}
+        first = threading.Thread(target=lambda: held.update(
+            r=c.post("/v1/chat/completions", json=ask("edge"))))
+        first.start()
+        while not up.seen:                     # the edge's only slot is taken
+            time.sleep(0.01)
+        assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 1
+        # a scenario that prefers the edge spills over to the cloud
+        spill = c.post("/v1/chat/completions", json=ask("vlroute/mes=6,tau=0.6,by=usd"))
+        assert spill.status_code == 200 and spill.headers["x-vlroute-model"] == "cloud"
+        # naming the busy edge directly waits for a slot, up to its timeout
+        busy = c.post("/v1/chat/completions", json=ask("edge"))
+        assert busy.status_code == 502 and "busy" in busy.json()["error"]["message"]
+        up.release.set()
+        first.join(10)
+        assert held["r"].status_code == 200 and held["r"].headers["x-vlroute-model"] == "edge"
+        assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 0
+        after = c.post("/v1/chat/completions", json=ask("vlroute/mes=6,tau=0.6,by=usd"))
+        assert after.headers["x-vlroute-model"] == "edge"
+    paths = [json.loads(r["fallback_path"]) for r in store.rows()]
+    assert [{"backend": "edge", "error": "busy"}, {"backend": "cloud", "status": 200}] in paths
 
 
 def test_circuit_breaker_takes_a_failing_backend_out(tmp_path: Path) -> None:
