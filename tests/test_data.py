@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_set, write_jsonl
+
 from vlroute.data import READERS, SplitSpec, assign_splits, build_bench, load_bench
 from vlroute.data.splits import merge_groups
 from vlroute.data.validate import validate_bench

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_set
 from PIL import Image
 
-from conftest import make_set
 from vlroute.data import READERS, build_bench
 from vlroute.errors import BenchError, UnknownComponentError
 from vlroute.features.base import FeatureCache, Item

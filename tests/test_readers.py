@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SHARED
+
 from vlroute.data import READERS, build_bench
 from vlroute.data.validate import validate_bench
 from vlroute.errors import ReaderError

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import needs_shared
+
 from vlroute.data import READERS, build_bench
 from vlroute.data.validate import validate_bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows

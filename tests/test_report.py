@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import make_set
+
 from vlroute.data import READERS, build_bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
 from vlroute.evaluation.tau import tau_curve

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_baselines import matrices
+
 from vlroute.errors import NotFittedError
 from vlroute.metrics import avg_acc
 from vlroute.routers import QUALITY, make_router

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-
 from test_baselines import matrices
 from test_routers_learned import BOUNDS, learnable
+
 from vlroute.errors import NotFittedError, ScenarioMismatchError
 from vlroute.metrics import avg_acc
 from vlroute.routers import POLICY, make_router

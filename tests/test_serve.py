@@ -294,8 +294,8 @@ def test_openapi_document_is_published(tmp_path: Path) -> None:
 
 def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
     from click.testing import CliRunner
-
     from conftest import make_set
+
     from vlroute.cli import cli
 
     models = [{"model": m, "display_name": m, "family": "F", "params_b": p,
