@@ -91,6 +91,10 @@ def test_offline_minilm_and_efficientnet(images: list[Path]) -> None:
     image = make_encoder("efficientnet-lite0")
     feats = image.encode([Item("q", (images[0],)), Item("q", (images[1], images[2]))])
     assert feats.shape == (2, 1280) and np.isfinite(feats).all() and feats.any(axis=1).all()
+    # text-only requests (the gateway sees many): zero rows, alone or beside images
+    mixed = image.encode_batch([Item("no image"), Item("q", (images[0],))])
+    assert not mixed[0].any() and np.allclose(mixed[1], feats[0], atol=1e-5)
+    assert not image.encode_batch([Item("text only")]).any()
 
 
 def test_hub_image_encoders_with_tiny_models_built_from_configs(images: list[Path]) -> None:
@@ -110,6 +114,8 @@ def test_hub_image_encoders_with_tiny_models_built_from_configs(images: list[Pat
         encoder = HFImageEncoder((model, processor))
         out = encoder.encode([Item("q", (images[0],)), Item("q", (images[1],))])
         assert encoder.dim == width and out.shape == (2, width) and np.isfinite(out).all()
+        none = encoder.encode_batch([Item("text only"), Item("q", (images[0],))])
+        assert not none[0].any() and np.allclose(none[1], out[0], atol=1e-5)
 
 
 def test_features_are_stored_beside_the_bench(tmp_path: Path) -> None:

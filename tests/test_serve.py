@@ -327,6 +327,8 @@ def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
         decision = c.post("/v1/route", json=body).json()
         assert decision["predicted"] != {"edge": 0.7, "cloud": 0.9}         # not the priors
         assert all(0 <= p <= 1 for p in decision["predicted"].values())
+        text_only = c.post("/v1/chat/completions", json=ask())               # no image at all
+        assert text_only.status_code == 200, text_only.text
     wrong = GatewayConfig.model_validate({**cfg.model_dump(), "router": {
         "artifact": tmp_path / "art", "text_encoder": "hashing-text", "image_encoder": None}})
     with pytest.raises(ConfigError, match="trained on image features"), \

@@ -26,12 +26,14 @@ def _rgb(path: Any) -> Image.Image:
 
 
 def _mean_per_item(items: Sequence[Item], vectors: FloatArray) -> FloatArray:
-    """Average the vectors of each item's images (rows of ``vectors`` in item order)."""
+    """Average the vectors of each item's images (rows of ``vectors`` in item order); an item
+    without images gets a zero row (fusion leaves zero rows at zero)."""
     out = np.zeros((len(items), vectors.shape[1]))
     row = 0
     for i, item in enumerate(items):
         k = len(item.images)
-        out[i] = vectors[row:row + k].mean(axis=0)
+        if k:
+            out[i] = vectors[row:row + k].mean(axis=0)
         row += k
     return out
 
@@ -73,6 +75,8 @@ class EfficientNetLite0Encoder(Encoder):
         """Pooled features of each item's images."""
         import torch
 
+        if not any(item.images for item in items):     # a text-only request
+            return np.zeros((len(items), self.dim))
         net = self._load()
         pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
                              dtype=np.float32) for item in items for p in item.images]
@@ -133,6 +137,8 @@ class HFImageEncoder(Encoder):
         """Image features of each item (averaged over its images)."""
         import torch
 
+        if not any(item.images for item in items):
+            return np.zeros((len(items), self.dim))
         model, processor = self._load()
         inputs = processor(images=[_rgb(p) for item in items for p in item.images],
                            return_tensors="pt")
