@@ -4,7 +4,8 @@
 
 An instant stub backend (``vlroute dev-backends``' app) answers every call. Load comes from
 ``wrk`` (Debian's package) with a POST body; each server runs pinned to a stated core
-(``taskset``): the server under test on core 0, the stub backend and wrk on core 1. Measured
+(``taskset``): one server under test at a time, alone on core 0 (vlroute's torch told so with
+``OMP_NUM_THREADS=1``), the stub backend and wrk on core 1. Measured
 for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image:
 
 - ``direct``: the stub backend itself (the baseline that "added" latency is taken against);
@@ -105,16 +106,45 @@ def wrk(url: str, body: dict[str, Any], connections: int, seconds: float, tmp: P
             "non_2xx": int(errors.group(1)) if errors else 0}
 
 
-def start(cmd: list[str], core: int, log: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=log, stderr=log)
+def start(cmd: list[str], core: int, log: Any, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=log, stderr=log,
+                            env={**os.environ, **(env or {})})
 
 
-def litellm_python(venv: Path) -> Path:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def litellm_bin(venv: Path) -> str:
+    """The ``litellm`` command of its own venv (made and filled on first use)."""
     python = venv / "bin" / "python"
     if not python.is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", LITELLM], check=True)
-    return python
+    return str(venv / "bin" / "litellm")
+
+
+def measure(name: str, port: int, model: str, headers: dict[str, str], seconds: float,
+            tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for kind, body in bodies(model).items():
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        warm = httpx.post(url, json=body, headers=headers, timeout=60)
+        if warm.status_code != 200:
+            raise RuntimeError(f"{name}: {warm.status_code} {warm.text[:300]}")
+        for connections in (1, 16):
+            r = wrk(url, body, connections, seconds, tmp, headers)
+            rows.append({"target": name, "body": kind, "connections": connections, **r})
+            print(f"{name:22} {kind:12} c={connections:2} p50 {r['p50_ms']:8.2f} ms "
+                  f"p99 {r['p99_ms']:8.2f} ms {r['rps']:9.1f} req/s "
+                  f"non-2xx {r['non_2xx']}", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -147,10 +177,6 @@ def main() -> None:
         "router": {"artifact": str(artifact) if artifact else None},
         "telemetry": {"url": f"sqlite:///{tmp / 'telemetry.db'}"},
         "limits": {"max_body_bytes": 5_000_000}}))
-    procs.append(start([*CLI, "serve", "--config", str(config), "--port", str(vl_port)], 0,
-                       log))
-    with_litellm = not only or "litellm" in only
-    python = litellm_python(args.litellm_venv) if with_litellm else Path(sys.executable)
     ll_config = tmp / "litellm.yaml"
     ll_config.write_text(f"""general_settings: {{master_key: "{MASTER_KEY}"}}
 model_list:
@@ -158,40 +184,35 @@ model_list:
     litellm_params: {{model: openai/stub, api_base: "http://127.0.0.1:{backend}/v1",
                       api_key: "none"}}
 """)
-    litellm = shutil.which("litellm", path=str(python.parent)) or str(python.parent / "litellm")
-    if with_litellm:
-        procs.append(start([litellm, "--config", str(ll_config), "--port", str(ll_port),
-                            "--num_workers", "1"], 0, log))
+    # one server under test at a time, alone on core 0 (torch told it has one core)
+    servers: list[tuple[str, Any, int, list[tuple[str, str, dict[str, str]]]]] = [
+        ("direct", None, backend, [("direct", "stub", {})]),
+        ("vlroute", lambda: start([*CLI, "serve", "--config", str(config), "--port",
+                                   str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
+         vl_port, [("vlroute pass-through", "stub", {}),
+                   ("vlroute routing", "vlroute/quality", {})]),
+        ("litellm", lambda: start([litellm_bin(args.litellm_venv), "--config",
+                                   str(ll_config), "--port", str(ll_port), "--num_workers",
+                                   "1"], 0, log),
+         ll_port, [("litellm", "stub", {"Authorization": f"Bearer {MASTER_KEY}"})])]
+    health = {"direct": "/v1/models", "vlroute": "/health", "litellm": "/health/liveliness"}
     rows = []
     try:
-        for url in (f"http://127.0.0.1:{backend}/v1/models",
-                    f"http://127.0.0.1:{vl_port}/health",
-                    f"http://127.0.0.1:{ll_port}/health/liveliness"):
-            if with_litellm or str(ll_port) not in url:
-                wait_for(url)
-        auth = {"Authorization": f"Bearer {MASTER_KEY}"}
-        targets = [("direct", backend, "stub", {}),
-                   ("vlroute pass-through", vl_port, "stub", {}),
-                   ("vlroute routing", vl_port, "vlroute/quality", {}),
-                   ("litellm", ll_port, "stub", auth)]
-        for name, port, model, headers in targets:
-            if only and name != "direct" and name not in only:
+        wait_for(f"http://127.0.0.1:{backend}/v1/models")
+        for server, launch, port, targets in servers:
+            targets = [t for t in targets if not only or t[0] == "direct" or t[0] in only]
+            if not targets:
                 continue
-            for kind, body in bodies(model).items():
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                warm = httpx.post(url, json=body, headers=headers, timeout=60)
-                if warm.status_code != 200:
-                    raise RuntimeError(f"{name}: {warm.status_code} {warm.text[:300]}")
-                for connections in (1, 16):
-                    r = wrk(url, body, connections, args.seconds, tmp, headers)
-                    rows.append({"target": name, "body": kind, "connections": connections,
-                                 **r})
-                    print(f"{name:22} {kind:12} c={connections:2} p50 {r['p50_ms']:8.2f} ms "
-                          f"p99 {r['p99_ms']:8.2f} ms {r['rps']:9.1f} req/s "
-                          f"non-2xx {r['non_2xx']}", flush=True)
+            proc = launch() if launch else None
+            try:
+                wait_for(f"http://127.0.0.1:{port}{health[server]}")
+                for name, model, headers in targets:
+                    rows += measure(name, port, model, headers, args.seconds, tmp)
+            finally:
+                if proc is not None:
+                    stop(proc)
     finally:
-        for p in procs:
-            p.terminate()
+        stop(procs[0])
         log.close()
     direct = {(r["body"], r["connections"]): r for r in rows if r["target"] == "direct"}
     for r in rows:
@@ -202,9 +223,11 @@ model_list:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway.json").write_text(json.dumps({
-        "cores": os.cpu_count(), "pinning": "server under test on core 0; stub backend and "
-        "wrk on core 1", "seconds": args.seconds, "artifact": str(artifact), "litellm":
-        LITELLM, "rows": rows}, indent=1) + "\n")
+        "cores": os.cpu_count(),
+        "pinning": "one server under test at a time, alone on core 0 (vlroute with "
+                   "OMP_NUM_THREADS=1); stub backend and wrk on core 1",
+        "seconds": args.seconds, "artifact": str(artifact), "litellm": LITELLM,
+        "rows": rows}, indent=1) + "\n")
     print("\n| target | body | conns | added p50 ms | added p99 ms | req/s |\n|---|---|---|---|"
           "---|---|")
     for r in rows:
