@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import signal
 import socket
@@ -71,30 +72,46 @@ def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | No
     return out
 
 
-def bad_requests() -> list[tuple[str, bytes]]:
+KEY = "sk-vlroute-faults"
+
+
+def bad_requests() -> list[tuple[str, bytes, dict[str, str]]]:
+    """(case, body, headers); the gateway they go to has auth on and remote images enabled
+    for an allow list of private hosts, so those are refused by the address checks."""
     image = "data:image/png;base64,"
     msg = [{"role": "user", "content": "hi"}]
-    return [
+
+    def chat(messages: Any = msg, model: Any = "vlroute/quality") -> bytes:
+        return json.dumps({"model": model, "messages": messages}).encode()
+
+    def remote(url: str) -> bytes:
+        return chat([{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}]}])
+
+    cases = [
         ("malformed JSON", b"{nope"), ("array body", b"[]"), ("string body", b'"x"'),
         ("no messages", json.dumps({"model": "vlroute/quality"}).encode()),
-        ("messages not a list", json.dumps({"model": "vlroute/quality", "messages": 3}).encode()),
-        ("model not a string", json.dumps({"model": [1], "messages": msg}).encode()),
-        ("unknown scenario", json.dumps({"model": "vlroute/turbo", "messages": msg}).encode()),
-        ("bad part", json.dumps({"model": "vlroute/quality", "messages": [
-            {"role": "user", "content": [{"typ": "text"}]}]}).encode()),
-        ("broken base64", json.dumps({"model": "vlroute/quality", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {
-                "url": image + "!!!"}}]}]}).encode()),
-        ("not an image", json.dumps({"model": "vlroute/quality", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {
-                "url": image + base64.b64encode(b"GIF89a-not-really").decode()}}]}]}).encode()),
-        ("remote image", json.dumps({"model": "vlroute/quality", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {
-                "url": "http://127.0.0.1:22/x.png"}}]}]}).encode()),
+        ("messages not a list", chat(3)), ("model not a string", chat(model=[1])),
+        ("unknown scenario", chat(model="vlroute/turbo")),
+        ("bad part", chat([{"role": "user", "content": [{"typ": "text"}]}])),
+        ("broken base64", chat([{"role": "user", "content": [{"type": "image_url",
+                                 "image_url": {"url": image + "!!!"}}]}])),
+        ("not an image", chat([{"role": "user", "content": [{"type": "image_url", "image_url": {
+            "url": image + base64.b64encode(b"GIF89a-not-really").decode()}}]}])),
+        ("loopback image URL", remote("http://127.0.0.1:22/x.png")),
+        ("localhost image URL", remote("http://localhost/x.png")),
+        ("link-local image URL (cloud metadata)",
+         remote("http://169.254.169.254/latest/meta-data/")),
+        ("private image URL", remote("http://10.0.0.1/x.png")),
+        ("IPv6 loopback image URL", remote("http://[::1]/x.png")),
+        ("image host off the allow list", remote("https://example.com/cat.png")),
         ("huge body", b'{"model": "vlroute/quality", "pad": "' + b"x" * 25_000_000 + b'"}'),
-        ("role missing", json.dumps({"model": "vlroute/quality", "messages": [
-            {"content": "x"}]}).encode()),
+        ("role missing", chat([{"content": "x"}])),
     ]
+    keyed = {"authorization": f"Bearer {KEY}"}
+    return [(name, body, keyed) for name, body in cases] + [
+        ("missing key", chat(), {}),
+        ("wrong key", chat(), {"authorization": "Bearer sk-wrong"})]
 
 
 def main() -> None:
@@ -141,13 +158,19 @@ telemetry: {{url: "sqlite:///{db}"}}
             stored = {r[0] for r in conn.execute("SELECT id FROM requests")}
         results["kill_gateway"] = {"answered": len(answered),
                                    "answered_without_row": len(answered - stored)}
-        gateway = subprocess.Popen([*CLI, "serve", "--config", str(config), "--port",
+        strict = tmp / "strict.yaml"
+        strict.write_text(config.read_text() + f"""
+auth_keys: [{{id: faults, sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}"}}]
+remote_images: {{enabled: true, allow_hosts: ["127.0.0.1", "localhost", "169.254.169.254",
+                 "10.0.0.1", "::1"]}}
+""")
+        gateway = subprocess.Popen([*CLI, "serve", "--config", str(strict), "--port",
                                     str(port)], stdout=log, stderr=log)
         wait_for(f"http://127.0.0.1:{port}/health")
         bad = []
-        for name, payload in bad_requests():
-            r = httpx.post(url, content=payload, headers={"content-type": "application/json"},
-                           timeout=30)
+        for name, payload, headers in bad_requests():
+            r = httpx.post(url, content=payload, timeout=30,
+                           headers={"content-type": "application/json", **headers})
             envelope = "error" in r.json() if r.headers.get("content-type", "").startswith(
                 "application/json") else False
             bad.append({"case": name, "status": r.status_code, "envelope": envelope})

@@ -8,6 +8,7 @@ and ``VLROUTE_TELEMETRY_URL`` override the file.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,11 @@ class RemoteImages(_Strict):
     def _hosts(cls, value: list[str]) -> list[str]:
         for host in value:
             bare = host.removeprefix("*.")
+            try:
+                ipaddress.ip_address(host)
+                continue                          # an address literal (still checked)
+            except ValueError:
+                pass
             if not bare or "*" in bare or "/" in bare or ":" in bare:
                 raise ValueError(f"allow_hosts entries are host names or '*.domain', got "
                                  f"{host!r}")
