@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -329,6 +330,16 @@ def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
         assert all(0 <= p <= 1 for p in decision["predicted"].values())
         text_only = c.post("/v1/chat/completions", json=ask())               # no image at all
         assert text_only.status_code == 200, text_only.text
+    # predictions in a batch are those of one request at a time
+    from vlroute.serve.routing import Prompt, RoutingEngine, prompt_of
+
+    engine = RoutingEngine.from_config(cfg)
+    prompts = [prompt_of(body, cfg), Prompt("What is 2 + 2?"), Prompt("A longer question.")]
+    scenarios = [cfg.scenario("quality"), cfg.scenario("cost_weight=0.1"),
+                 cfg.scenario("quality")]
+    together = engine.router_rows(prompts, scenarios)
+    for prompt, scenario, row in zip(prompts, scenarios, together, strict=True):
+        assert np.allclose(engine.router_rows([prompt], [scenario])[0], row)
     wrong = GatewayConfig.model_validate({**cfg.model_dump(), "router": {
         "artifact": tmp_path / "art", "text_encoder": "hashing-text", "image_encoder": None}})
     with pytest.raises(ConfigError, match="trained on image features"), \

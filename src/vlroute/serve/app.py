@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from vlroute import __version__
 from vlroute.errors import VlrouteError
 from vlroute.scenarios import Scenario
+from vlroute.serve.batching import PredictionBatcher
 from vlroute.serve.budgets import Budgets, periods
 from vlroute.serve.config import GatewayConfig, hash_key
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
@@ -69,6 +70,7 @@ class Gateway:
                  store: TelemetryStore) -> None:
         self.config, self.engine, self.transport, self.store = config, engine, transport, store
         self.recorder = Recorder(store)
+        self.batcher = PredictionBatcher(engine)
         self.image_session: Any = None
         self.states = {b.name: BackendState(b.max_concurrency) for b in config.backends}
         self.opened_at: dict[str, float] = {}
@@ -172,6 +174,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             yield
         finally:
             await gateway.recorder.close()
+            await gateway.batcher.close()
             await close_quietly(wire)
             if gateway.image_session is not None:
                 await gateway.image_session.close()
@@ -221,9 +224,14 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             up = [pinned]
         latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
         if g.engine.router is None:     # training-free: microseconds, stay on the loop
-            decision = g.engine.decide(prompt, scenario, up, latency)
-        else:
-            decision = await run_in_threadpool(g.engine.decide, prompt, scenario, up, latency)
+            return g.engine.decide(prompt, scenario, up, latency), prompt, key, body
+        if not up:
+            raise RequestError("no backend is available (all are failing); try again later.",
+                               status=503)
+        start = time.perf_counter()     # encoders + router: batched with concurrent requests
+        row = await g.batcher.predict(prompt, scenario)
+        decision = g.engine.decide(prompt, scenario, up, latency, row)
+        decision.route_ms = (time.perf_counter() - start) * 1e3
         return decision, prompt, key, body
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_BODY)

@@ -196,35 +196,56 @@ class RoutingEngine:
             return
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), "white").save(buf, format="PNG")
-        self.features(Prompt("warm up", (buf.getvalue(),)))
+        self.features([Prompt("warm up", (buf.getvalue(),)), Prompt("text only")])
 
-    def features(self, prompt: Prompt) -> np.ndarray:
-        """The fused feature row of ``prompt`` (images go through temporary files, which is
-        what the encoders read)."""
+    def features(self, prompts: list[Prompt]) -> np.ndarray:
+        """The fused feature rows of ``prompts``, encoded as one batch (images go through
+        temporary files, which is what the encoders read)."""
         from vlroute.features.base import Item
         from vlroute.features.fusion import Fusion
 
         with tempfile.TemporaryDirectory(prefix="vlroute-req-") as tmp:
-            paths = []
-            for k, data in enumerate(prompt.images):
-                path = Path(tmp) / f"image{k}"
-                path.write_bytes(data)
-                paths.append(path)
-            item = Item(text=prompt.text, images=tuple(paths))
-            parts = {kind: enc.encode_batch([item]) for kind, enc in self.encoders.items()}
+            items = []
+            for i, prompt in enumerate(prompts):
+                paths = []
+                for k, data in enumerate(prompt.images):
+                    path = Path(tmp) / f"image{i}-{k}"
+                    path.write_bytes(data)
+                    paths.append(path)
+                items.append(Item(text=prompt.text, images=tuple(paths)))
+            parts = {kind: enc.encode_batch(items) for kind, enc in self.encoders.items()}
         mode, weight = self.fusion
         if "text" not in parts or "image" not in parts:
             mode = "text" if "text" in parts else "image"
         return Fusion(mode, weight)(parts.get("text"), parts.get("image"))  # type: ignore[arg-type]
 
-    def predict(self, prompt: Prompt, scenario: Scenario, names: list[str]
-                ) -> dict[str, float]:
-        """Each backend's predicted quality (utility) or P(solved) (threshold)."""
+    def router_rows(self, prompts: list[Prompt], scenarios: list[Scenario]
+                    ) -> list[np.ndarray]:
+        """The router's per-model predictions for each prompt under its scenario: features
+        in one batch, then one router call per kind of scenario."""
+        if self.router is None:
+            raise ValueError("router_rows needs a router artifact.")
+        X = self.features(prompts)
+        rows: list[np.ndarray] = [np.empty(0)] * len(prompts)
+        groups: dict[tuple[str, float | None], list[int]] = {}
+        for i, scenario in enumerate(scenarios):
+            key = (scenario.family, scenario.solved_mes if scenario.family != "utility"
+                   else None)
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            preds = self.router.predictions_for(X[idx], scenarios[idx[0]])
+            for j, i in enumerate(idx):
+                rows[i] = np.asarray(preds[j], dtype=float)
+        return rows
+
+    def predict(self, prompt: Prompt, scenario: Scenario, names: list[str],
+                row: np.ndarray | None = None) -> dict[str, float]:
+        """Each backend's predicted quality (utility) or P(solved) (threshold); ``row``: the
+        router's predictions when already computed (batched)."""
         out = {n: self.backends[n].prior_quality for n in names}
         if self.router is None:
             return out
-        X = self.features(prompt)
-        preds = self.router.predictions_for(X, scenario)[0]
+        preds = row if row is not None else self.router_rows([prompt], [scenario])[0]
         models = list(self.router.models_)
         for n in names:
             model = self.backends[n].router_model
@@ -238,14 +259,15 @@ class RoutingEngine:
                 + OUTPUT_TOKENS * backend.price_out_per_1m) / 1e6
 
     def decide(self, prompt: Prompt, scenario: Scenario, up: list[str],
-               latency: dict[str, float] | None = None) -> Decision:
+               latency: dict[str, float] | None = None, row: np.ndarray | None = None
+               ) -> Decision:
         """Choose among the backends in ``up`` (config order); the rest of ``up`` follows as
-        the fallback order, best predicted first."""
+        the fallback order, best predicted first. ``row``: see :meth:`predict`."""
         if not up:
             raise RequestError("no backend is available (all are failing); try again later.",
                                status=503)
         start = time.perf_counter()
-        predicted = self.predict(prompt, scenario, up)
+        predicted = self.predict(prompt, scenario, up, row)
         costs = {n: self.estimate_cost(self.backends[n], prompt) for n in up}
         lat = {n: (latency or {}).get(n, self.backends[n].latency_s) for n in up}
         preds = np.array([[predicted[n] for n in up]])

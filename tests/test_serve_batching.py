@@ -1,0 +1,64 @@
+"""Routing predictions of concurrent requests are computed in batches, and one bad request
+cannot fail the others in its batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vlroute.scenarios import parse_scenario
+from vlroute.serve.batching import PredictionBatcher
+from vlroute.serve.routing import Prompt
+
+
+class FakeEngine:
+    """router_rows that records batch sizes and chokes on the text "boom"."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def router_rows(self, prompts: list[Prompt], scenarios: list[Any]) -> list[np.ndarray]:
+        self.batches.append(len(prompts))
+        if any(p.text == "boom" for p in prompts):
+            raise ValueError("cannot encode boom")
+        return [np.array([len(p.text), float(s.family == "utility")])
+                for p, s in zip(prompts, scenarios, strict=True)]
+
+
+def run(texts: list[str], max_batch: int = 32) -> tuple[list[Any], list[int]]:
+    engine = FakeEngine()
+
+    async def main() -> list[Any]:
+        batcher = PredictionBatcher(engine, max_batch=max_batch)  # type: ignore[arg-type]
+        out = await asyncio.gather(*(batcher.predict(Prompt(t), parse_scenario(
+            "cost_weight=0.1" if k % 2 else "mes=6,tau=0.6")) for k, t in enumerate(texts)),
+            return_exceptions=True)
+        await batcher.close()
+        return out
+
+    return asyncio.run(main()), engine.batches
+
+
+def test_concurrent_requests_share_a_batch() -> None:
+    texts = [f"question {'x' * k}" for k in range(20)]
+    results, batches = run(texts)
+    assert batches == [20]                       # one encoder call for twenty requests
+    for k, (text, row) in enumerate(zip(texts, results, strict=True)):
+        assert row[0] == len(text) and row[1] == float(k % 2 == 1)
+
+
+def test_batches_are_capped() -> None:
+    _, batches = run([f"q{k}" for k in range(10)], max_batch=4)
+    assert batches == [4, 4, 2]
+
+
+def test_one_bad_request_fails_alone() -> None:
+    results, batches = run(["fine", "boom", "also fine"])
+    assert batches[0] == 3 and sorted(batches[1:]) == [1, 1, 1]
+    assert results[0][0] == 4 and results[2][0] == 9
+    assert isinstance(results[1], ValueError)
+    with pytest.raises(ValueError, match="boom"):
+        raise results[1]
