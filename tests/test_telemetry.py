@@ -79,7 +79,9 @@ def test_a_failing_batch_writes_nothing(store_url: str) -> None:
 
 
 class CountingStore:
-    """Wraps a store and counts its write calls."""
+    """Wraps a store and counts its write calls (as a remote store: group commit)."""
+
+    local = False
 
     def __init__(self, inner: TelemetryStore) -> None:
         self.inner, self.url, self.writes = inner, inner.url, 0

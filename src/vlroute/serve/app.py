@@ -7,8 +7,9 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import gc
+import inspect
+import os
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -181,7 +182,13 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             if store is None:
                 gateway.store.close()
 
-    app = FastAPI(title="vlroute gateway", version=__version__, lifespan=lifespan)
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # FastAPI >= 0.16x wraps every request in OpenTelemetry hooks, unused here (the
+        # gateway records its own telemetry) and about a tenth of the pass-through time
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False,
+                              "operation_spans": False}
+    app = FastAPI(title="vlroute gateway", version=__version__, lifespan=lifespan, **extra)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -255,7 +262,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             raise
         g.counters["requests"] += 1
         g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
-        rid = f"vlr-{uuid.uuid4().hex}"
+        rid = f"vlr-{os.urandom(16).hex()}"
         row = {"id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
                "chosen": attempt.backend, "predicted": decision.predicted if decision else {},
                "fallback_path": attempt.path, "ttft_ms": attempt.ttft_ms,

@@ -2,9 +2,10 @@
 in PostgreSQL, chosen by the telemetry URL (``sqlite:///PATH``, ``postgresql://...``).
 
 A row is committed before the response leaves the gateway (non-streamed) or when the stream
-ends, so a crash cannot lose the row of an answered request. The :class:`Recorder` commits the
-rows of concurrent requests together (group commit) on one writer thread, so the event loop
-never waits on the database and a busy gateway pays one commit per batch, not per request.
+ends, so a crash cannot lose the row of an answered request. For PostgreSQL the
+:class:`Recorder` commits the rows of concurrent requests together (group commit) on one
+writer thread, so the event loop never waits on the network and a busy gateway pays one
+commit per batch, not per request.
 Prompts are stored only when the operator opts in (``telemetry.store_prompts``).
 """
 
@@ -185,17 +186,21 @@ def _redact(url: str) -> str:
 
 
 class Recorder:
-    """Group commit: ``await record(row)`` returns once the row is committed; rows that arrive
-    while a commit runs go in the next one. Commits run on one writer thread, or on the loop
-    for a store marked ``local`` (SQLite)."""
+    """``await record(row)`` returns once the row is committed. A store marked ``local``
+    (SQLite: tens of microseconds) commits at once on the loop; any other commits on one
+    writer thread, with group commit: rows that arrive while a commit runs go in the next."""
 
     def __init__(self, store: TelemetryStore) -> None:
         self.store = store
+        self._local = bool(getattr(store, "local", False))
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlroute-telemetry")
 
     async def record(self, row: dict[str, Any]) -> None:
+        if self._local:                  # a local file: commit now, on the loop
+            self.store.write([row])
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
         if self._writer is None or self._writer.done():
@@ -206,12 +211,9 @@ class Recorder:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending, []
-            rows = [row for row, _ in batch]
             try:
-                if getattr(self.store, "local", False):   # a local file: tens of µs
-                    self.store.write(rows)
-                else:
-                    await loop.run_in_executor(self._thread, self.store.write, rows)
+                await loop.run_in_executor(self._thread, self.store.write,
+                                           [row for row, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
