@@ -11,7 +11,9 @@ for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image
 - ``direct``: the stub backend itself (the baseline that "added" latency is taken against);
 - ``vlroute pass-through``: ``model`` names the backend (no routing), telemetry on;
 - ``vlroute routing``: ``model`` = ``vlroute/quality``, with the router artifact and its
-  encoders when ``--artifact`` exists (else the training-free decision);
+  encoders when ``--artifact`` exists (else the training-free decision), feature cache off;
+- ``vlroute routing, cached features``: the same with the feature cache on, so every request
+  after the first finds its features there (what a repeated request costs);
 - ``litellm``: LiteLLM proxy ``litellm[proxy]==1.106.2``, one worker, installed by this
   script into its own venv (``--litellm-venv``).
 Writes ``gateway.json`` and prints a table.
@@ -166,17 +168,21 @@ def main() -> None:
                     f"import stub_app; uvicorn.run(stub_app('stub'), port={backend}, "
                     "log_level='warning')"], 1, log)]
     artifact = args.artifact.resolve() if (args.artifact / "router.json").is_file() else None
-    config = tmp / "gateway.yaml"
-    config.write_text(json.dumps({
+    settings = {
         "backends": [{"name": "stub", "base_url": f"http://127.0.0.1:{backend}/v1",
                       "model": "stub", "router_model": "Qwen2-VL-72B-Instruct",
                       "tier": "cloud", "price_in_per_1m": 1.0},
                      {"name": "stub-edge", "base_url": f"http://127.0.0.1:{backend}/v1",
                       "model": "stub", "router_model": "Qwen2-VL-7B-Instruct",
                       "tier": "edge"}],
-        "router": {"artifact": str(artifact) if artifact else None},
+        # wrk repeats one body: the feature cache would answer all but the first request
+        "router": {"artifact": str(artifact) if artifact else None, "cache_size": 0},
         "telemetry": {"url": f"sqlite:///{tmp / 'telemetry.db'}"},
-        "limits": {"max_body_bytes": 5_000_000}}))
+        "limits": {"max_body_bytes": 5_000_000}}
+    config, cached = tmp / "gateway.yaml", tmp / "gateway-cached.yaml"
+    config.write_text(json.dumps(settings))
+    cached.write_text(json.dumps({**settings, "router": {**settings["router"],
+                                                         "cache_size": 4096}}))
     ll_config = tmp / "litellm.yaml"
     ll_config.write_text(f"""general_settings: {{master_key: "{MASTER_KEY}"}}
 model_list:
@@ -191,6 +197,9 @@ model_list:
                                    str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
          vl_port, [("vlroute pass-through", "stub", {}),
                    ("vlroute routing", "vlroute/quality", {})]),
+        ("vlroute", lambda: start([*CLI, "serve", "--config", str(cached), "--port",
+                                   str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
+         vl_port, [("vlroute routing, cached features", "vlroute/quality", {})]),
         ("litellm", lambda: start([litellm_bin(args.litellm_venv), "--config",
                                    str(ll_config), "--port", str(ll_port), "--num_workers",
                                    "1"], 0, log),

@@ -33,9 +33,10 @@ def wait_for(url: str, seconds: float = 60.0) -> None:
 
 
 @contextmanager
-def gateway_with_backends(tmp: Path, **settings: str) -> Iterator[str]:
+def gateway_with_backends(tmp: Path, *serve_args: str, **settings: str) -> Iterator[str]:
     """Two dev backends ("edge" small, "cloud" big) and a gateway in front of them, as
-    processes; yields the gateway's base URL. ``settings``: extra top-level YAML sections."""
+    processes; yields the gateway's base URL. ``serve_args``: more `vlroute serve` options;
+    ``settings``: extra top-level YAML sections."""
     edge, cloud, gateway = free_port(), free_port(), free_port()
     config = tmp / "gateway.yaml"
     config.write_text(f"""
@@ -54,7 +55,7 @@ telemetry: {{url: "sqlite:///{tmp / 'telemetry.db'}"}}
         wait_for(f"http://127.0.0.1:{edge}/v1/models")
         wait_for(f"http://127.0.0.1:{cloud}/v1/models")
         procs.append(subprocess.Popen([*CLI, "serve", "--config", str(config), "--port",
-                                       str(gateway)], stdout=log, stderr=log))
+                                       str(gateway), *serve_args], stdout=log, stderr=log))
         wait_for(f"http://127.0.0.1:{gateway}/health")
         yield f"http://127.0.0.1:{gateway}"
     finally:

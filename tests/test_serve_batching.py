@@ -62,3 +62,50 @@ def test_one_bad_request_fails_alone() -> None:
     assert isinstance(results[1], ValueError)
     with pytest.raises(ValueError, match="boom"):
         raise results[1]
+
+
+class CountingText:
+    """A text encoder that counts the items it encodes."""
+
+    encoder_id, dim = "count", 3
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    def encode_batch(self, items: list[Any]) -> np.ndarray:
+        self.items += len(items)
+        return np.array([[len(i.text), i.text.count("a"), 1.0] for i in items])
+
+
+def engine(cache_size: int) -> tuple[Any, CountingText]:
+    from vlroute.serve.config import GatewayConfig
+    from vlroute.serve.routing import RoutingEngine
+
+    cfg = GatewayConfig.model_validate({
+        "backends": [{"name": "a", "base_url": "http://a/v1", "model": "m"}],
+        "router": {"cache_size": cache_size}})
+    counting = CountingText()
+    return RoutingEngine(cfg, router=None, encoders={"text": counting}), counting
+
+
+def test_feature_rows_are_cached_by_content() -> None:
+    eng, counting = engine(cache_size=2)
+    first = eng.features([Prompt("banana"), Prompt("apple")])
+    assert counting.items == 2
+    again = eng.features([Prompt("apple"), Prompt("banana"), Prompt("kiwi")])
+    assert counting.items == 3                         # only kiwi was encoded
+    assert np.allclose(again[0], first[1]) and np.allclose(again[1], first[0])
+    # a cache of 2, least recently used out: apple went when kiwi came
+    eng.features([Prompt("banana")])
+    assert counting.items == 3
+    eng.features([Prompt("apple")])
+    assert counting.items == 4
+    eng.features([Prompt("kiwi", (b"img",))])          # same text, an image: another key
+    assert counting.items == 5
+
+
+def test_the_cache_can_be_turned_off() -> None:
+    eng, counting = engine(cache_size=0)
+    eng.features([Prompt("banana")])
+    eng.features([Prompt("banana")])
+    assert counting.items == 2

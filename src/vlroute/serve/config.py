@@ -72,6 +72,8 @@ class RouterSettings(_Strict):
                                   "`vlroute demo` (OUT/router); absent: training-free.")
     text_encoder: str | None = "minilm"
     image_encoder: str | None = "efficientnet-lite0"
+    cache_size: int = Field(4096, ge=0, description="Feature rows kept per process, keyed by "
+                            "a hash of the request's text and images (0: off).")
 
 
 class AuthKey(_Strict):

@@ -10,9 +10,12 @@ and the scenario chooses among the backends that are up.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import io
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,16 @@ def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
     return Prompt(text=text, images=tuple(decode_image(u, config) for u in urls))
 
 
+def _digest(prompt: Prompt) -> bytes:
+    text = prompt.text.encode("utf-8", "surrogatepass")
+    h = hashlib.blake2b(len(text).to_bytes(8, "little"), digest_size=20)
+    h.update(text)
+    for image in prompt.images:
+        h.update(len(image).to_bytes(8, "little"))
+        h.update(image)
+    return h.digest()
+
+
 class RoutingEngine:
     """Predictions and decisions over the configured backends."""
 
@@ -161,6 +174,9 @@ class RoutingEngine:
         self.encoders = encoders or {}
         self.fusion = fusion
         self.backends = {b.name: b for b in config.backends}
+        self.cache_size = config.router.cache_size
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> RoutingEngine:
@@ -199,8 +215,30 @@ class RoutingEngine:
         self.features([Prompt("warm up", (buf.getvalue(),)), Prompt("text only")])
 
     def features(self, prompts: list[Prompt]) -> np.ndarray:
-        """The fused feature rows of ``prompts``, encoded as one batch (images go through
-        temporary files, which is what the encoders read)."""
+        """The fused feature rows of ``prompts``: from the cache (a hash of text and images),
+        the rest encoded as one batch."""
+        keys = [_digest(p) for p in prompts]
+        with self._lock:
+            rows = [self._cache.get(k) for k in keys]
+            for k, row in zip(keys, rows, strict=True):
+                if row is not None:
+                    self._cache.move_to_end(k)          # least recently used goes first
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if missing:
+            fresh = self._encode([prompts[i] for i in missing])
+            with self._lock:
+                for j, i in enumerate(missing):
+                    rows[i] = fresh[j]
+                    if self.cache_size:
+                        self._cache[keys[i]] = fresh[j]
+                        self._cache.move_to_end(keys[i])
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return np.vstack(rows)  # type: ignore[arg-type]
+
+    def _encode(self, prompts: list[Prompt]) -> np.ndarray:
+        """Encode as one batch (images go through temporary files, which is what the
+        encoders read)."""
         from vlroute.features.base import Item
         from vlroute.features.fusion import Fusion
 

@@ -85,6 +85,8 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # `vlroute serve --workers N`: N processes write the same file; wait, not fail
+            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(schema("REAL"))
         self._insert = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
                         f"({', '.join('?' * len(COLUMNS))})")
