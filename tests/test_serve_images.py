@@ -75,7 +75,8 @@ def test_remote_urls_are_refused_by_default(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1",
                                      "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1",
-                                     "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1"])
+                                     "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1",
+                                     "2002:7f00:1::1", "64:ff9b::a00:1"])
 def test_private_loopback_and_link_local_addresses_are_not_public(address: str) -> None:
     assert not public(address)
 

@@ -42,11 +42,20 @@ def host_allowed(host: str, allow: list[str]) -> bool:
     return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) for a in allow)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def public(address: str) -> bool:
-    """True for a globally routable unicast address."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for a globally routable unicast address (an IPv6 address that carries an IPv4
+    one, mapped, 6to4 or NAT64, is judged by the IPv4 address)."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
@@ -124,7 +133,14 @@ async def fetch_all(body: dict[str, Any], config: GatewayConfig, session: Any
     if len(urls) > config.limits.max_images:
         raise RequestError(f"{len(urls)} images; this gateway takes at most "
                            f"{config.limits.max_images}.", status=413, param="messages")
-    got = await asyncio.gather(*(fetch(u, config, session) for u in urls))
+    tasks = [asyncio.ensure_future(fetch(u, config, session)) for u in urls]
+    try:
+        got = await asyncio.gather(*tasks)
+    except BaseException:           # one refused: stop fetching the others
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return {u: _data_url(data, kind) for u, (data, kind) in zip(urls, got, strict=True)}
 
 
