@@ -394,3 +394,34 @@ def test_budgets_reserve_before_and_settle_after(tmp_path: Path) -> None:
         assert over.status_code == 429 and "budget" in over.json()["error"]["message"]
     with client(cfg, Upstream()) as c:                # spend survives a restart (telemetry)
         assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 429
+
+
+def test_a_stream_cleans_up_when_the_client_leaves_before_the_first_chunk() -> None:
+    from starlette.requests import ClientDisconnect
+
+    from vlroute.serve.app import Stream
+
+    finished: list[int] = []
+    started: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        started.append(1)
+        yield b"data: x\n\n"
+
+    async def finish() -> None:
+        finished.append(1)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("client went away")
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {"type": "http.disconnect"}
+
+    async def main() -> None:
+        stream = Stream(body(), finish, media_type="text/event-stream")
+        with pytest.raises((OSError, ClientDisconnect)):
+            await stream({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+
+    asyncio.run(main())
+    assert finished == [1] and started == []       # cleaned up, though the body never ran

@@ -11,7 +11,7 @@ import inspect
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -44,6 +44,7 @@ from vlroute.serve.upstream import (
     call,
     close_quietly,
     relay,
+    release,
 )
 
 #: a backend with this many failures in a row leaves the candidate set ...
@@ -62,6 +63,22 @@ def error(status: int, message: str, kind: str = "invalid_request_error",
     """The OpenAI error envelope."""
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
                                    "code": code}}, status_code=status)
+
+
+class Stream(StreamingResponse):
+    """A relayed stream whose clean-up (slot, budget, telemetry row) also runs when the
+    client leaves before the first chunk, where the body generator never starts."""
+
+    def __init__(self, content: AsyncIterator[bytes], finish: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._finish()
 
 
 class Gateway:
@@ -300,20 +317,30 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             return Response(attempt.content, status_code=attempt.status, media_type=media,
                             headers=headers)
 
+        finished = False
+
+        async def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            release(attempt)
+            # a stream reports no usage here: book the estimate
+            g.budgets.settle(key, held, estimate, estimate)
+            row.update(status=attempt.status, cost_usd=estimate,
+                       total_ms=(time.perf_counter() - start) * 1e3)
+            await g.recorder.record(row)
+            g.observe(time.perf_counter() - start)
+
         async def events() -> AsyncIterator[bytes]:
             try:
                 async for chunk in relay(attempt):
                     yield chunk
             finally:
-                # a stream reports no usage here: book the estimate
-                g.budgets.settle(key, held, estimate, estimate)
-                row.update(status=attempt.status, cost_usd=estimate,
-                           total_ms=(time.perf_counter() - start) * 1e3)
-                await g.recorder.record(row)
-                g.observe(time.perf_counter() - start)
+                await finish()
 
-        return StreamingResponse(events(), status_code=attempt.status, media_type=media,
-                                 headers=headers)
+        return Stream(events(), finish, status_code=attempt.status, media_type=media,
+                      headers=headers)
 
     @app.post("/v1/route", openapi_extra=CHAT_BODY)
     async def route(request: Request) -> JSONResponse:

@@ -238,10 +238,16 @@ async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
     except UpstreamError:
         return                    # the headers are out: end the stream where it broke
     finally:
-        response.release()
-        if attempt.slot is not None:
-            attempt.slot.release()
-            attempt.slot = None
+        release(attempt)
+
+
+def release(attempt: Attempt) -> None:
+    """Give back an open stream's response and its backend slot (safe to call twice)."""
+    if attempt.response is not None:
+        attempt.response.release()
+    if attempt.slot is not None:
+        attempt.slot.release()
+        attempt.slot = None
 
 
 async def close_quietly(transport: Transport) -> None:
