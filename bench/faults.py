@@ -18,10 +18,8 @@ import base64
 import hashlib
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,26 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _procs import CLI, free_port, wait_for
 
-CLI = [sys.executable, "-c", "from vlroute.cli import main; main()"]
 ASK = {"model": "vlroute/mes=6,tau=0.6", "messages": [{"role": "user", "content": "2 + 2?"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | None]]:

@@ -28,39 +28,20 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from _procs import CLI, free_port, wait_for
 from PIL import Image
 
 LITELLM = "litellm[proxy]==1.106.2"
 #: LiteLLM refuses to start without a master key; requests to it carry this one
 MASTER_KEY = "sk-vlroute-bench-0123456789abcdef"
-CLI = [sys.executable, "-c", "from vlroute.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(url: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
 
 
 def image_body(kb: int = 200) -> str:
