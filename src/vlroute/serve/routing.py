@@ -229,8 +229,8 @@ class RoutingEngine:
             with self._lock:
                 for j, i in enumerate(missing):
                     rows[i] = fresh[j]
-                    if self.cache_size:
-                        self._cache[keys[i]] = fresh[j]
+                    if self.cache_size:     # a copy: a view would keep the whole batch
+                        self._cache[keys[i]] = fresh[j].copy()
                         self._cache.move_to_end(keys[i])
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
