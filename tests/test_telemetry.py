@@ -150,3 +150,22 @@ def test_a_password_in_the_config_file_is_refused(tmp_path: Path,
     assert load_config(path).telemetry.url == "postgresql://u@db/vlroute"
     monkeypatch.setenv("VLROUTE_TELEMETRY_URL", "postgresql://u:secret@db/other")
     assert load_config(path).telemetry.url.endswith("/other")
+
+
+def test_postgres_store_reconnects_after_losing_its_connection() -> None:
+    if not POSTGRES:
+        pytest.skip("VLROUTE_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
+    import psycopg
+
+    _reset_postgres(POSTGRES)
+    store = open_store(POSTGRES)
+    try:
+        store.write([row("a", 1.0)])
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:   # as a server restart would
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                          "datname = current_database() AND pid <> pg_backend_pid()")
+        store.write([row("b", 2.0)])
+        assert [r["id"] for r in store.rows()] == ["a", "b"]
+    finally:
+        store.close()
+        _reset_postgres(POSTGRES)

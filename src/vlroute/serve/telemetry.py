@@ -139,12 +139,9 @@ class PostgresStore:
             raise ConfigError("PostgreSQL telemetry needs psycopg: pip install "
                               "'vlroute[postgres]'.") from exc
         self.url = url
+        self._psycopg = psycopg
         self._lock = threading.Lock()
-        try:
-            self._db = psycopg.connect(url, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise ConfigError(f"telemetry database {_redact(url)}: cannot connect "
-                              f"({str(exc).strip()}).") from None
+        self._db = self._connect()
         with self._lock, self._db.transaction():
             self._db.execute(schema("DOUBLE PRECISION"))
             self._db.execute("CREATE INDEX IF NOT EXISTS requests_key_ts ON requests "
@@ -152,15 +149,33 @@ class PostgresStore:
         self._insert = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
                         f"({', '.join(['%s'] * len(COLUMNS))})")
 
+    def _connect(self) -> Any:
+        try:        # autocommit: every statement below runs in an explicit transaction
+            return self._psycopg.connect(self.url, connect_timeout=10, autocommit=True)
+        except self._psycopg.OperationalError as exc:
+            raise ConfigError(f"telemetry database {_redact(self.url)}: cannot connect "
+                              f"({str(exc).strip()}).") from None
+
     def write(self, rows: list[dict[str, Any]]) -> None:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            cur.executemany(self._insert, [_values(r) for r in rows])
+        values = [_values(r) for r in rows]
+        with self._lock:
+            try:
+                self._insert_all(values)
+            except self._psycopg.OperationalError:
+                if not self._db.closed:    # the server is up and said no: not a lost link
+                    raise
+                self._db = self._connect()  # the server restarted: reconnect once, retry
+                self._insert_all(values)
+
+    def _insert_all(self, values: list[list[Any]]) -> None:
+        with self._db.transaction(), self._db.cursor() as cur:
+            cur.executemany(self._insert, values)
 
     def feedback(self, request_id: str, score: float) -> bool:
         with self._lock, self._db.transaction():
             cur = self._db.execute("UPDATE requests SET score = %s WHERE id = %s",
                                    (score, request_id))
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def spent_since(self, key_id: str, since: float) -> float:
         with self._lock, self._db.transaction():
