@@ -259,6 +259,11 @@ def test_images_and_conversations_route_and_sessions_pin(tmp_path: Path) -> None
         assert first.headers["x-vlroute-model"] == later.headers["x-vlroute-model"] == "edge"
         models = {m["id"] for m in c.get("/v1/models").json()["data"]}
         assert {"vlroute/fast", "vlroute/quality", "vlroute/eco", "edge", "cloud"} <= models
+    with client(config(tmp_path), up) as c:        # another worker, or after a restart
+        again = c.post("/v1/chat/completions", json=ask(), headers=headers)
+        assert again.headers["x-vlroute-model"] == "edge"
+        other = c.post("/v1/chat/completions", json=ask(), headers={"x-vlroute-session": "s2"})
+        assert other.headers["x-vlroute-model"] == "cloud"
 
 
 def test_api_keys_are_checked_against_hashes(tmp_path: Path) -> None:
@@ -370,19 +375,32 @@ def test_scored_traffic_exports_as_a_set_that_builds(tmp_path: Path) -> None:
     assert len(bench.samples) == 5 and set(bench.models["model"]) == {"edge", "cloud"}
 
 
-def test_budgets_reserve_before_and_settle_after(tmp_path: Path) -> None:
+def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
+    import asyncio
     import datetime as dt
 
     from vlroute.serve.budgets import Budgets
+    from vlroute.serve.config import AuthKey
+    from vlroute.serve.telemetry import Recorder
 
     now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
-    budgets = Budgets({"alice": {"day": 1.0}})
-    first = budgets.reserve("alice", 0.6, now)
-    with pytest.raises(RequestError, match="over its daily budget"):
-        budgets.reserve("alice", 0.6, now)           # concurrent: the first still holds 0.6
-    budgets.settle("alice", first, 0.6, 0.1)         # it cost less than estimated
-    assert budgets.reserve("alice", 0.6, now)         # 0.1 spent + 0.6 fits
-    assert budgets.reserve("bob", 99.0, now) == {}    # no budget, nothing held
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'budgets.db'}")
+    budgets = Budgets([AuthKey(id="alice", sha256="0" * 64, budget_usd_day=1.0),
+                       AuthKey(id="bob", sha256="1" * 64)], Recorder(store))
+
+    async def scenario() -> None:
+        assert await budgets.reserve("alice", "r1", 0.6, now)
+        with pytest.raises(RequestError, match="over its daily budget of \\$1 for 2026-11-23"):
+            await budgets.reserve("alice", "r2", 0.6, now)   # concurrent: r1 still holds 0.6
+        store.write([{"id": "r1", "ts": now.timestamp(), "key_id": "alice",
+                      "cost_usd": 0.1}])                       # r1 cost less than estimated
+        assert await budgets.reserve("alice", "r3", 0.6, now)  # 0.1 spent + 0.6 fits
+        await budgets.release("r3")                            # r3 failed: nothing booked
+        assert await budgets.reserve("alice", "r4", 0.9, now)  # 0.1 + 0.9 fits exactly
+        assert not await budgets.reserve("bob", "r5", 99.0, now)   # no budget: nothing held
+    asyncio.run(scenario())
+    assert store.spent("alice", "2026-11-23") == pytest.approx(0.1)
+    store.close()
 
     key = "s3cret"
     cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key(key),

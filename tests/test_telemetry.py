@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ def _reset_postgres(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as db:
-        db.execute("DROP TABLE IF EXISTS requests")
+        db.execute("DROP TABLE IF EXISTS requests, budget_spend, budget_holds, sessions")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -58,9 +60,85 @@ def test_store_round_trip(store_url: str) -> None:
         assert rows[0]["score"] is None and rows[0]["tokens_in"] == 10
         assert store.feedback("b", 0.75) and not store.feedback("zzz", 1.0)
         assert next(r for r in store.rows() if r["id"] == "b")["score"] == 0.75
-        assert store.spent_since("alice", 150.0) == pytest.approx(0.25)
-        assert store.spent_since("alice", 0.0) == pytest.approx(0.75)
-        assert store.spent_since("carol", 0.0) == 0.0
+        assert store.spent("alice", "1970-01-01") == pytest.approx(0.75)   # ts 100 and 200
+        assert store.spent("alice", "1970-01") == pytest.approx(0.75)
+        assert store.spent("bob", "1970-01-01") == pytest.approx(0.5)
+        assert store.spent("alice", "1970-01-02") == store.spent("carol", "1970-01") == 0.0
+    finally:
+        store.close()
+
+
+DAY, MONTH = "2026-11-23", "2026-11"
+NOW = 1_795_435_200.0       # 2026-11-23 12:00 UTC
+
+
+def test_holds_count_until_the_row_books_the_cost(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        limits = {DAY: 1.0, MONTH: 1.5}
+        assert store.reserve("alice", "r1", 0.6, limits, NOW, NOW + 60) is None
+        assert store.reserve("alice", "r2", 0.6, limits, NOW, NOW + 60) == (DAY, 1.0, 0.6)
+        store.write([row("r1", NOW, cost=0.1)])              # books 0.1, drops r1's holds
+        assert store.spent("alice", DAY) == pytest.approx(0.1)
+        assert store.reserve("alice", "r2", 0.6, limits, NOW, NOW + 60) is None
+        store.release("r2")                                   # r2 failed: nothing booked
+        assert store.reserve("alice", "r3", 0.9, limits, NOW, NOW + 60) is None
+        over = store.reserve("alice", "r4", 0.6, {MONTH: 1.5}, NOW, NOW + 60)
+        assert over is not None and over[:2] == (MONTH, 1.5) and over[2] == pytest.approx(1.0)
+        # r3's holder crashed: after its expiry the hold no longer counts
+        assert store.reserve("alice", "r5", 0.9, limits, NOW + 61, NOW + 120) is None
+        assert store.reserve("bob", "r6", 1.0, limits, NOW, NOW + 60) is None  # per key
+    finally:
+        store.close()
+
+
+def test_reservations_from_many_workers_never_overshoot(store_url: str) -> None:
+    """Four connections (as four gateway workers) race 20 reservations each."""
+    stores = [open_store(store_url) for _ in range(4)]
+
+    def worker(i: int) -> int:
+        return sum(stores[i].reserve("alice", f"w{i}-{n}", 0.125, {DAY: 1.0}, NOW, NOW + 60)
+                   is None for n in range(20))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            admitted = sum(pool.map(worker, range(4)))
+        assert admitted == 8
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_sessions_pin_to_the_first_backend_across_workers(store_url: str) -> None:
+    first, second = open_store(store_url), open_store(store_url)
+    try:
+        assert first.pinned("s1") is None
+        assert first.pin("s1", "edge", NOW) == "edge"
+        assert second.pin("s1", "cloud", NOW + 1) == "edge"       # the first pin wins
+        assert second.pinned("s1") == "edge"
+        later = NOW + 8 * 86400                                    # a week on: forgotten
+        assert second.pin("s2", "cloud", later) == "cloud" and first.pinned("s1") is None
+    finally:
+        first.close()
+        second.close()
+
+
+def test_spend_recorded_before_the_budget_tables_still_counts(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:        # a telemetry file from before budget_spend
+        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT, "
+                   "cost_usd REAL)")
+        db.executemany("INSERT INTO requests VALUES (?, ?, ?, ?)",
+                       [("a", NOW, "alice", 0.25), ("b", NOW - 86400, "alice", 0.5),
+                        ("c", NOW, None, 9.0), ("d", NOW, "alice", None)])
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert store.spent("alice", DAY) == pytest.approx(0.25)
+        assert store.spent("alice", MONTH) == pytest.approx(0.75)
+    finally:
+        store.close()
+    store = open_store(f"sqlite:///{path}")   # opening again does not count it twice
+    try:
+        assert store.spent("alice", MONTH) == pytest.approx(0.75)
     finally:
         store.close()
 
@@ -72,6 +150,7 @@ def test_a_failing_batch_writes_nothing(store_url: str) -> None:
         with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
             store.write([row("b", 2.0), row("a", 3.0)])         # "a" again: the batch fails
         assert [r["id"] for r in store.rows()] == ["a"]          # and "b" is not half-written
+        assert store.spent("alice", "1970-01-01") == pytest.approx(0.5)   # nor its cost
         store.write([row("b", 2.0)])                              # the store still works
         assert len(store.rows()) == 2
     finally:

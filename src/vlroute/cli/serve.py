@@ -25,12 +25,6 @@ def serve(config_path: Path, host: str, port: int, workers: int) -> None:
     from vlroute.serve.config import load_config
 
     config = load_config(config_path)          # fail here, with a clear message, not later
-    if workers > 1 and any(k.budget_usd_day is not None or k.budget_usd_month is not None
-                           for k in config.auth_keys):
-        raise click.ClickException(
-            "spend budgets are enforced inside one process (reservations are in memory); "
-            "with --workers > 1 each worker could spend the whole budget. Use --workers 1, "
-            "or drop budget_usd_day / budget_usd_month.")
     artifact = config.router.artifact
     if artifact is not None and not (artifact / "router.json").is_file():
         console.print(f"[yellow]router artifact {artifact} not found: routing without a "

@@ -24,7 +24,7 @@ from vlroute import __version__
 from vlroute.errors import VlrouteError
 from vlroute.scenarios import Scenario
 from vlroute.serve.batching import PredictionBatcher
-from vlroute.serve.budgets import Budgets, periods
+from vlroute.serve.budgets import Budgets
 from vlroute.serve.config import GatewayConfig, hash_key
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
 from vlroute.serve.remote_images import fetch_all, image_urls, inline
@@ -51,7 +51,7 @@ from vlroute.serve.upstream import (
 BREAKER_FAILURES = 3
 #: ... until this many seconds have passed; then one request probes it
 BREAKER_COOLDOWN_S = 30.0
-#: sessions pinned at most (x-vlroute-session); the oldest are forgotten first
+#: session pins kept in memory at most (all are in the database); the oldest go first
 MAX_SESSIONS = 100_000
 #: images up to this many data-URL characters in all are checked on the event loop
 INLINE_IMAGE_CHARS = 1_500_000
@@ -98,29 +98,33 @@ class Gateway:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.sessions: OrderedDict[str, str] = OrderedDict()
-        self.budgets = Budgets({k.id: {kind: limit for kind, limit in (
-            ("day", k.budget_usd_day), ("month", k.budget_usd_month)) if limit is not None}
-            for k in config.auth_keys})
-        now = dt.datetime.now(dt.UTC)
-        starts = {"day": now.replace(hour=0, minute=0, second=0, microsecond=0)}
-        starts["month"] = starts["day"].replace(day=1)
-        held = periods(now)
-        for key in self.budgets.limits:
-            for kind, start in starts.items():
-                self.budgets.spent[(key, held[kind])] = store.spent_since(
-                    key, start.timestamp())
+        self.budgets = Budgets(config.auth_keys, self.recorder)
 
     def observe(self, seconds: float) -> None:
         """Count one answered request in the latency histogram."""
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def pin(self, session: str, backend: str) -> None:
-        """Remember a session's first backend (the oldest sessions are forgotten first)."""
+    async def pinned(self, session: str) -> str | None:
+        """The backend ``session`` is pinned to (by any worker), if any."""
+        if session in self.sessions:
+            return self.sessions[session]
+        found: str | None = await self.recorder.call(self.store.pinned, session)
+        if found is not None:
+            self._remember(session, found)
+        return found
+
+    async def pin(self, session: str, backend: str) -> None:
+        """Pin a session to its first turn's backend (a race between workers: first wins)."""
         if session not in self.sessions:
-            self.sessions[session] = backend
-            if len(self.sessions) > MAX_SESSIONS:
-                self.sessions.popitem(last=False)
+            self._remember(session, await self.recorder.call(
+                self.store.pin, session, backend, time.time()))
+
+    def _remember(self, session: str, backend: str) -> None:
+        """Pins never change: keep the latest in memory (the oldest are forgotten first)."""
+        self.sessions[session] = backend
+        if len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
 
     def available(self) -> list[str]:
         """Backends not cut off by their circuit breaker (config order)."""
@@ -243,7 +247,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             return None, prompt, key, body
         scenario = config.scenario(model)
         up = g.available()
-        pinned = g.sessions.get(request.headers.get("x-vlroute-session", ""))
+        session = request.headers.get("x-vlroute-session")
+        pinned = await g.pinned(session) if session else None
         if pinned in up:
             up = [pinned]
         latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
@@ -270,23 +275,24 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         backends = [next(b for b in config.backends if b.name == n) for n in order]
         estimate = max((decision.est_cost_usd.get(n, 0.0) for n in order), default=0.0) \
             if decision else g.engine.estimate_cost(backends[0], prompt)
-        held = g.budgets.reserve(key, estimate, dt.datetime.now(dt.UTC))
+        rid = f"vlr-{os.urandom(16).hex()}"
+        # held until the request's telemetry row books its cost (every path below writes one)
+        held = await g.budgets.reserve(key, rid, estimate, dt.datetime.now(dt.UTC))
         try:
             attempt = await call(g.transport, backends, body, g.states, stream=stream,
                                  retries_429=config.limits.max_retries_429)
         except BaseException:
-            g.budgets.settle(key, held, estimate, 0.0)
+            if held:
+                await g.budgets.release(rid)
             raise
         g.counters["requests"] += 1
         g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
-        rid = f"vlr-{os.urandom(16).hex()}"
         row = {"id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
                "chosen": attempt.backend, "predicted": decision.predicted if decision else {},
                "fallback_path": attempt.path, "ttft_ms": attempt.ttft_ms,
                "route_ms": decision.route_ms if decision else 0.0,
                "prompt": prompt.text if config.telemetry.store_prompts else None}
         if attempt.backend is None:
-            g.budgets.settle(key, held, estimate, 0.0)
             row.update(status=502, total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
             return error(502, f"no backend answered (tried {', '.join(order)}): "
@@ -295,7 +301,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if decision:
             session = request.headers.get("x-vlroute-session")
             if session:
-                g.pin(session, attempt.backend or "")
+                await g.pin(session, attempt.backend or "")
         chosen = attempt.backend or ""
         headers = {"x-vlroute-model": chosen, "x-vlroute-scenario": scenario_name,
                    "x-vlroute-route-ms": f"{decision.route_ms if decision else 0.0:.3f}",
@@ -311,7 +317,6 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                     + usage[1] * backend.price_out_per_1m) / 1e6
             row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
                        cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
-            g.budgets.settle(key, held, estimate, cost)
             await g.recorder.record(row)
             g.observe(time.perf_counter() - start)
             return Response(attempt.content, status_code=attempt.status, media_type=media,
@@ -326,7 +331,6 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             finished = True
             release(attempt)
             # a stream reports no usage here: book the estimate
-            g.budgets.settle(key, held, estimate, estimate)
             row.update(status=attempt.status, cost_usd=estimate,
                        total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)

@@ -1,61 +1,60 @@
-"""Spend budgets per API key (USD per UTC day and per UTC month).
+"""Spend budgets per API key (USD per UTC day and per UTC month), shared by every worker.
 
-Before a call the gateway reserves the decision's estimated cost; after it, the reservation is
-settled with the actual cost (from the usage the backend returned). A request whose
-reservation would take spent + reserved over a budget gets a 429 naming that budget, so
-concurrent requests cannot overshoot it together. Spend already recorded in telemetry counts
-after a restart.
+Before a call the gateway reserves the decision's estimated cost: a hold in the database,
+made under a lock, so concurrent requests (in any worker) cannot overshoot together. The
+request's telemetry row books the actual cost (from the usage the backend returned; the
+estimate for a stream) and drops the hold in one transaction. A request whose reservation
+would take spent + held over a budget gets a 429 naming that budget. Spend survives
+restarts; a hold left by a crashed worker expires after :data:`HOLD_TTL_S`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from typing import Any
 
+from vlroute.serve.config import AuthKey
 from vlroute.serve.routing import RequestError
+from vlroute.serve.stores import periods
+from vlroute.serve.telemetry import Recorder
 
+#: a hold is ignored after this long: longer than any request (streams included) should
+#: last, short enough that a crashed worker's holds do not block a key for a day
+HOLD_TTL_S = 3600.0
 _ADJ = {"day": "daily", "month": "monthly"}
 
 
-def periods(now: dt.datetime) -> dict[str, str]:
-    """The current budget periods: {"day": "2026-11-23", "month": "2026-11"}."""
-    return {"day": now.strftime("%Y-%m-%d"), "month": now.strftime("%Y-%m")}
-
-
-@dataclass
 class Budgets:
-    """Limits per key id, and spent + reserved per (key, period)."""
+    """The limits of each key id, enforced through the recorder's store."""
 
-    limits: dict[str, dict[str, float]]
-    spent: dict[tuple[str, str], float] = field(default_factory=dict)
-    reserved: dict[tuple[str, str], float] = field(default_factory=dict)
+    def __init__(self, keys: list[AuthKey], recorder: Recorder) -> None:
+        self.limits = {k.id: {kind: limit for kind, limit in (
+            ("day", k.budget_usd_day), ("month", k.budget_usd_month)) if limit is not None}
+            for k in keys}
+        self.limits = {k: v for k, v in self.limits.items() if v}
+        self.recorder = recorder
 
-    def reserve(self, key: str | None, amount: float, now: dt.datetime) -> dict[str, str]:
-        """Hold ``amount`` USD against every budget of ``key``; the periods held (pass them
-        to :meth:`settle`). Raises a 429 RequestError naming the budget that would overflow."""
+    async def reserve(self, key: str | None, hold_id: str, amount: float,
+                      now: dt.datetime) -> bool:
+        """Hold ``amount`` USD against every budget of ``key`` under ``hold_id`` (the
+        request id: its telemetry row releases the hold). False when the key has no budget
+        (nothing held). Raises a 429 RequestError naming the budget that would overflow."""
         if key is None or key not in self.limits:
-            return {}
-        held = periods(now)
-        for kind, period in held.items():
-            limit = self.limits[key].get(kind)
-            if limit is None:
-                continue
-            used = self.spent.get((key, period), 0.0) + self.reserved.get((key, period), 0.0)
-            if used + amount > limit:
-                raise RequestError(
-                    f"API key {key!r} is over its {_ADJ[kind]} budget of ${limit:g} for {period} "
-                    f"(spent and reserved ${used:.6f}; this request is estimated at "
-                    f"${amount:.6f}).", status=429, param="budget")
-        for period in held.values():
-            self.reserved[(key, period)] = self.reserved.get((key, period), 0.0) + amount
-        return held
+            return False
+        current = periods(now)
+        limits = {current[kind]: limit for kind, limit in self.limits[key].items()}
+        ts = now.timestamp()
+        over: Any = await self.recorder.call(self.recorder.store.reserve, key, hold_id,
+                                             amount, limits, ts, ts + HOLD_TTL_S)
+        if over is not None:
+            period, limit, used = over
+            kind = next(k for k, p in current.items() if p == period)
+            raise RequestError(
+                f"API key {key!r} is over its {_ADJ[kind]} budget of ${limit:g} for {period} "
+                f"(spent and reserved ${used:.6f}; this request is estimated at "
+                f"${amount:.6f}).", status=429, param="budget")
+        return True
 
-    def settle(self, key: str | None, held: dict[str, str], reserved: float,
-               actual: float) -> None:
-        """Release the reservation and book the actual cost."""
-        if key is None or not held:
-            return
-        for period in held.values():
-            self.reserved[(key, period)] = max(
-                0.0, self.reserved.get((key, period), 0.0) - reserved)
-            self.spent[(key, period)] = self.spent.get((key, period), 0.0) + actual
+    async def release(self, hold_id: str) -> None:
+        """Drop a hold whose request ends without a telemetry row."""
+        await self.recorder.call(self.recorder.store.release, hold_id)
