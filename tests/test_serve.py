@@ -44,6 +44,7 @@ class Upstream:
         self.script = script
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.release = threading.Event()
+        self.cancelled: list[str] = []
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
                    timeout_s: float) -> Reply:
@@ -55,8 +56,13 @@ class Upstream:
         if what == "timeout":
             raise UpstreamError("ConnectTimeout")
         if what == "hold":            # answer once the test lets go
-            while not self.release.is_set():
-                await asyncio.sleep(0.01)
+            try:
+                deadline = time.monotonic() + 10      # a test that forgets to let go fails
+                while not self.release.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.cancelled.append(host)
+                raise
         if what in ("500", "429"):
             return Reply(int(what), {"error": {"message": what}})
         if what == "garbage":
@@ -412,6 +418,42 @@ def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
         assert over.status_code == 429 and "budget" in over.json()["error"]["message"]
     with client(cfg, Upstream()) as c:                # spend survives a restart (telemetry)
         assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 429
+
+
+def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path) -> None:
+    """The client of a non-streamed request disconnects while the edge is still working: the
+    upstream call is cancelled (the backend's slot is free at once), and the request is
+    recorded with status 499."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'gone.db'}")
+    up = Upstream(edge=["hold", "ok"])
+    payload = json.dumps(ask("edge")).encode()
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": payload, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        while not up.seen:                    # the edge has the request: now leave
+            await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"application/json"),
+                                                     (b"content-length", b"%d" % len(payload))]}
+    with client(config(tmp_path), up, store) as c:
+        c.portal.call(c.app, scope, receive, send)
+        assert up.cancelled == ["edge"]
+        assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 0
+        assert "vlroute_client_disconnects_total 1" in c.get("/metrics").text
+        assert c.post("/v1/chat/completions", json=ask("edge")).status_code == 200
+    assert sent[0]["status"] == 499
+    assert [r["status"] for r in store.rows()] == [499, 200]
 
 
 def test_a_stream_cleans_up_when_the_client_leaves_before_the_first_chunk() -> None:

@@ -4,6 +4,7 @@ routing engine, telemetry store, backend states) lives in the app, created in th
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import datetime as dt
 import gc
@@ -39,6 +40,7 @@ from vlroute.serve.routing import (
 from vlroute.serve.telemetry import Recorder, TelemetryStore, open_store
 from vlroute.serve.upstream import (
     AiohttpTransport,
+    Attempt,
     BackendState,
     Transport,
     call,
@@ -51,6 +53,8 @@ from vlroute.serve.upstream import (
 BREAKER_FAILURES = 3
 #: ... until this many seconds have passed; then one request probes it
 BREAKER_COOLDOWN_S = 30.0
+#: status recorded for a request whose client left before the answer (nginx's convention)
+CLIENT_CLOSED = 499
 #: session pins kept in memory at most (all are in the database); the oldest go first
 MAX_SESSIONS = 100_000
 #: images up to this many data-URL characters in all are checked on the event loop
@@ -150,6 +154,38 @@ class Gateway:
             raise RequestError("missing or invalid API key (Authorization: Bearer <key>).",
                                status=401)
         return found
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body is read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[Attempt]) -> Attempt | None:
+    """``work``'s result, or None when the client disconnects first: then ``work`` is
+    cancelled where it waits, which closes the upstream connection, so the backend can stop
+    generating and its slot is given back. One watcher task, no more: this is the hot path."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _client_gone(request)
+        left = True
+        handler.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not left:            # cancelled from outside (shutdown): not ours to swallow
+            raise
+        handler.uncancel()
+        return None
+    finally:
+        watcher.cancel()
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
@@ -279,12 +315,20 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         # held until the request's telemetry row books its cost (every path below writes one)
         held = await g.budgets.reserve(key, rid, estimate, dt.datetime.now(dt.UTC))
         try:
-            attempt = await call(g.transport, backends, body, g.states, stream=stream,
-                                 retries_429=config.limits.max_retries_429)
+            attempt = await _unless_client_leaves(request, call(
+                g.transport, backends, body, g.states, stream=stream,
+                retries_429=config.limits.max_retries_429))
         except BaseException:
             if held:
                 await g.budgets.release(rid)
             raise
+        if attempt is None:         # nobody to answer: record it (and drop the hold)
+            g.counters["client_disconnects"] += 1
+            await g.recorder.record({
+                "id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
+                "predicted": decision.predicted if decision else {}, "fallback_path": [],
+                "status": CLIENT_CLOSED, "total_ms": (time.perf_counter() - start) * 1e3})
+            return Response(status_code=CLIENT_CLOSED)
         g.counters["requests"] += 1
         g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
         row = {"id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
@@ -413,6 +457,8 @@ def _prometheus(g: Gateway) -> str:
              f"vlroute_requests_total {g.counters['requests']}",
              "# TYPE vlroute_fallbacks_total counter",
              f"vlroute_fallbacks_total {g.counters['fallbacks']}",
+             "# TYPE vlroute_client_disconnects_total counter",
+             f"vlroute_client_disconnects_total {g.counters['client_disconnects']}",
              "# TYPE vlroute_decisions_total counter"]
     for b in g.config.backends:
         lines.append(f'vlroute_decisions_total{{model="{b.name}"}} '
