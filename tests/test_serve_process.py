@@ -4,13 +4,16 @@ processes too), as a user would run them."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests._process import gateway_with_backends
+from tests._process import CLI, free_port, gateway_with_backends, wait_for
 from vlroute.serve.config import hash_key
 
 
@@ -69,3 +72,59 @@ def test_a_budget_holds_across_workers(tmp_path: Path) -> None:
     assert codes.count(200) == len(costs) == int(0.00055 / costs[0]) == 5
     assert codes.count(429) == 35
     assert sum(costs) == pytest.approx(spent) and spent <= 0.00055
+
+
+SLOW_BACKEND = """
+import asyncio, sys
+from pathlib import Path
+import uvicorn
+from fastapi import FastAPI, Request
+app = FastAPI()
+@app.get("/v1/models")
+async def models():
+    return {"data": []}
+@app.post("/v1/chat/completions")
+async def chat(request: Request):
+    await request.body()
+    for _ in range(300):            # "generating" for 30 s, as a model server checks
+        if await request.is_disconnected():
+            Path(sys.argv[2]).write_text("stopped")
+            return {}
+        await asyncio.sleep(0.1)
+    return {"choices": []}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_a_client_that_leaves_stops_the_backend(tmp_path: Path) -> None:
+    """Through real processes: the client gives up after 1 s; the gateway closes its
+    upstream connection, so the (slow) backend sees the disconnect and stops."""
+    backend, gateway, marker = free_port(), free_port(), tmp_path / "stopped"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"backends: [{{name: slow, base_url: 'http://127.0.0.1:{backend}/v1', "
+                      f"model: m, timeout_s: 60}}]\nrouter: {{artifact: missing-router}}\n"
+                      f"telemetry: {{url: 'sqlite:///{tmp_path / 'telemetry.db'}'}}\n")
+    log = (tmp_path / "processes.log").open("wb")
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_BACKEND, str(backend), str(marker)],
+                              stdout=log, stderr=log),
+             subprocess.Popen([*CLI, "serve", "--config", str(config), "--port", str(gateway)],
+                              stdout=log, stderr=log)]
+    try:
+        wait_for(f"http://127.0.0.1:{backend}/v1/models")
+        wait_for(f"http://127.0.0.1:{gateway}/health")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{gateway}/v1/chat/completions", timeout=1.0,
+                       json={"model": "slow", "messages": [{"role": "user", "content": "hi"}]})
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the backend kept generating for a client that had left"
+        health = httpx.get(f"http://127.0.0.1:{gateway}/health").json()
+        assert health["backends"]["slow"]["in_flight"] == 0
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        log.close()
+    with sqlite3.connect(tmp_path / "telemetry.db") as db:
+        assert [r[0] for r in db.execute("SELECT status FROM requests")] == [499]
