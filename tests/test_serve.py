@@ -123,6 +123,14 @@ def png_url(size: tuple[int, int] = (32, 24)) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed by Prometheus' own parser (which rejects a malformed exposition)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{tmp_path / 't.db'}")
     up = Upstream()
@@ -142,9 +150,15 @@ def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> No
         rid = r.headers["x-vlroute-request-id"]
         assert c.post("/v1/feedback", json={"request_id": rid, "score": 0.5}).json()["ok"]
         assert c.post("/v1/feedback", json={"request_id": "nope", "score": 1}).status_code == 404
-        metrics = c.get("/metrics").text
-        assert "vlroute_request_seconds_count 3" in metrics
-        assert 'vlroute_request_seconds_bucket{le="+Inf"} 3' in metrics
+        samples = scrape(c.get("/metrics").text)
+        assert samples["vlroute_requests_total", ()] == 3
+        assert samples["vlroute_request_seconds_count", ()] == 3
+        assert samples["vlroute_request_seconds_bucket", (("le", "+Inf"),)] == 3
+        assert samples["vlroute_route_seconds_count", ()] == 2         # two were routed
+        assert samples["vlroute_decisions_total", (("model", "cloud"),)] == 2
+        assert samples["vlroute_ttft_seconds_count", (("model", "edge"),)] == 1
+        assert samples["vlroute_backend_up", (("model", "edge"),)] == 1
+        assert samples["vlroute_backend_in_flight", (("model", "cloud"),)] == 0
     rows = store.rows()
     assert [r["chosen"] for r in rows] == ["cloud", "edge", "cloud"]
     assert rows[0]["tokens_in"] == 12 and rows[0]["cost_usd"] == pytest.approx(
@@ -161,7 +175,7 @@ def test_falls_back_on_timeouts_and_5xx_and_retries_429(tmp_path: Path) -> None:
     with client(config(tmp_path), up) as c:
         r = c.post("/v1/chat/completions", json=ask())
         assert r.status_code == 200 and r.headers["x-vlroute-model"] == "edge"
-        assert "vlroute_fallbacks_total 1" in c.get("/metrics").text
+        assert scrape(c.get("/metrics").text)["vlroute_fallbacks_total", ()] == 1
     up = Upstream(cloud=["429", "ok"])
     with client(config(tmp_path), up) as c:
         r = c.post("/v1/chat/completions", json=ask())
@@ -450,7 +464,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path) -> None:
         c.portal.call(c.app, scope, receive, send)
         assert up.cancelled == ["edge"]
         assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 0
-        assert "vlroute_client_disconnects_total 1" in c.get("/metrics").text
+        assert scrape(c.get("/metrics").text)["vlroute_client_disconnects_total", ()] == 1
         assert c.post("/v1/chat/completions", json=ask("edge")).status_code == 200
     assert sent[0]["status"] == 499
     assert [r["status"] for r in store.rows()] == [499, 200]

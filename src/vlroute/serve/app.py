@@ -5,13 +5,12 @@ routing engine, telemetry store, backend states) lives in the app, created in th
 from __future__ import annotations
 
 import asyncio
-import bisect
 import datetime as dt
 import gc
 import inspect
 import os
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +26,7 @@ from vlroute.scenarios import Scenario
 from vlroute.serve.batching import PredictionBatcher
 from vlroute.serve.budgets import Budgets
 from vlroute.serve.config import GatewayConfig, hash_key
+from vlroute.serve.metrics import Metrics
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
 from vlroute.serve.remote_images import fetch_all, image_urls, inline
 from vlroute.serve.routing import (
@@ -59,7 +59,6 @@ CLIENT_CLOSED = 499
 MAX_SESSIONS = 100_000
 #: images up to this many data-URL characters in all are checked on the event loop
 INLINE_IMAGE_CHARS = 1_500_000
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error",
@@ -97,17 +96,9 @@ class Gateway:
         self.states = {b.name: BackendState(b.max_concurrency) for b in config.backends}
         self.opened_at: dict[str, float] = {}
         self.keys = {k.sha256: k.id for k in config.auth_keys}
-        self.counters: Counter[str] = Counter()
-        # histogram counts per bucket (last: +Inf), sum and count: constant memory
-        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
+        self.metrics = Metrics(self.states)
         self.sessions: OrderedDict[str, str] = OrderedDict()
         self.budgets = Budgets(config.auth_keys, self.recorder)
-
-    def observe(self, seconds: float) -> None:
-        """Count one answered request in the latency histogram."""
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
 
     async def pinned(self, session: str) -> str | None:
         """The backend ``session`` is pinned to (by any worker), if any."""
@@ -289,7 +280,9 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             up = [pinned]
         latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
         if g.engine.router is None:     # training-free: microseconds, stay on the loop
-            return g.engine.decide(prompt, scenario, up, latency), prompt, key, body
+            decision = g.engine.decide(prompt, scenario, up, latency)
+            g.metrics.route_seconds.observe(decision.route_ms / 1e3)
+            return decision, prompt, key, body
         if not up:
             raise RequestError("no backend is available (all are failing); try again later.",
                                status=503)
@@ -297,6 +290,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         row = await g.batcher.predict(prompt, scenario)
         decision = g.engine.decide(prompt, scenario, up, latency, row)
         decision.route_ms = (time.perf_counter() - start) * 1e3
+        g.metrics.route_seconds.observe(decision.route_ms / 1e3)
         return decision, prompt, key, body
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_BODY)
@@ -323,14 +317,14 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                 await g.budgets.release(rid)
             raise
         if attempt is None:         # nobody to answer: record it (and drop the hold)
-            g.counters["client_disconnects"] += 1
+            g.metrics.counters["client_disconnects"] += 1
             await g.recorder.record({
                 "id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
                 "predicted": decision.predicted if decision else {}, "fallback_path": [],
                 "status": CLIENT_CLOSED, "total_ms": (time.perf_counter() - start) * 1e3})
             return Response(status_code=CLIENT_CLOSED)
-        g.counters["requests"] += 1
-        g.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
+        g.metrics.counters["requests"] += 1
+        g.metrics.counters["fallbacks"] += max(0, len({p["backend"] for p in attempt.path}) - 1)
         row = {"id": rid, "ts": time.time(), "key_id": key, "scenario": scenario_name,
                "chosen": attempt.backend, "predicted": decision.predicted if decision else {},
                "fallback_path": attempt.path, "ttft_ms": attempt.ttft_ms,
@@ -341,7 +335,9 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             await g.recorder.record(row)
             return error(502, f"no backend answered (tried {', '.join(order)}): "
                          f"{attempt.path}", "api_error", code="upstream_unavailable")
-        g.counters[f"decision:{attempt.backend}"] += 1
+        g.metrics.decisions[attempt.backend] += 1
+        if attempt.ttft_ms is not None:
+            g.metrics.ttft_seconds[attempt.backend].observe(attempt.ttft_ms / 1e3)
         if decision:
             session = request.headers.get("x-vlroute-session")
             if session:
@@ -362,7 +358,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
                        cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
-            g.observe(time.perf_counter() - start)
+            g.metrics.request_seconds.observe(time.perf_counter() - start)
             return Response(attempt.content, status_code=attempt.status, media_type=media,
                             headers=headers)
 
@@ -378,7 +374,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             row.update(status=attempt.status, cost_usd=estimate,
                        total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
-            g.observe(time.perf_counter() - start)
+            g.metrics.request_seconds.observe(time.perf_counter() - start)
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -439,7 +435,9 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
 
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(_prometheus(gw(request)))
+        g = gw(request)
+        return PlainTextResponse(g.metrics.render(
+            {n: s.in_flight for n, s in g.states.items()}, set(g.available())))
 
     return app
 
@@ -450,27 +448,6 @@ def _usage(content: bytes) -> tuple[int, int]:
         return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     except (ValueError, AttributeError, TypeError):
         return 0, 0
-
-
-def _prometheus(g: Gateway) -> str:
-    lines = ["# TYPE vlroute_requests_total counter",
-             f"vlroute_requests_total {g.counters['requests']}",
-             "# TYPE vlroute_fallbacks_total counter",
-             f"vlroute_fallbacks_total {g.counters['fallbacks']}",
-             "# TYPE vlroute_client_disconnects_total counter",
-             f"vlroute_client_disconnects_total {g.counters['client_disconnects']}",
-             "# TYPE vlroute_decisions_total counter"]
-    for b in g.config.backends:
-        lines.append(f'vlroute_decisions_total{{model="{b.name}"}} '
-                     f"{g.counters[f'decision:{b.name}']}")
-    lines.append("# TYPE vlroute_request_seconds histogram")
-    cumulative = 0
-    for edge, count in zip((*LATENCY_BUCKETS, "+Inf"), g.latency_buckets, strict=True):
-        cumulative += count
-        lines.append(f'vlroute_request_seconds_bucket{{le="{edge}"}} {cumulative}')
-    lines += [f"vlroute_request_seconds_sum {g.latency_sum:.6f}",
-              f"vlroute_request_seconds_count {cumulative}"]
-    return "\n".join(lines) + "\n"
 
 
 __all__ = ["Scenario", "create_app", "error"]
