@@ -95,6 +95,12 @@ def test_offline_minilm_and_efficientnet(images: list[Path]) -> None:
     mixed = image.encode_batch([Item("no image"), Item("q", (images[0],))])
     assert not mixed[0].any() and np.allclose(mixed[1], feats[0], atol=1e-5)
     assert not image.encode_batch([Item("text only")]).any()
+    # five images run in forward chunks: each item's row is what it gets alone
+    chunked = image.encode_batch([Item("q", (images[0],)), Item("q", (images[1], images[2])),
+                                  Item("none"), Item("q", (images[2], images[0]))])
+    assert np.allclose(chunked[:2], feats, atol=1e-5) and not chunked[2].any()
+    assert np.allclose(chunked[3], image.encode_batch([Item("q", (images[2], images[0]))])[0],
+                       atol=1e-5)
 
 
 def test_hub_image_encoders_with_tiny_models_built_from_configs(images: list[Path]) -> None:

