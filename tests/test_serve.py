@@ -38,7 +38,9 @@ def config(tmp_path: Path, **extra: Any) -> GatewayConfig:
 
 class Upstream:
     """Scripted backends: per host a list of behaviours, consumed in order (the last one
-    repeats): "ok", "sse", "500", "429", "timeout", "garbage", "broken" (the body breaks)."""
+    repeats): "ok", "sse", "500", "429", "timeout", "garbage", "broken" (the body breaks),
+    "stall" (a 200 stream whose first read times out), "sse-error" (a 200 stream that opens
+    with an error event), "empty" (a 200 stream with no body)."""
 
     def __init__(self, **script: list[str]) -> None:
         self.script = script
@@ -72,6 +74,13 @@ class Upstream:
                               b"data: [DONE]\n\n", "text/event-stream")
         if what == "broken":
             return Reply(200, b"", broken=True)
+        if what == "stall":
+            return Reply(200, b"data: never\n\n", "text/event-stream", broken=True)
+        if what == "sse-error":
+            return Reply(200, b'data: {"error": {"message": "CUDA out of memory"}}\n\n',
+                         "text/event-stream")
+        if what == "empty":
+            return Reply(200, b"", "text/event-stream")
         return Reply(200, {"id": "x", "object": "chat.completion", "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant",
@@ -99,6 +108,8 @@ class Reply:
         return self.content
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self.broken:
+            raise UpstreamError("SocketTimeoutError")
         for line in self.content.split(b"\n\n"):
             if line:
                 yield line + b"\n\n"
@@ -231,6 +242,26 @@ def test_streaming_passes_sse_through(tmp_path: Path) -> None:
             body = b"".join(r.iter_bytes())
         assert r.headers["content-type"].startswith("text/event-stream")
         assert body.endswith(b"data: [DONE]\n\n") and b'"hi"' in body
+
+
+@pytest.mark.parametrize("failure", ["stall", "sse-error", "empty", "500"])
+def test_a_stream_falls_back_until_its_first_chunk(tmp_path: Path, failure: str) -> None:
+    """Nothing has reached the client before the first chunk: a stream that stalls, opens
+    with an error event or ends empty moves on to the next backend, like a 5xx."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'streams.db'}")
+    up = Upstream(cloud=[failure], edge=["sse"])
+    with client(config(tmp_path), up, store) as c:
+        with c.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
+            body = b"".join(r.iter_bytes())
+        assert r.status_code == 200 and r.headers["x-vlroute-model"] == "edge"
+        assert body.endswith(b"data: [DONE]\n\n") and b'"hi"' in body
+        health = c.get("/health").json()["backends"]
+        assert health["cloud"]["in_flight"] == health["edge"]["in_flight"] == 0
+        assert health["cloud"]["failures"] == 1
+    path = json.loads(store.rows()[0]["fallback_path"])
+    assert [p["backend"] for p in path] == ["cloud", "edge"]
+    if failure == "sse-error":
+        assert "CUDA out of memory" in path[0]["error"]
 
 
 @pytest.mark.parametrize(("payload", "status", "message"), [

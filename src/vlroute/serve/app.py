@@ -369,7 +369,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             if finished:
                 return
             finished = True
-            release(attempt)
+            await release(attempt)
             # a stream reports no usage here: book the estimate
             row.update(status=attempt.status, cost_usd=estimate,
                        total_ms=(time.perf_counter() - start) * 1e3)

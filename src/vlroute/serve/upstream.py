@@ -1,6 +1,9 @@
 """Calls to the backends with fallback: connect errors, timeouts and 5xx before the first byte
 move on to the next backend; 429 gets a bounded retry with backoff first; a backend at its
-``max_concurrency`` is passed over while another candidate is left, else waited for.
+``max_concurrency`` is passed over while another candidate is left, else waited for. A stream
+is committed to only once its first chunk has arrived: a stream that breaks, stalls past the
+timeout, ends empty or opens with an error event before that falls back too, since nothing
+has reached the client yet.
 
 The wire goes through a :class:`Transport`: :class:`AiohttpTransport` in production (a pooled
 keep-alive client, several times faster than httpx under load), a scripted one in tests.
@@ -137,6 +140,8 @@ class Attempt:
     headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes = b""
     response: UpstreamResponse | None = None
+    first: bytes = b""                                   # a stream's first chunk, read ahead
+    rest: AsyncIterator[bytes] | None = None             # and the chunks after it
     slot: asyncio.Semaphore | None = None
     path: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
@@ -204,10 +209,20 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                     state.failed(f"HTTP {response.status}")
                     attempt.path.append({"backend": backend.name, "status": response.status})
                     break
-                attempt.ttft_ms = (time.perf_counter() - start) * 1e3
                 if stream:
-                    attempt.response, attempt.slot, keep = response, state.slots, True
+                    chunks = response.chunks()
+                    problem = await _first_chunk(chunks, attempt)
+                    if problem is not None:
+                        await _close(chunks)
+                        response.release()
+                        state.failed(problem)
+                        attempt.path.append({"backend": backend.name, "error": problem})
+                        break
+                    attempt.ttft_ms = (time.perf_counter() - start) * 1e3
+                    attempt.response, attempt.rest, attempt.slot = response, chunks, state.slots
+                    keep = True
                 else:
+                    attempt.ttft_ms = (time.perf_counter() - start) * 1e3
                     try:
                         attempt.content = await response.read()
                     except UpstreamError as exc:
@@ -227,22 +242,69 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
     return attempt
 
 
-async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
-    """A streamed upstream body, chunk by chunk, unchanged; releases the response and the
-    backend's slot at the end (also when the client goes away)."""
-    response = attempt.response
-    assert response is not None
+async def _first_chunk(chunks: AsyncIterator[bytes], attempt: Attempt) -> str | None:
+    """Read a stream's first chunk into ``attempt.first``; what is wrong with it, if any."""
     try:
-        async for chunk in response.chunks():
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return "empty stream"
+    except UpstreamError as exc:
+        return f"{exc} before the first chunk"
+    error = _error_event(first)
+    if error is not None:
+        return f"stream opened with an error: {error}"
+    attempt.first = first
+    return None
+
+
+def _error_event(chunk: bytes) -> str | None:
+    """The message of an SSE error event (``data: {"error": ...}``) opening ``chunk``: how
+    vLLM and other servers report a failure after a 200."""
+    head = chunk.lstrip()
+    if not head.startswith(b"data:") or b'"error"' not in head[:256]:
+        return None                        # the common case, without parsing
+    import orjson
+
+    try:
+        event = orjson.loads(head[5:].split(b"\n\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or "error" not in event or "choices" in event:
+        return None
+    error = event["error"]
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message)[:200]
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    closer = getattr(chunks, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
+    """A streamed upstream body, chunk by chunk, unchanged (the first was read ahead);
+    releases the response and the backend's slot at the end (also when the client goes
+    away)."""
+    rest = attempt.rest
+    assert rest is not None
+    try:
+        yield attempt.first
+        async for chunk in rest:
             yield chunk
     except UpstreamError:
         return                    # the headers are out: end the stream where it broke
     finally:
-        release(attempt)
+        await release(attempt)
 
 
-def release(attempt: Attempt) -> None:
-    """Give back an open stream's response and its backend slot (safe to call twice)."""
+async def release(attempt: Attempt) -> None:
+    """Give back an open stream: its chunk reader, its response and its backend slot (safe
+    to call twice)."""
+    if attempt.rest is not None:
+        rest, attempt.rest = attempt.rest, None
+        await _close(rest)
     if attempt.response is not None:
         attempt.response.release()
     if attempt.slot is not None:
