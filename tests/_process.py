@@ -32,6 +32,19 @@ def wait_for(url: str, seconds: float = 60.0) -> None:
     raise AssertionError(f"{url} did not come up in {seconds} s")
 
 
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process; kill one that has not exited 10 s later (a gateway still
+    draining a request), so no test leaves a server behind."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @contextmanager
 def gateway_with_backends(tmp: Path, *serve_args: str, **settings: str) -> Iterator[str]:
     """Two dev backends ("edge" small, "cloud" big) and a gateway in front of them, as
@@ -59,7 +72,5 @@ telemetry: {{url: "sqlite:///{tmp / 'telemetry.db'}"}}
         wait_for(f"http://127.0.0.1:{gateway}/health")
         yield f"http://127.0.0.1:{gateway}"
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
+        stop(procs)
         log.close()

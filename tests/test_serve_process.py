@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._process import CLI, free_port, gateway_with_backends, wait_for
+from tests._process import CLI, free_port, gateway_with_backends, stop, wait_for
 from vlroute.serve.config import hash_key
 
 
@@ -122,9 +122,7 @@ def test_a_client_that_leaves_stops_the_backend(tmp_path: Path) -> None:
         health = httpx.get(f"http://127.0.0.1:{gateway}/health").json()
         assert health["backends"]["slow"]["in_flight"] == 0
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=10)
+        stop(procs)
         log.close()
     with sqlite3.connect(tmp_path / "telemetry.db") as db:
         assert [r[0] for r in db.execute("SELECT status FROM requests")] == [499]
