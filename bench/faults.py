@@ -8,6 +8,9 @@
 2. Steady load again; the gateway is killed with SIGKILL half-way. Every request that got a 200
    must have its telemetry row (the row is committed before the answer leaves).
 3. A corpus of bad requests: every one must get a 4xx with the OpenAI error envelope, none a 5xx.
+4. A spend budget under concurrent load across two workers (``--workers 2``): 400 requests
+   from 8 threads against a daily budget of 100.5 requests' cost. The target: exactly 100
+   answered, the rest 429, and spend never over the budget.
 Writes ``faults.json`` and prints a table.
 """
 
@@ -54,6 +57,31 @@ def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | No
 
 
 KEY = "sk-vlroute-faults"
+#: 40 characters: the gateway estimates 10 input tokens, what the dev backends report, so the
+#: estimate reserved equals the cost booked ($1 per 1M input tokens: $0.00001)
+BUDGET_ASK = {"model": "cloud", "messages": [{"role": "user", "content": "x" * 40}]}
+PER_REQUEST_USD = 1e-5
+
+
+def budget_run(url: str, requests: int = 400, threads: int = 8) -> list[int]:
+    """Statuses of ``requests`` budgeted requests sent from ``threads`` threads."""
+    out: list[int] = []
+    todo = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as client:
+            while True:
+                with lock:
+                    if next(todo, None) is None:
+                        return
+                out.append(client.post(url, json=BUDGET_ASK).status_code)
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return out
 
 
 def bad_requests() -> list[tuple[str, bytes, dict[str, str]]]:
@@ -159,6 +187,24 @@ remote_images: {{enabled: true, allow_hosts: ["127.0.0.1", "localhost", "169.254
             1 for b in bad if not 400 <= b["status"] < 500 or not b["envelope"])}
         gateway.terminate()
         gateway.wait()
+        budget = 100.5 * PER_REQUEST_USD
+        budgeted = tmp / "budgeted.yaml"
+        budgeted.write_text(config.read_text().replace(str(db), str(tmp / "budget.db")) + f"""
+auth_keys: [{{id: faults, sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}",
+              budget_usd_day: {budget}}}]
+""")
+        gateway = subprocess.Popen([*CLI, "serve", "--config", str(budgeted), "--port",
+                                    str(port), "--workers", "2"], stdout=log, stderr=log)
+        wait_for(f"http://127.0.0.1:{port}/health")
+        statuses = budget_run(url)
+        gateway.terminate()
+        gateway.wait()
+        with sqlite3.connect(tmp / "budget.db") as conn:
+            spent = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests").fetchone()[0]
+        results["budget"] = {"requests": len(statuses), "budget_usd": budget,
+                             "answered": statuses.count(200), "refused_429": statuses.count(429),
+                             "other": len(statuses) - statuses.count(200) - statuses.count(429),
+                             "spent_usd": spent, "overshoot_usd": max(0.0, spent - budget)}
     finally:
         for p in (edge_p, cloud_p):
             p.kill()
@@ -173,6 +219,10 @@ remote_images: {{enabled: true, allow_hosts: ["127.0.0.1", "localhost", "169.254
           "answered requests without a telemetry row | 0 |")
     print(f"| {len(b['cases'])} bad requests | {b['non_4xx']} without a 4xx + error envelope "
           "| 0 |")
+    u = results["budget"]
+    print(f"| daily budget of 100.5 requests, {u['requests']} requests over 2 workers | "
+          f"{u['answered']} answered, {u['refused_429']} refused (429), {u['other']} other; "
+          f"spent ${u['spent_usd']:.6f} of ${u['budget_usd']:.6f} | 100 answered, none over |")
 
 
 if __name__ == "__main__":
