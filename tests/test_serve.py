@@ -47,6 +47,7 @@ class Upstream:
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.release = threading.Event()
         self.cancelled: list[str] = []
+        self.replies: list[Reply] = []
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
                    timeout_s: float) -> Reply:
@@ -81,6 +82,10 @@ class Upstream:
                          "text/event-stream")
         if what == "empty":
             return Reply(200, b"", "text/event-stream")
+        if what == "sse-slow":       # headers at once, the first chunk once the test lets go
+            reply = Reply(200, b"data: late\n\n", "text/event-stream", hold=self)
+            self.replies.append(reply)
+            return reply
         return Reply(200, {"id": "x", "object": "chat.completion", "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant",
@@ -95,11 +100,12 @@ class Reply:
     """A scripted upstream response (JSON unless bytes are given)."""
 
     def __init__(self, status: int, content: Any, media: str = "application/json",
-                 broken: bool = False) -> None:
+                 broken: bool = False, hold: Upstream | None = None) -> None:
         self.status = status
         self.headers = {"content-type": media}
         self.content = content if isinstance(content, bytes) else json.dumps(content).encode()
         self.broken = broken
+        self.hold = hold
         self.released = False
 
     async def read(self) -> bytes:
@@ -110,6 +116,14 @@ class Reply:
     async def chunks(self) -> AsyncIterator[bytes]:
         if self.broken:
             raise UpstreamError("SocketTimeoutError")
+        if self.hold is not None:
+            try:
+                deadline = time.monotonic() + 10
+                while not self.hold.release.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.hold.cancelled.append("edge")
+                raise
         for line in self.content.split(b"\n\n"):
             if line:
                 yield line + b"\n\n"
@@ -465,13 +479,14 @@ def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
         assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 429
 
 
-def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path) -> None:
-    """The client of a non-streamed request disconnects while the edge is still working: the
-    upstream call is cancelled (the backend's slot is free at once), and the request is
-    recorded with status 499."""
+@pytest.mark.parametrize("behaviour", ["hold", "sse-slow"])
+def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviour: str) -> None:
+    """The client disconnects while the edge is still working (before its answer, or before
+    a stream's first chunk): the upstream call is cancelled, its response closed and the
+    backend's slot free at once; the request is recorded with status 499."""
     store = SQLiteStore(f"sqlite:///{tmp_path / 'gone.db'}")
-    up = Upstream(edge=["hold", "ok"])
-    payload = json.dumps(ask("edge")).encode()
+    up = Upstream(edge=[behaviour, "ok"])
+    payload = json.dumps(ask("edge", stream=behaviour == "sse-slow")).encode()
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": payload, "more_body": False}]
 
@@ -494,6 +509,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path) -> None:
     with client(config(tmp_path), up, store) as c:
         c.portal.call(c.app, scope, receive, send)
         assert up.cancelled == ["edge"]
+        assert all(reply.released for reply in up.replies)
         assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 0
         assert scrape(c.get("/metrics").text)["vlroute_client_disconnects_total", ()] == 1
         assert c.post("/v1/chat/completions", json=ask("edge")).status_code == 200

@@ -211,7 +211,11 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                     break
                 if stream:
                     chunks = response.chunks()
-                    problem = await _first_chunk(chunks, attempt)
+                    try:
+                        problem = await _first_chunk(chunks, attempt)
+                    except BaseException:       # cancelled (the client left): close it
+                        response.release()
+                        raise
                     if problem is not None:
                         await _close(chunks)
                         response.release()
