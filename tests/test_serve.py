@@ -477,6 +477,16 @@ def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
         assert over.status_code == 429 and "budget" in over.json()["error"]["message"]
     with client(cfg, Upstream()) as c:                # spend survives a restart (telemetry)
         assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 429
+        status = c.get("/v1/budget", headers=auth).json()
+        cost = (12 * 2 + 3 * 8) / 1e6                 # the first request's usage, booked
+        [daily] = status["budgets"]
+        assert status["key"] == "alice" and daily["budget"] == "daily"
+        assert daily["limit_usd"] == 0.0021 and daily["held_usd"] == 0.0
+        assert daily["spent_usd"] == pytest.approx(cost)
+        assert daily["remaining_usd"] == pytest.approx(0.0021 - cost)
+        assert c.get("/v1/budget").status_code == 401
+    with client(config(tmp_path), Upstream()) as c:   # auth off: no key, no budget
+        assert c.get("/v1/budget").status_code == 404
 
 
 @pytest.mark.parametrize("behaviour", ["hold", "sse-slow"])

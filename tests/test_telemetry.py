@@ -83,6 +83,8 @@ def test_holds_count_until_the_row_books_the_cost(store_url: str) -> None:
         assert store.reserve("alice", "r2", 0.6, limits, NOW, NOW + 60) is None
         store.release("r2")                                   # r2 failed: nothing booked
         assert store.reserve("alice", "r3", 0.9, limits, NOW, NOW + 60) is None
+        assert store.usage("alice", [DAY], NOW)[DAY] == pytest.approx((0.1, 0.9))
+        assert store.usage("alice", [DAY], NOW + 61)[DAY] == pytest.approx((0.1, 0.0))
         over = store.reserve("alice", "r4", 0.6, {MONTH: 1.5}, NOW, NOW + 60)
         assert over is not None and over[:2] == (MONTH, 1.5) and over[2] == pytest.approx(1.0)
         # r3's holder crashed: after its expiry the hold no longer counts

@@ -410,6 +410,17 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                  for b in config.backends]
         return JSONResponse({"object": "list", "data": data})
 
+    @app.get("/v1/budget")
+    async def budget(request: Request) -> JSONResponse:
+        """The calling key's spend budgets: limit, spent, held by requests in flight, left."""
+        g = gw(request)
+        key = g.key_id(request)
+        if key is None:
+            raise RequestError("budgets belong to API keys, and auth is off (no auth_keys).",
+                               status=404)
+        return JSONResponse({"key": key, "budgets": await g.budgets.status(
+            key, dt.datetime.now(dt.UTC))})
+
     @app.post("/v1/feedback", openapi_extra=FEEDBACK_BODY)
     async def feedback(request: Request) -> JSONResponse:
         g = gw(request)

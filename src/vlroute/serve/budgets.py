@@ -55,6 +55,21 @@ class Budgets:
                 f"${amount:.6f}).", status=429, param="budget")
         return True
 
+    async def status(self, key: str, now: dt.datetime) -> list[dict[str, Any]]:
+        """Each budget of ``key``: its period, limit, spent, held by requests in flight, and
+        what is left."""
+        limits = self.limits.get(key, {})
+        current = periods(now)
+        usage: dict[str, tuple[float, float]] = await self.recorder.call(
+            self.recorder.store.usage, key, [current[k] for k in limits], now.timestamp())
+        out = []
+        for kind, limit in limits.items():
+            spent, held = usage[current[kind]]
+            out.append({"budget": _ADJ[kind], "period": current[kind], "limit_usd": limit,
+                        "spent_usd": spent, "held_usd": held,
+                        "remaining_usd": max(0.0, limit - spent - held)})
+        return out
+
     async def release(self, hold_id: str) -> None:
         """Drop a hold whose request ends without a telemetry row."""
         await self.recorder.call(self.recorder.store.release, hold_id)

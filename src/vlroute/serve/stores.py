@@ -102,6 +102,9 @@ class TelemetryStore(Protocol):
 
     def spent(self, key_id: str, period: str) -> float: ...
 
+    def usage(self, key_id: str, periods: list[str], now: float) -> dict[str, tuple[float,
+                                                                                  float]]: ...
+
     def pin(self, session: str, backend: str, now: float) -> str: ...
 
     def pinned(self, session: str) -> str | None: ...
@@ -183,11 +186,25 @@ class SQLStore:
         """Drop a request's holds without booking anything (it failed before a row)."""
         self._tx(lambda q: q.run("DELETE FROM budget_holds WHERE id = ?", (hold_id,)))
 
+    def usage(self, key_id: str, periods: list[str], now: float) -> dict[str, tuple[float,
+                                                                                  float]]:
+        """(spent, held by requests in flight) USD of ``key_id`` per period."""
+
+        def work(q: Query) -> dict[str, tuple[float, float]]:
+            out = {}
+            for period in periods:
+                spent = q.all("SELECT spent FROM budget_spend WHERE key_id = ? AND period = ?",
+                              (key_id, period))
+                held = q.all("SELECT COALESCE(SUM(amount), 0) FROM budget_holds WHERE "
+                             "key_id = ? AND period = ? AND expires >= ?",
+                             (key_id, period, now))
+                out[period] = (float(spent[0][0]) if spent else 0.0, float(held[0][0]))
+            return out
+        return self._tx(work, write=False)
+
     def spent(self, key_id: str, period: str) -> float:
         """USD booked for ``key_id`` in a period ("2026-11-23" or "2026-11")."""
-        found = self._tx(lambda q: q.all("SELECT spent FROM budget_spend WHERE key_id = ? AND "
-                                         "period = ?", (key_id, period)), write=False)
-        return float(found[0][0]) if found else 0.0
+        return self.usage(key_id, [period], 0.0)[period][0]
 
     def pin(self, session: str, backend: str, now: float) -> str:
         """Pin ``session`` to ``backend`` unless it is pinned already; the backend it is
