@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from tests._process import CLI, free_port, gateway_with_backends, stop, wait_for
+from tests.test_serve import scrape
 from vlroute.serve.config import hash_key
+from vlroute.serve.metrics import SHARE_EVERY_S
 
 
 def test_gateway_process_routes_between_two_backend_processes(tmp_path: Path) -> None:
@@ -41,6 +43,11 @@ def test_workers_share_the_port_and_the_telemetry_file(tmp_path: Path) -> None:
             answers = list(pool.map(lambda _: httpx.post(
                 f"{gateway}/v1/chat/completions", json=ask, timeout=30), range(40)))
         assert all(a.status_code == 200 for a in answers)
+        time.sleep(SHARE_EVERY_S + 0.5)      # every worker has shared its numbers since
+        for _ in range(4):                   # whichever worker takes the scrape
+            samples = scrape(httpx.get(f"{gateway}/metrics", timeout=10).text)
+            assert samples["vlroute_requests_total", ()] == 40
+            assert samples["vlroute_decisions_total", (("model", "cloud"),)] == 40
     with sqlite3.connect(tmp_path / "telemetry.db") as db:
         stored = {r[0] for r in db.execute("SELECT id FROM requests")}
     assert {a.headers["x-vlroute-request-id"] for a in answers} <= stored

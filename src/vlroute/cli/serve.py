@@ -38,10 +38,20 @@ def serve(config_path: Path, host: str, port: int, workers: int) -> None:
         uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
     else:
         import os
+        import shutil
+        import tempfile
+
+        from vlroute.serve.metrics import METRICS_DIR_ENV
 
         os.environ["VLROUTE_CONFIG"] = str(config_path.resolve())
-        uvicorn.run("vlroute.serve.factory:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level="warning")
+        # the workers add up their metrics through this directory (see serve/metrics.py)
+        shared = tempfile.mkdtemp(prefix="vlroute-metrics-")
+        os.environ[METRICS_DIR_ENV] = shared
+        try:
+            uvicorn.run("vlroute.serve.factory:app_from_env", factory=True, host=host,
+                        port=port, workers=workers, log_level="warning")
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 @click.command("dev-backends")

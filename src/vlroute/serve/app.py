@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from vlroute.scenarios import Scenario
 from vlroute.serve.batching import PredictionBatcher
 from vlroute.serve.budgets import Budgets
 from vlroute.serve.config import GatewayConfig, hash_key
-from vlroute.serve.metrics import Metrics
+from vlroute.serve.metrics import METRICS_DIR_ENV, SHARE_EVERY_S, Metrics, SharedMetrics
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
 from vlroute.serve.remote_images import fetch_all, image_urls, inline
 from vlroute.serve.routing import (
@@ -97,6 +98,8 @@ class Gateway:
         self.opened_at: dict[str, float] = {}
         self.keys = {k.sha256: k.id for k in config.auth_keys}
         self.metrics = Metrics(self.states)
+        shared = os.environ.get(METRICS_DIR_ENV)      # set by `vlroute serve --workers N`
+        self.shared = SharedMetrics(Path(shared), self.metrics) if shared else None
         self.sessions: OrderedDict[str, str] = OrderedDict()
         self.budgets = Budgets(config.auth_keys, self.recorder)
 
@@ -120,6 +123,17 @@ class Gateway:
         self.sessions[session] = backend
         if len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
+
+    def gauges(self) -> tuple[dict[str, int], set[str]]:
+        """In-flight requests per backend, and the backends not cut off."""
+        return {n: s.in_flight for n, s in self.states.items()}, set(self.available())
+
+    async def share_metrics(self) -> None:
+        """Keep this worker's snapshot fresh for the other workers' scrapes."""
+        assert self.shared is not None
+        while True:
+            self.shared.write(*self.gauges())
+            await asyncio.sleep(SHARE_EVERY_S)
 
     def available(self) -> list[str]:
         """Backends not cut off by their circuit breaker (config order)."""
@@ -219,9 +233,12 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         gc.collect()
         gc.freeze()
         app.state.gateway = gateway
+        sharing = asyncio.create_task(gateway.share_metrics()) if gateway.shared else None
         try:
             yield
         finally:
+            if sharing is not None:
+                sharing.cancel()
             await gateway.recorder.close()
             await gateway.batcher.close()
             await close_quietly(wire)
@@ -447,8 +464,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         g = gw(request)
-        return PlainTextResponse(g.metrics.render(
-            {n: s.in_flight for n, s in g.states.items()}, set(g.available())))
+        source = g.shared or g.metrics
+        return PlainTextResponse(source.render(*g.gauges()))
 
     return app
 

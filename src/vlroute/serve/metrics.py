@@ -1,17 +1,27 @@
 """The gateway's Prometheus metrics, kept in constant memory (counters and fixed-bucket
-histograms) and rendered in the text exposition format for ``GET /metrics``."""
+histograms) and rendered in the text exposition format for ``GET /metrics``; with
+``--workers N``, added up over the workers (:class:`SharedMetrics`)."""
 
 from __future__ import annotations
 
 import bisect
+import copy
+import json
+import os
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 #: request latency buckets (seconds): a cached answer to a long generation
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: routing-time buckets (seconds): a training-free decision to image encoders on a CPU
 ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                  0.25, 1)
+#: how often a worker of ``--workers N`` shares its numbers with the others
+SHARE_EVERY_S = 1.0
+#: the directory ``vlroute serve --workers N`` gives its workers for sharing metrics
+METRICS_DIR_ENV = "VLROUTE_METRICS_DIR"
 
 
 class Histogram:
@@ -26,18 +36,25 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
 
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        out, cumulative = [], 0
-        for edge, count in zip((*self.buckets, "+Inf"), self.counts, strict=True):
-            cumulative += count
-            out.append(f'{name}_bucket{{{labels}{sep}le="{edge}"}} {cumulative}')
-        tail = f"{{{labels}}}" if labels else ""
-        return [*out, f"{name}_sum{tail} {self.sum:.6f}", f"{name}_count{tail} {cumulative}"]
+    def state(self) -> list[Any]:
+        return [list(self.counts), self.sum]
+
+
+def _histogram(name: str, buckets: tuple[float, ...], state: list[Any],
+               labels: str = "") -> list[str]:
+    counts, total = state
+    sep = "," if labels else ""
+    out, cumulative = [], 0
+    for edge, count in zip((*buckets, "+Inf"), counts, strict=True):
+        cumulative += count
+        out.append(f'{name}_bucket{{{labels}{sep}le="{edge}"}} {cumulative}')
+    tail = f"{{{labels}}}" if labels else ""
+    return [*out, f"{name}_sum{tail} {total:.6f}", f"{name}_count{tail} {cumulative}"]
 
 
 class Metrics:
-    """What ``/metrics`` reports; one per worker process."""
+    """What ``/metrics`` reports, counted in one worker process; :meth:`snapshot` and
+    :func:`merge` add up several workers."""
 
     def __init__(self, backends: Iterable[str]) -> None:
         self.backends = list(backends)
@@ -47,32 +64,110 @@ class Metrics:
         self.route_seconds = Histogram(ROUTE_BUCKETS)
         self.ttft_seconds = {b: Histogram(REQUEST_BUCKETS) for b in self.backends}
 
+    def snapshot(self, in_flight: dict[str, int], up: set[str]) -> dict[str, Any]:
+        """This worker's numbers as plain JSON-able data."""
+        return {"pid": os.getpid(), "counters": dict(self.counters),
+                "decisions": dict(self.decisions),
+                "request_seconds": self.request_seconds.state(),
+                "route_seconds": self.route_seconds.state(),
+                "ttft_seconds": {b: h.state() for b, h in self.ttft_seconds.items()},
+                "in_flight": in_flight, "up": sorted(up)}
+
     def render(self, in_flight: dict[str, int], up: set[str]) -> str:
-        lines: list[str] = []
+        return render(self.backends, self.snapshot(in_flight, up))
 
-        def family(name: str, kind: str, help_: str, body: list[str]) -> None:
-            lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *body])
 
-        for name, help_ in (
-                ("requests", "Requests answered by a backend or failed upstream."),
-                ("fallbacks", "Moves from one backend to the next (error, 5xx, busy)."),
-                ("client_disconnects", "Requests whose client left before the answer.")):
-            family(f"vlroute_{name}_total", "counter", help_,
-                   [f"vlroute_{name}_total {self.counters[name]}"])
-        family("vlroute_decisions_total", "counter", "Requests answered, per backend.",
-               [f'vlroute_decisions_total{{model="{b}"}} {self.decisions[b]}'
-                for b in self.backends])
-        family("vlroute_request_seconds", "histogram", "Time from request to answer (to the "
-               "end of a stream).", self.request_seconds.lines("vlroute_request_seconds"))
-        family("vlroute_route_seconds", "histogram", "Time spent choosing the backend "
-               "(features and router).", self.route_seconds.lines("vlroute_route_seconds"))
-        family("vlroute_ttft_seconds", "histogram", "Time to the backend's first byte, per "
-               "backend.", [line for b in self.backends for line in
-                            self.ttft_seconds[b].lines("vlroute_ttft_seconds", f'model="{b}"')])
-        family("vlroute_backend_in_flight", "gauge", "Requests a backend is working on.",
-               [f'vlroute_backend_in_flight{{model="{b}"}} {in_flight.get(b, 0)}'
-                for b in self.backends])
-        family("vlroute_backend_up", "gauge", "1 unless the circuit breaker has taken the "
-               "backend out.", [f'vlroute_backend_up{{model="{b}"}} {int(b in up)}'
-                                for b in self.backends])
-        return "\n".join(lines) + "\n"
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' snapshots as one: counters and histograms add up, in-flight counts
+    add up, and a backend is up only where every worker has it up."""
+    out = copy.deepcopy(snapshots[0])
+    for snap in snapshots[1:]:
+        for field in ("counters", "decisions", "in_flight"):
+            for name, value in snap[field].items():
+                out[field][name] = out[field].get(name, 0) + value
+        for field in ("request_seconds", "route_seconds"):
+            _add(out[field], snap[field])
+        for backend, state in snap["ttft_seconds"].items():
+            if backend in out["ttft_seconds"]:
+                _add(out["ttft_seconds"][backend], state)
+        out["up"] = sorted(set(out["up"]) & set(snap["up"]))
+    return out
+
+
+def _add(into: list[Any], state: list[Any]) -> None:
+    into[0] = [a + b for a, b in zip(into[0], state[0], strict=True)]
+    into[1] += state[1]
+
+
+def render(backends: list[str], snap: dict[str, Any]) -> str:
+    """A snapshot in Prometheus' text exposition format."""
+    lines: list[str] = []
+    counters, decisions = snap["counters"], snap["decisions"]
+    in_flight, up = snap["in_flight"], set(snap["up"])
+
+    def family(name: str, kind: str, help_: str, body: list[str]) -> None:
+        lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *body])
+
+    for name, help_ in (
+            ("requests", "Requests answered by a backend or failed upstream."),
+            ("fallbacks", "Moves from one backend to the next (error, 5xx, busy)."),
+            ("client_disconnects", "Requests whose client left before the answer.")):
+        family(f"vlroute_{name}_total", "counter", help_,
+               [f"vlroute_{name}_total {counters.get(name, 0)}"])
+    family("vlroute_decisions_total", "counter", "Requests answered, per backend.",
+           [f'vlroute_decisions_total{{model="{b}"}} {decisions.get(b, 0)}' for b in backends])
+    family("vlroute_request_seconds", "histogram", "Time from request to answer (to the end "
+           "of a stream).", _histogram("vlroute_request_seconds", REQUEST_BUCKETS,
+                                       snap["request_seconds"]))
+    family("vlroute_route_seconds", "histogram", "Time spent choosing the backend (features "
+           "and router).", _histogram("vlroute_route_seconds", ROUTE_BUCKETS,
+                                      snap["route_seconds"]))
+    family("vlroute_ttft_seconds", "histogram", "Time to the backend's first byte, per "
+           "backend.", [line for b in backends for line in _histogram(
+               "vlroute_ttft_seconds", REQUEST_BUCKETS, snap["ttft_seconds"][b],
+               f'model="{b}"')])
+    family("vlroute_backend_in_flight", "gauge", "Requests a backend is working on.",
+           [f'vlroute_backend_in_flight{{model="{b}"}} {in_flight.get(b, 0)}'
+            for b in backends])
+    family("vlroute_backend_up", "gauge", "1 unless a circuit breaker has taken the backend "
+           "out.", [f'vlroute_backend_up{{model="{b}"}} {int(b in up)}' for b in backends])
+    return "\n".join(lines) + "\n"
+
+
+class SharedMetrics:
+    """The workers of one ``vlroute serve --workers N`` share a directory: each writes its
+    snapshot there every :data:`SHARE_EVERY_S` (and when it is scraped), and a scrape of any
+    worker adds up all of them. A worker that has exited keeps its counts (counters never go
+    back) but not its in-flight gauge."""
+
+    def __init__(self, directory: Path, metrics: Metrics) -> None:
+        self.directory, self.metrics = directory, metrics
+        self.path = directory / f"worker-{os.getpid()}.json"
+
+    def write(self, in_flight: dict[str, int], up: set[str]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.metrics.snapshot(in_flight, up)))
+        os.replace(tmp, self.path)                    # readers never see half a file
+
+    def render(self, in_flight: dict[str, int], up: set[str]) -> str:
+        self.write(in_flight, up)
+        snapshots = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                snap = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue                              # a file being replaced: next time
+            if snap["pid"] != os.getpid() and not _alive(snap["pid"]):
+                snap["in_flight"], snap["up"] = {}, list(self.metrics.backends)
+            snapshots.append(snap)
+        return render(self.metrics.backends, merge(snapshots))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
