@@ -35,6 +35,15 @@ from _procs import CLI, free_port, wait_for
 ASK = {"model": "vlroute/mes=6,tau=0.6", "messages": [{"role": "user", "content": "2 + 2?"}]}
 
 
+def run_threads(worker: Any, threads: int) -> None:
+    """Run ``worker`` in ``threads`` threads until all return."""
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
 def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | None]]:
     """(status, request id) of every request sent during ``seconds`` (0: connection lost)."""
     out: list[tuple[int, str | None]] = []
@@ -48,11 +57,7 @@ def load(url: str, seconds: float, threads: int = 4) -> list[tuple[int, str | No
                     out.append((r.status_code, r.headers.get("x-vlroute-request-id")))
                 except httpx.TransportError:
                     out.append((0, None))
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    run_threads(worker, threads)
     return out
 
 
@@ -76,11 +81,7 @@ def budget_run(url: str, requests: int = 400, threads: int = 8) -> list[int]:
                     if next(todo, None) is None:
                         return
                 out.append(client.post(url, json=BUDGET_ASK).status_code)
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    run_threads(worker, threads)
     return out
 
 
