@@ -80,6 +80,11 @@ class Upstream:
         if what == "sse-error":
             return Reply(200, b'data: {"error": {"message": "CUDA out of memory"}}\n\n',
                          "text/event-stream")
+        if what == "sse-usage":      # the usage event OpenAI-compatible servers send last
+            return Reply(200, b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+                              b'data: {"choices":[],"usage":{"prompt_tokens":40,'
+                              b'"completion_tokens":5}}\n\ndata: [DONE]\n\n',
+                         "text/event-stream")
         if what == "empty":
             return Reply(200, b"", "text/event-stream")
         if what == "sse-slow":       # headers at once, the first chunk once the test lets go
@@ -251,11 +256,19 @@ def test_circuit_breaker_takes_a_failing_backend_out(tmp_path: Path) -> None:
 
 
 def test_streaming_passes_sse_through(tmp_path: Path) -> None:
-    with client(config(tmp_path), Upstream(cloud=["sse"])) as c:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'sse.db'}")
+    with client(config(tmp_path), Upstream(cloud=["sse", "sse-usage"]), store) as c:
         with c.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
             body = b"".join(r.iter_bytes())
         assert r.headers["content-type"].startswith("text/event-stream")
         assert body.endswith(b"data: [DONE]\n\n") and b'"hi"' in body
+        estimate = float(r.headers["x-vlroute-est-cost-usd"])
+        with c.stream("POST", "/v1/chat/completions", json=ask(stream=True)) as r:
+            assert b'"usage"' in b"".join(r.iter_bytes())    # passed through unchanged
+    no_usage, usage = store.rows()
+    assert no_usage["cost_usd"] == pytest.approx(estimate) and no_usage["tokens_in"] is None
+    assert (usage["tokens_in"], usage["tokens_out"]) == (40, 5)       # booked from the event
+    assert usage["cost_usd"] == pytest.approx((40 * 2 + 5 * 8) / 1e6)
 
 
 @pytest.mark.parametrize("failure", ["stall", "sse-error", "empty", "500"])

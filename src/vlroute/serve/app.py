@@ -48,6 +48,7 @@ from vlroute.serve.upstream import (
     close_quietly,
     relay,
     release,
+    stream_usage,
 )
 
 #: a backend with this many failures in a row leaves the candidate set ...
@@ -369,11 +370,9 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         media = attempt.headers.get("content-type", "application/json")
         if not stream:
             usage = _usage(attempt.content)
-            backend = next(b for b in config.backends if b.name == chosen)
-            cost = (usage[0] * backend.price_in_per_1m
-                    + usage[1] * backend.price_out_per_1m) / 1e6
             row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
-                       cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
+                       cost_usd=_cost(config, chosen, usage),
+                       total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
             g.metrics.request_seconds.observe(time.perf_counter() - start)
             return Response(attempt.content, status_code=attempt.status, media_type=media,
@@ -387,9 +386,13 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                 return
             finished = True
             await release(attempt)
-            # a stream reports no usage here: book the estimate
-            row.update(status=attempt.status, cost_usd=estimate,
-                       total_ms=(time.perf_counter() - start) * 1e3)
+            # the usage event, when the client asked for one; else book the estimate
+            usage = stream_usage(attempt)
+            if usage is not None:
+                row.update(tokens_in=usage[0], tokens_out=usage[1],
+                           cost_usd=_cost(config, chosen, usage))
+            row.update(status=attempt.status, total_ms=(time.perf_counter() - start) * 1e3)
+            row.setdefault("cost_usd", estimate)
             await g.recorder.record(row)
             g.metrics.request_seconds.observe(time.perf_counter() - start)
 
@@ -468,6 +471,12 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         return PlainTextResponse(source.render(*g.gauges()))
 
     return app
+
+
+def _cost(config: GatewayConfig, backend: str, usage: tuple[int, int]) -> float:
+    """USD of a call from its token usage and the backend's prices."""
+    b = next(b for b in config.backends if b.name == backend)
+    return (usage[0] * b.price_in_per_1m + usage[1] * b.price_out_per_1m) / 1e6
 
 
 def _usage(content: bytes) -> tuple[int, int]:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vlroute.serve.config import Backend
+
+#: the last chunks of a stream kept, to find its usage event (a few hundred bytes each)
+TAIL_CHUNKS = 4
 
 
 class UpstreamError(Exception):
@@ -142,6 +146,7 @@ class Attempt:
     response: UpstreamResponse | None = None
     first: bytes = b""                                   # a stream's first chunk, read ahead
     rest: AsyncIterator[bytes] | None = None             # and the chunks after it
+    tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_CHUNKS))
     slot: asyncio.Semaphore | None = None
     path: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
@@ -261,6 +266,25 @@ async def _first_chunk(chunks: AsyncIterator[bytes], attempt: Attempt) -> str | 
     return None
 
 
+def stream_usage(attempt: Attempt) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from a relayed stream's usage event, which OpenAI-compatible
+    servers send last when asked (``stream_options: {"include_usage": true}``); None when
+    the stream's end has none."""
+    import orjson
+
+    for event in reversed(b"".join(attempt.tail).split(b"\n\n")):
+        event = event.strip()
+        if not event.startswith(b"data:") or b'"usage"' not in event:
+            continue
+        try:
+            usage = orjson.loads(event[5:]).get("usage")
+            if isinstance(usage, dict):
+                return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return None
+
+
 def _error_event(chunk: bytes) -> str | None:
     """The message of an SSE error event (``data: {"error": ...}``) opening ``chunk``: how
     vLLM and other servers report a failure after a 200."""
@@ -291,11 +315,13 @@ async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
     """A streamed upstream body, chunk by chunk, unchanged (the first was read ahead);
     releases the response and the backend's slot at the end (also when the client goes
     away)."""
-    rest = attempt.rest
+    rest, tail = attempt.rest, attempt.tail
     assert rest is not None
     try:
+        tail.append(attempt.first)
         yield attempt.first
         async for chunk in rest:
+            tail.append(chunk)                # the end may carry the usage: see stream_usage
             yield chunk
     except UpstreamError:
         return                    # the headers are out: end the stream where it broke
