@@ -40,7 +40,8 @@ class Upstream:
     """Scripted backends: per host a list of behaviours, consumed in order (the last one
     repeats): "ok", "sse", "500", "429", "timeout", "garbage", "broken" (the body breaks),
     "stall" (a 200 stream whose first read times out), "sse-error" (a 200 stream that opens
-    with an error event), "empty" (a 200 stream with no body)."""
+    with an error event), "empty" (a 200 stream with no body), "ctx" (a 400: the prompt is
+    over the context length), "400" (another 400)."""
 
     def __init__(self, **script: list[str]) -> None:
         self.script = script
@@ -85,6 +86,12 @@ class Upstream:
                               b'data: {"choices":[],"usage":{"prompt_tokens":40,'
                               b'"completion_tokens":5}}\n\ndata: [DONE]\n\n',
                          "text/event-stream")
+        if what == "ctx":            # vLLM's words for a prompt over the context length
+            return Reply(400, {"object": "error", "type": "BadRequestError", "code": 400,
+                               "message": "This model's maximum context length is 4096 "
+                                          "tokens. However, you requested 9000 tokens."})
+        if what == "400":
+            return Reply(400, {"error": {"message": "unsupported parameter 'logit_bias'"}})
         if what == "empty":
             return Reply(200, b"", "text/event-stream")
         if what == "sse-slow":       # headers at once, the first chunk once the test lets go
@@ -289,6 +296,25 @@ def test_a_stream_falls_back_until_its_first_chunk(tmp_path: Path, failure: str)
     assert [p["backend"] for p in path] == ["cloud", "edge"]
     if failure == "sse-error":
         assert "CUDA out of memory" in path[0]["error"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_edge_context_goes_to_the_next_backend(tmp_path: Path,
+                                                                 stream: bool) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'ctx.db'}")
+    cheap = ask("vlroute/mes=6,tau=0.6,by=usd", stream=stream)     # the edge first
+    up = Upstream(edge=["ctx", "400"], cloud=["sse" if stream else "ok"])
+    with client(config(tmp_path), up, store) as c:
+        r = c.post("/v1/chat/completions", json=cheap)
+        assert r.status_code == 200 and r.headers["x-vlroute-model"] == "cloud"
+        assert (b"data: [DONE]" in r.content) == stream
+        assert c.get("/health").json()["backends"]["edge"]["failures"] == 0  # not unhealthy
+        other = c.post("/v1/chat/completions", json=cheap)       # any other 4xx: the answer
+        assert other.status_code == 400 and other.headers["x-vlroute-model"] == "edge"
+        assert "logit_bias" in other.json()["error"]["message"]
+    path = json.loads(store.rows()[0]["fallback_path"])
+    assert path == [{"backend": "edge", "status": 400, "error": "context length exceeded"},
+                    {"backend": "cloud", "status": 200}]
 
 
 @pytest.mark.parametrize(("payload", "status", "message"), [

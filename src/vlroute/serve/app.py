@@ -368,7 +368,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             headers["x-vlroute-predicted-score"] = f"{decision.predicted.get(chosen, 0):.4f}"
             headers["x-vlroute-est-cost-usd"] = f"{decision.est_cost_usd.get(chosen, 0):.8f}"
         media = attempt.headers.get("content-type", "application/json")
-        if not stream:
+        if attempt.rest is None:        # a JSON answer (also a 4xx to a stream request)
             usage = _usage(attempt.content)
             row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
                        cost_usd=_cost(config, chosen, usage),

@@ -3,7 +3,8 @@ move on to the next backend; 429 gets a bounded retry with backoff first; a back
 ``max_concurrency`` is passed over while another candidate is left, else waited for. A stream
 is committed to only once its first chunk has arrived: a stream that breaks, stalls past the
 timeout, ends empty or opens with an error event before that falls back too, since nothing
-has reached the client yet.
+has reached the client yet. A 400 / 413 that says the prompt is over the backend's context
+length moves on to the next backend too (edge models have short contexts).
 
 The wire goes through a :class:`Transport`: :class:`AiohttpTransport` in production (a pooled
 keep-alive client, several times faster than httpx under load), a scripted one in tests.
@@ -214,7 +215,23 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                     state.failed(f"HTTP {response.status}")
                     attempt.path.append({"backend": backend.name, "status": response.status})
                     break
-                if stream:
+                if response.status in (400, 413) and n < len(backends) - 1:
+                    # the prompt may only be too long for this backend (a small edge model's
+                    # context): then the next one gets it; any other 4xx is the answer
+                    try:
+                        attempt.content = await response.read()
+                    except UpstreamError:
+                        attempt.content = b""
+                    finally:
+                        response.release()
+                    if context_exceeded(attempt.content):
+                        attempt.path.append({"backend": backend.name,
+                                             "status": response.status,
+                                             "error": "context length exceeded"})
+                        attempt.content = b""
+                        break
+                    attempt.ttft_ms = (time.perf_counter() - start) * 1e3
+                elif stream:
                     chunks = response.chunks()
                     try:
                         problem = await _first_chunk(chunks, attempt)
@@ -249,6 +266,18 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
             if not keep:
                 state.slots.release()
     return attempt
+
+
+#: how OpenAI, vLLM, llama.cpp, Ollama and others word "the prompt is too long for me"
+CONTEXT_ERRORS = (b"context length", b"context_length", b"context window", b"maximum context",
+                  b"too many tokens", b"exceeds the context", b"prompt is too long",
+                  b"input is too long", b"context size")
+
+
+def context_exceeded(body: bytes) -> bool:
+    """Whether an error body says the prompt is longer than the backend's context."""
+    head = body[:4096].lower()
+    return any(pattern in head for pattern in CONTEXT_ERRORS)
 
 
 async def _first_chunk(chunks: AsyncIterator[bytes], attempt: Attempt) -> str | None:
