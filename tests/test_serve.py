@@ -370,6 +370,75 @@ def test_images_and_conversations_route_and_sessions_pin(tmp_path: Path) -> None
         assert other.headers["x-vlroute-model"] == "cloud"
 
 
+def test_session_pins_expire_and_odd_session_ids_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlroute.serve.app as app_module
+    import vlroute.serve.stores as stores_module
+
+    cheap = {"model": "vlroute/mes=6,tau=0.6", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-vlroute-session": "s1"}
+    with client(config(tmp_path), Upstream()) as c:
+        assert c.post("/v1/chat/completions", json=cheap,
+                      headers=headers).headers["x-vlroute-model"] == "edge"
+        # a week on (the TTL run out): the pin is gone, in memory and in the database
+        monkeypatch.setattr(app_module, "SESSION_TTL_S", -1.0)
+        monkeypatch.setattr(stores_module, "SESSION_TTL_S", -1.0)
+        r = c.post("/v1/chat/completions", json=ask(), headers=headers)
+        assert r.headers["x-vlroute-model"] == "cloud"
+        long = c.post("/v1/chat/completions", json=ask(), headers={"x-vlroute-session": "x" * 300})
+        assert long.status_code == 400 and "x-vlroute-session" in long.json()["error"]["message"]
+
+
+def test_text_only_and_small_context_backends_are_left_out(tmp_path: Path) -> None:
+    cfg = GatewayConfig.model_validate({
+        "backends": [
+            {"name": "edge", "base_url": "http://edge.test/v1", "model": "small", "tier": "edge",
+             "prior_quality": 0.7, "vision": False, "context_tokens": 1024},
+            {"name": "cloud", "base_url": "http://cloud.test/v1", "model": "big",
+             "price_in_per_1m": 2.0, "price_out_per_1m": 8.0, "prior_quality": 0.9}],
+        "telemetry": {"url": f"sqlite:///{tmp_path / 't.db'}"}})
+    cheap = "vlroute/mes=6,tau=0.6,by=usd"        # picks the edge whenever it may
+    image = [{"type": "text", "text": "What is shown?"},
+             {"type": "image_url", "image_url": {"url": png_url()}}]
+    up = Upstream()
+    with client(cfg, up) as c:
+        def route(content: Any, **extra: Any) -> dict[str, Any]:
+            r = c.post("/v1/route", json={"model": cheap, "messages": [
+                {"role": "user", "content": content}], **extra})
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        assert route("2 + 2?")["model"] == "edge" and route("2 + 2?")["left_out"] == {}
+        with_image = route(image)
+        assert with_image["model"] == "cloud" and with_image["fallback_order"] == ["cloud"]
+        assert "text-only" in with_image["left_out"]["edge"]
+        long = route("word " * 1000)                  # about 1,250 tokens: over the edge's
+        assert long["model"] == "cloud" and "context window of 1024" in long["left_out"]["edge"]
+        assert route("2 + 2?", max_tokens=2000)["model"] == "cloud"   # no room to answer
+        assert route("2 + 2?", max_tokens=500)["model"] == "edge"
+        r = c.post("/v1/chat/completions", json={"model": cheap, "messages": [
+            {"role": "user", "content": image}]})
+        assert r.status_code == 200 and r.headers["x-vlroute-model"] == "cloud"
+        assert [host for host, _ in up.seen] == ["cloud"]          # the edge never saw it
+        direct = c.post("/v1/chat/completions", json={"model": "edge", "messages": [
+            {"role": "user", "content": image}]})
+        assert direct.status_code == 400 and "text-only" in direct.json()["error"]["message"]
+
+    backends = [dict(b, vision=False, context_tokens=1024) for b in
+                cfg.model_dump(mode="json")["backends"]]
+    small = GatewayConfig.model_validate({**cfg.model_dump(mode="json"), "backends": backends})
+    up = Upstream()
+    with client(small, up) as c:
+        r = c.post("/v1/chat/completions", json={"model": cheap, "messages": [
+            {"role": "user", "content": image}]})
+        assert r.status_code == 400 and "no backend of this gateway" in r.text
+        assert "edge: text-only" in r.json()["error"]["message"] and not up.seen
+        # no window fits by the estimate (which is rough): the backends judge the size
+        r = c.post("/v1/chat/completions", json=ask(cheap, messages=[
+            {"role": "user", "content": "word " * 1000}]))
+        assert r.status_code == 200 and up.seen
+
+
 def test_api_keys_are_checked_against_hashes(tmp_path: Path) -> None:
     cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key("s3cret")}])
     with client(cfg, Upstream()) as c:
@@ -510,7 +579,11 @@ def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
     cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key(key),
                                        "budget_usd_day": 0.0021}])
     auth = {"authorization": f"Bearer {key}"}
-    with client(cfg, Upstream()) as c:
+    up = Upstream()
+    with client(cfg, up) as c:
+        # the hold covers the client's max_tokens: 1,000 output tokens at $8/1M cannot fit
+        long = c.post("/v1/chat/completions", json=ask(max_tokens=1000), headers=auth)
+        assert long.status_code == 429 and not up.seen
         assert c.post("/v1/chat/completions", json=ask(), headers=auth).status_code == 200
         over = c.post("/v1/chat/completions", json=ask(), headers=auth)
         assert over.status_code == 429 and "budget" in over.json()["error"]["message"]

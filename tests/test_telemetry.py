@@ -113,12 +113,14 @@ def test_reservations_from_many_workers_never_overshoot(store_url: str) -> None:
 def test_sessions_pin_to_the_first_backend_across_workers(store_url: str) -> None:
     first, second = open_store(store_url), open_store(store_url)
     try:
-        assert first.pinned("s1") is None
-        assert first.pin("s1", "edge", NOW) == "edge"
-        assert second.pin("s1", "cloud", NOW + 1) == "edge"       # the first pin wins
-        assert second.pinned("s1") == "edge"
+        assert first.pinned("s1", NOW) is None
+        assert first.pin("s1", "edge", NOW) == ("edge", NOW)
+        assert second.pin("s1", "cloud", NOW + 1) == ("edge", NOW)   # the first pin wins
+        assert second.pinned("s1", NOW + 1) == ("edge", NOW)
         later = NOW + 8 * 86400                                    # a week on: forgotten
-        assert second.pin("s2", "cloud", later) == "cloud" and first.pinned("s1") is None
+        assert first.pinned("s1", later) is None                   # expired, still stored
+        assert second.pin("s2", "cloud", later) == ("cloud", later)
+        assert second.pin("s1", "cloud", later) == ("cloud", later)  # pinned afresh
     finally:
         first.close()
         second.close()

@@ -31,13 +31,16 @@ from vlroute.serve.metrics import METRICS_DIR_ENV, SHARE_EVERY_S, Metrics, Share
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
 from vlroute.serve.remote_images import fetch_all, image_urls, inline
 from vlroute.serve.routing import (
+    OUTPUT_TOKENS,
     Decision,
     Prompt,
     RequestError,
     RoutingEngine,
     decode_image,
+    max_output,
     read_messages,
 )
+from vlroute.serve.stores import SESSION_TTL_S
 from vlroute.serve.telemetry import Recorder, TelemetryStore, open_store
 from vlroute.serve.upstream import (
     AiohttpTransport,
@@ -59,6 +62,8 @@ BREAKER_COOLDOWN_S = 30.0
 CLIENT_CLOSED = 499
 #: session pins kept in memory at most (all are in the database); the oldest go first
 MAX_SESSIONS = 100_000
+#: the longest x-vlroute-session value taken
+MAX_SESSION_CHARS = 256
 #: images up to this many data-URL characters in all are checked on the event loop
 INLINE_IMAGE_CHARS = 1_500_000
 
@@ -101,17 +106,20 @@ class Gateway:
         self.metrics = Metrics(self.states)
         shared = os.environ.get(METRICS_DIR_ENV)      # set by `vlroute serve --workers N`
         self.shared = SharedMetrics(Path(shared), self.metrics) if shared else None
-        self.sessions: OrderedDict[str, str] = OrderedDict()
+        self.sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.budgets = Budgets(config.auth_keys, self.recorder)
 
     async def pinned(self, session: str) -> str | None:
         """The backend ``session`` is pinned to (by any worker), if any."""
-        if session in self.sessions:
-            return self.sessions[session]
-        found: str | None = await self.recorder.call(self.store.pinned, session)
-        if found is not None:
+        now = time.time()
+        found = self.sessions.get(session)
+        if found is None or now - found[1] >= SESSION_TTL_S:
+            found = await self.recorder.call(self.store.pinned, session, now)
+            if found is None:
+                self.sessions.pop(session, None)
+                return None
             self._remember(session, found)
-        return found
+        return found[0]
 
     async def pin(self, session: str, backend: str) -> None:
         """Pin a session to its first turn's backend (a race between workers: first wins)."""
@@ -119,9 +127,10 @@ class Gateway:
             self._remember(session, await self.recorder.call(
                 self.store.pin, session, backend, time.time()))
 
-    def _remember(self, session: str, backend: str) -> None:
-        """Pins never change: keep the latest in memory (the oldest are forgotten first)."""
-        self.sessions[session] = backend
+    def _remember(self, session: str, pin: tuple[str, float]) -> None:
+        """A pin (backend, since) does not change until it expires: keep the latest in
+        memory (the oldest are forgotten first)."""
+        self.sessions[session] = pin
         if len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
 
@@ -160,6 +169,15 @@ class Gateway:
             raise RequestError("missing or invalid API key (Authorization: Bearer <key>).",
                                status=401)
         return found
+
+
+def _session(request: Request) -> str | None:
+    """The x-vlroute-session header, checked."""
+    session = request.headers.get("x-vlroute-session")
+    if session is not None and not 0 < len(session) <= MAX_SESSION_CHARS:
+        raise RequestError(f"x-vlroute-session must be 1 to {MAX_SESSION_CHARS} characters, "
+                           f"got {len(session)}.", param="x-vlroute-session")
+    return session
 
 
 async def _client_gone(request: Request) -> None:
@@ -289,16 +307,28 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             images = tuple(decode_image(u, config) for u in urls)
         prompt = Prompt(text, images)
         if model in g.states:
+            if images and not g.engine.backends[model].vision:
+                raise RequestError(f"backend {model!r} is text-only, and the request has "
+                                   f"images.", param="model")
             return None, prompt, key, body
         scenario = config.scenario(model)
-        up = g.available()
-        session = request.headers.get("x-vlroute-session")
+        left_out = g.engine.unfit(prompt, max_output(body))
+        if len(left_out) == len(g.states):
+            # no window fits by the estimate, which is rough: let the backends judge the size
+            left_out = g.engine.unfit(prompt, max_output(body), context=False)
+            if len(left_out) == len(g.states):
+                raise RequestError("no backend of this gateway can take this request: " +
+                                   "; ".join(f"{n}: {why}" for n, why in left_out.items()) +
+                                   ".", param="messages")
+        up = [n for n in g.available() if n not in left_out]
+        session = _session(request)
         pinned = await g.pinned(session) if session else None
         if pinned in up:
             up = [pinned]
         latency = {n: s.latency_s for n, s in g.states.items() if s.latency_s is not None}
         if g.engine.router is None:     # training-free: microseconds, stay on the loop
             decision = g.engine.decide(prompt, scenario, up, latency)
+            decision.left_out = left_out
             g.metrics.route_seconds.observe(decision.route_ms / 1e3)
             return decision, prompt, key, body
         if not up:
@@ -307,6 +337,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         start = time.perf_counter()     # encoders + router: batched with concurrent requests
         row = await g.batcher.predict(prompt, scenario)
         decision = g.engine.decide(prompt, scenario, up, latency, row)
+        decision.left_out = left_out
         decision.route_ms = (time.perf_counter() - start) * 1e3
         g.metrics.route_seconds.observe(decision.route_ms / 1e3)
         return decision, prompt, key, body
@@ -320,12 +351,14 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         order = decision.order if decision else [str(body["model"])]
         scenario_name = decision.scenario.name if decision else "direct"
         stream = bool(body.get("stream"))
-        backends = [next(b for b in config.backends if b.name == n) for n in order]
-        estimate = max((decision.est_cost_usd.get(n, 0.0) for n in order), default=0.0) \
-            if decision else g.engine.estimate_cost(backends[0], prompt)
+        backends = [g.engine.backends[n] for n in order]
+        # the hold covers the dearest candidate at the client's max_tokens (the estimate's
+        # output otherwise); held until the request's row books its cost (every path does)
+        out_tokens = max_output(body) or OUTPUT_TOKENS
         rid = f"vlr-{os.urandom(16).hex()}"
-        # held until the request's telemetry row books its cost (every path below writes one)
-        held = await g.budgets.reserve(key, rid, estimate, dt.datetime.now(dt.UTC))
+        held = await g.budgets.reserve(key, rid, max(
+            g.engine.estimate_cost(b, prompt, out_tokens) for b in backends),
+            dt.datetime.now(dt.UTC))
         try:
             attempt = await _unless_client_leaves(request, call(
                 g.transport, backends, body, g.states, stream=stream,
@@ -357,7 +390,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if attempt.ttft_ms is not None:
             g.metrics.ttft_seconds[attempt.backend].observe(attempt.ttft_ms / 1e3)
         if decision:
-            session = request.headers.get("x-vlroute-session")
+            session = _session(request)
             if session:
                 await g.pin(session, attempt.backend or "")
         chosen = attempt.backend or ""
@@ -392,7 +425,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                 row.update(tokens_in=usage[0], tokens_out=usage[1],
                            cost_usd=_cost(config, chosen, usage))
             row.update(status=attempt.status, total_ms=(time.perf_counter() - start) * 1e3)
-            row.setdefault("cost_usd", estimate)
+            row.setdefault("cost_usd", g.engine.estimate_cost(
+                g.engine.backends[chosen], prompt, out_tokens))
             await g.recorder.record(row)
             g.metrics.request_seconds.observe(time.perf_counter() - start)
 
@@ -419,6 +453,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
                              "scenario_spec": decision.scenario.spec(),
                              "predicted": decision.predicted,
                              "est_cost_usd": decision.est_cost_usd,
+                             "left_out": decision.left_out,
                              "route_ms": decision.route_ms})
 
     @app.get("/v1/models")

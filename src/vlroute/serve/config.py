@@ -46,6 +46,11 @@ class Backend(_Strict):
                                  "artifact is loaded or the router does not know the model.")
     timeout_s: float = Field(60.0, gt=0)
     max_concurrency: int = Field(64, ge=1)
+    vision: bool = Field(True, description="Takes images; a text-only backend is left out "
+                         "of the candidates of a request with images.")
+    context_tokens: int | None = Field(None, ge=256, description="Context window; a backend "
+                                       "is left out of the candidates of a request whose "
+                                       "estimated prompt tokens plus max_tokens exceed it.")
 
     @field_validator("base_url")
     @classmethod

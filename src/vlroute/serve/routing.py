@@ -30,7 +30,11 @@ from vlroute.serve.config import Backend, GatewayConfig
 
 #: tokens an image costs when estimating (a common tile count; the catalog refines per model)
 IMAGE_TOKENS = 765
+#: output tokens assumed for a cost estimate when the client sets no max_tokens
 OUTPUT_TOKENS = 256
+#: characters per token when estimating a prompt's size (English text; others run denser,
+#: and the reactive context-length fallback catches what the estimate misses)
+CHARS_PER_TOKEN = 4
 
 
 class RequestError(VlrouteError):
@@ -59,7 +63,8 @@ class Decision:
     predicted: dict[str, float]
     est_cost_usd: dict[str, float]
     route_ms: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    #: backends that could not take the request at all, with why (text-only, context)
+    left_out: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> str:
@@ -151,6 +156,21 @@ def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
     decoded and checked."""
     text, urls = read_messages(body, config)
     return Prompt(text=text, images=tuple(decode_image(u, config) for u in urls))
+
+
+def prompt_tokens(prompt: Prompt) -> int:
+    """The request's estimated input tokens (text and images)."""
+    return len(prompt.text) // CHARS_PER_TOKEN + IMAGE_TOKENS * len(prompt.images)
+
+
+def max_output(body: dict[str, Any]) -> int | None:
+    """The client's cap on output tokens (``max_completion_tokens``, else ``max_tokens``);
+    None when it sets none (a malformed one is the backend's to refuse)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _digest(prompt: Prompt) -> bytes:
@@ -291,10 +311,26 @@ class RoutingEngine:
                 out[n] = float(preds[models.index(model)])
         return out
 
-    def estimate_cost(self, backend: Backend, prompt: Prompt) -> float:
-        tokens_in = len(prompt.text) / 4 + IMAGE_TOKENS * len(prompt.images)
-        return (tokens_in * backend.price_in_per_1m
-                + OUTPUT_TOKENS * backend.price_out_per_1m) / 1e6
+    def estimate_cost(self, backend: Backend, prompt: Prompt,
+                      output_tokens: int = OUTPUT_TOKENS) -> float:
+        """USD of a call, from the prompt's estimated tokens and ``output_tokens``."""
+        return (prompt_tokens(prompt) * backend.price_in_per_1m
+                + output_tokens * backend.price_out_per_1m) / 1e6
+
+    def unfit(self, prompt: Prompt, output_tokens: int | None = None,
+              context: bool = True) -> dict[str, str]:
+        """The backends that cannot take this request, with why: text-only ones when it
+        carries images, and (``context``) those whose context window is below its estimated
+        size, prompt plus ``output_tokens`` (the client's max_tokens)."""
+        need = prompt_tokens(prompt) + (output_tokens or 0)
+        out = {}
+        for b in self.config.backends:
+            if prompt.images and not b.vision:
+                out[b.name] = "text-only, and the request has images"
+            elif context and b.context_tokens is not None and need > b.context_tokens:
+                out[b.name] = (f"context window of {b.context_tokens} tokens; the request "
+                               f"needs about {need}")
+        return out
 
     def decide(self, prompt: Prompt, scenario: Scenario, up: list[str],
                latency: dict[str, float] | None = None, row: np.ndarray | None = None

@@ -105,9 +105,9 @@ class TelemetryStore(Protocol):
     def usage(self, key_id: str, periods: list[str], now: float) -> dict[str, tuple[float,
                                                                                   float]]: ...
 
-    def pin(self, session: str, backend: str, now: float) -> str: ...
+    def pin(self, session: str, backend: str, now: float) -> tuple[str, float]: ...
 
-    def pinned(self, session: str) -> str | None: ...
+    def pinned(self, session: str, now: float) -> tuple[str, float] | None: ...
 
     def rows(self) -> list[dict[str, Any]]: ...
 
@@ -206,21 +206,25 @@ class SQLStore:
         """USD booked for ``key_id`` in a period ("2026-11-23" or "2026-11")."""
         return self.usage(key_id, [period], 0.0)[period][0]
 
-    def pin(self, session: str, backend: str, now: float) -> str:
+    def pin(self, session: str, backend: str, now: float) -> tuple[str, float]:
         """Pin ``session`` to ``backend`` unless it is pinned already; the backend it is
-        pinned to (when two workers race, the first commit wins)."""
+        pinned to and since when (when two workers race, the first commit wins)."""
 
-        def work(q: Query) -> str:
+        def work(q: Query) -> tuple[str, float]:
             q.run("DELETE FROM sessions WHERE ts < ?", (now - SESSION_TTL_S,))
             q.run("INSERT INTO sessions (id, backend, ts) VALUES (?, ?, ?) ON CONFLICT (id) DO "
                   "NOTHING", (session, backend, now))
-            return str(q.all("SELECT backend FROM sessions WHERE id = ?", (session,))[0][0])
+            found = q.all("SELECT backend, ts FROM sessions WHERE id = ?", (session,))[0]
+            return str(found[0]), float(found[1])
         return self._tx(work)
 
-    def pinned(self, session: str) -> str | None:
-        found = self._tx(lambda q: q.all("SELECT backend FROM sessions WHERE id = ?",
-                                         (session,)), write=False)
-        return str(found[0][0]) if found else None
+    def pinned(self, session: str, now: float) -> tuple[str, float] | None:
+        """The backend ``session`` is pinned to and since when; None when it is not, or
+        its pin is over SESSION_TTL_S old."""
+        found = self._tx(lambda q: q.all("SELECT backend, ts FROM sessions WHERE id = ? AND "
+                                         "ts >= ?", (session, now - SESSION_TTL_S)),
+                         write=False)
+        return (str(found[0][0]), float(found[0][1])) if found else None
 
     def rows(self) -> list[dict[str, Any]]:
         """Every request row (for tests and export), oldest first."""
