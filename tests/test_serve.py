@@ -196,6 +196,12 @@ def test_routes_answers_with_headers_and_records_telemetry(tmp_path: Path) -> No
         assert samples["vlroute_ttft_seconds_count", (("model", "edge"),)] == 1
         assert samples["vlroute_backend_up", (("model", "edge"),)] == 1
         assert samples["vlroute_backend_in_flight", (("model", "cloud"),)] == 0
+        # usage 12 + 3 tokens per answer; the cloud costs $2 / $8 per 1M, the edge nothing
+        assert samples["vlroute_cost_usd_total", (("model", "cloud"),)] == \
+            pytest.approx(2 * (12 * 2 + 3 * 8) / 1e6)
+        assert samples["vlroute_cost_usd_total", (("model", "edge"),)] == 0
+        assert samples["vlroute_tokens_total", (("kind", "prompt"), ("model", "cloud"))] == 24
+        assert samples["vlroute_tokens_total", (("kind", "completion"), ("model", "edge"))] == 3
     rows = store.rows()
     assert [r["chosen"] for r in rows] == ["cloud", "edge", "cloud"]
     assert rows[0]["tokens_in"] == 12 and rows[0]["cost_usd"] == pytest.approx(
@@ -423,6 +429,8 @@ def test_text_only_and_small_context_backends_are_left_out(tmp_path: Path) -> No
         direct = c.post("/v1/chat/completions", json={"model": "edge", "messages": [
             {"role": "user", "content": image}]})
         assert direct.status_code == 400 and "text-only" in direct.json()["error"]["message"]
+        assert scrape(c.get("/metrics").text)["vlroute_left_out_total",
+                                              (("model", "edge"),)] == 1
 
     backends = [dict(b, vision=False, context_tokens=1024) for b in
                 cfg.model_dump(mode="json")["backends"]]

@@ -21,6 +21,7 @@ def worker(requests: int, seconds: float) -> Metrics:
     for _ in range(requests):
         m.request_seconds.observe(seconds)
         m.ttft_seconds["edge"].observe(seconds)
+        m.book("edge", 0.001, 100, 10)
     return m
 
 
@@ -42,6 +43,9 @@ def test_a_scrape_adds_up_every_worker(tmp_path: Path) -> None:
     assert samples["vlroute_request_seconds_bucket", (("le", "0.025"),)] == 3
     assert samples["vlroute_request_seconds_sum", ()] == pytest.approx(2.542)
     assert samples["vlroute_ttft_seconds_count", (("model", "edge"),)] == 8
+    assert samples["vlroute_cost_usd_total", (("model", "edge"),)] == pytest.approx(0.008)
+    assert samples["vlroute_tokens_total", (("kind", "prompt"), ("model", "edge"))] == 800
+    assert samples["vlroute_tokens_total", (("kind", "completion"), ("model", "cloud"))] == 0
     # gauges: live workers only; a backend is up only where every live worker has it up
     assert samples["vlroute_backend_in_flight", (("model", "edge"),)] == 2
     assert samples["vlroute_backend_in_flight", (("model", "cloud"),)] == 2

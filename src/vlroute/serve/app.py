@@ -349,6 +349,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         body = await _body(request, config.limits.max_body_bytes)
         decision, prompt, key, body = await _decide(g, request, body)
         order = decision.order if decision else [str(body["model"])]
+        for name in decision.left_out if decision else ():
+            g.metrics.per_backend["left_out"][name] += 1
         scenario_name = decision.scenario.name if decision else "direct"
         stream = bool(body.get("stream"))
         backends = [g.engine.backends[n] for n in order]
@@ -403,10 +405,11 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         media = attempt.headers.get("content-type", "application/json")
         if attempt.rest is None:        # a JSON answer (also a 4xx to a stream request)
             usage = _usage(attempt.content)
+            cost = _cost(config, chosen, usage)
             row.update(status=attempt.status, tokens_in=usage[0], tokens_out=usage[1],
-                       cost_usd=_cost(config, chosen, usage),
-                       total_ms=(time.perf_counter() - start) * 1e3)
+                       cost_usd=cost, total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
+            g.metrics.book(chosen, cost, *usage)
             g.metrics.request_seconds.observe(time.perf_counter() - start)
             return Response(attempt.content, status_code=attempt.status, media_type=media,
                             headers=headers)
@@ -421,13 +424,14 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
             await release(attempt)
             # the usage event, when the client asked for one; else book the estimate
             usage = stream_usage(attempt)
+            cost = _cost(config, chosen, usage) if usage is not None else \
+                g.engine.estimate_cost(g.engine.backends[chosen], prompt, out_tokens)
             if usage is not None:
-                row.update(tokens_in=usage[0], tokens_out=usage[1],
-                           cost_usd=_cost(config, chosen, usage))
-            row.update(status=attempt.status, total_ms=(time.perf_counter() - start) * 1e3)
-            row.setdefault("cost_usd", g.engine.estimate_cost(
-                g.engine.backends[chosen], prompt, out_tokens))
+                row.update(tokens_in=usage[0], tokens_out=usage[1])
+            row.update(status=attempt.status, cost_usd=cost,
+                       total_ms=(time.perf_counter() - start) * 1e3)
             await g.recorder.record(row)
+            g.metrics.book(chosen, cost, *(usage or (None, None)))
             g.metrics.request_seconds.observe(time.perf_counter() - start)
 
         async def events() -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ import bisect
 import copy
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 SHARE_EVERY_S = 1.0
 #: the directory ``vlroute serve --workers N`` gives its workers for sharing metrics
 METRICS_DIR_ENV = "VLROUTE_METRICS_DIR"
+#: counts kept per backend
+PER_BACKEND = ("cost_usd", "prompt_tokens", "completion_tokens", "left_out")
 
 
 class Histogram:
@@ -63,6 +65,16 @@ class Metrics:
         self.request_seconds = Histogram(REQUEST_BUCKETS)
         self.route_seconds = Histogram(ROUTE_BUCKETS)
         self.ttft_seconds = {b: Histogram(REQUEST_BUCKETS) for b in self.backends}
+        #: per backend: USD booked, prompt and completion tokens, requests it could not take
+        self.per_backend: dict[str, defaultdict[str, float]] = {
+            name: defaultdict(float) for name in PER_BACKEND}
+
+    def book(self, backend: str, cost_usd: float | None, tokens_in: int | None,
+             tokens_out: int | None) -> None:
+        """Count what a request's telemetry row books for ``backend``."""
+        self.per_backend["cost_usd"][backend] += cost_usd or 0.0
+        self.per_backend["prompt_tokens"][backend] += tokens_in or 0
+        self.per_backend["completion_tokens"][backend] += tokens_out or 0
 
     def snapshot(self, in_flight: dict[str, int], up: set[str]) -> dict[str, Any]:
         """This worker's numbers as plain JSON-able data."""
@@ -71,6 +83,7 @@ class Metrics:
                 "request_seconds": self.request_seconds.state(),
                 "route_seconds": self.route_seconds.state(),
                 "ttft_seconds": {b: h.state() for b, h in self.ttft_seconds.items()},
+                "per_backend": {k: dict(v) for k, v in self.per_backend.items()},
                 "in_flight": in_flight, "up": sorted(up)}
 
     def render(self, in_flight: dict[str, int], up: set[str]) -> str:
@@ -87,6 +100,10 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 out[field][name] = out[field].get(name, 0) + value
         for field in ("request_seconds", "route_seconds"):
             _add(out[field], snap[field])
+        for name, values in snap.get("per_backend", {}).items():
+            into = out.setdefault("per_backend", {}).setdefault(name, {})
+            for backend, value in values.items():
+                into[backend] = into.get(backend, 0) + value
         for backend, state in snap["ttft_seconds"].items():
             if backend in out["ttft_seconds"]:
                 _add(out["ttft_seconds"][backend], state)
@@ -126,6 +143,19 @@ def render(backends: list[str], snap: dict[str, Any]) -> str:
            "backend.", [line for b in backends for line in _histogram(
                "vlroute_ttft_seconds", REQUEST_BUCKETS, snap["ttft_seconds"][b],
                f'model="{b}"')])
+    per = {name: snap.get("per_backend", {}).get(name, {}) for name in PER_BACKEND}
+    family("vlroute_cost_usd_total", "counter", "USD booked per backend: from the answer's "
+           "usage and the configured prices, else estimated.",
+           [f'vlroute_cost_usd_total{{model="{b}"}} {per["cost_usd"].get(b, 0.0):.9g}'
+            for b in backends])
+    family("vlroute_tokens_total", "counter", "Tokens per backend, from the answers' usage.",
+           [f'vlroute_tokens_total{{model="{b}",kind="{kind}"}} '
+            f'{int(per[kind + "_tokens"].get(b, 0))}' for b in backends
+            for kind in ("prompt", "completion")])
+    family("vlroute_left_out_total", "counter", "Routed requests a backend could not take "
+           "(text-only and the request has images, or over its context window).",
+           [f'vlroute_left_out_total{{model="{b}"}} {int(per["left_out"].get(b, 0))}'
+            for b in backends])
     family("vlroute_backend_in_flight", "gauge", "Requests a backend is working on.",
            [f'vlroute_backend_in_flight{{model="{b}"}} {in_flight.get(b, 0)}'
             for b in backends])
