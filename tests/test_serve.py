@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ class Upstream:
                 raise
         if what in ("500", "429"):
             return Reply(int(what), {"error": {"message": what}})
+        if what == "429-later":      # asks for longer than the gateway waits
+            return Reply(429, {"error": {"message": "slow down"}}, extra={"retry-after": "30"})
+        if what == "429-soon":
+            return Reply(429, {"error": {"message": "slow down"}},
+                         extra={"retry-after-ms": "20"})
         if what == "garbage":
             return Reply(200, b"\x00not json")
         if what == "sse":
@@ -112,9 +118,10 @@ class Reply:
     """A scripted upstream response (JSON unless bytes are given)."""
 
     def __init__(self, status: int, content: Any, media: str = "application/json",
-                 broken: bool = False, hold: Upstream | None = None) -> None:
+                 broken: bool = False, hold: Upstream | None = None,
+                 extra: dict[str, str] | None = None) -> None:
         self.status = status
-        self.headers = {"content-type": media}
+        self.headers = {"content-type": media, **(extra or {})}
         self.content = content if isinstance(content, bytes) else json.dumps(content).encode()
         self.broken = broken
         self.hold = hold
@@ -224,6 +231,30 @@ def test_falls_back_on_timeouts_and_5xx_and_retries_429(tmp_path: Path) -> None:
         r = c.post("/v1/chat/completions", json=ask())
         assert r.headers["x-vlroute-model"] == "cloud"
         assert [h for h, _ in up.seen] == ["cloud", "cloud"]
+    up = Upstream(cloud=["429-soon", "ok"])            # waits the 20 ms it asks for
+    with client(config(tmp_path), up) as c:
+        assert c.post("/v1/chat/completions", json=ask()).headers["x-vlroute-model"] == "cloud"
+        assert [h for h, _ in up.seen] == ["cloud", "cloud"]
+    up = Upstream(cloud=["429-later", "ok"])           # 30 s: over the 2 s wait, next one
+    with client(config(tmp_path), up) as c:
+        start = time.monotonic()
+        r = c.post("/v1/chat/completions", json=ask())
+        assert r.headers["x-vlroute-model"] == "edge" and time.monotonic() - start < 1.5
+        assert [h for h, _ in up.seen] == ["cloud", "edge"]
+
+
+def test_retry_wait_reads_what_the_backend_asks_for() -> None:
+    from email.utils import format_datetime
+
+    from vlroute.serve.upstream import retry_wait
+
+    assert retry_wait({"retry-after-ms": "250"}, 0) == 0.25
+    assert retry_wait({"retry-after": "3"}, 0) == 3.0
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
+    assert 8 < retry_wait({"retry-after": soon}, 0) <= 10
+    assert retry_wait({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0) == 0.0   # past
+    assert retry_wait({}, 0) == 0.1 and retry_wait({}, 2) == 0.4 and retry_wait({}, 9) == 1.0
+    assert retry_wait({"retry-after": "soon-ish", "retry-after-ms": "x"}, 1) == 0.2
 
 
 def test_a_backend_at_max_concurrency_is_passed_over_or_waited_for(tmp_path: Path) -> None:

@@ -364,7 +364,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         try:
             attempt = await _unless_client_leaves(request, call(
                 g.transport, backends, body, g.states, stream=stream,
-                retries_429=config.limits.max_retries_429))
+                retries_429=config.limits.max_retries_429,
+                max_wait_429_s=config.limits.max_wait_429_s))
         except BaseException:
             if held:
                 await g.budgets.release(rid)

@@ -95,6 +95,9 @@ class Limits(_Strict):
     max_image_bytes: int = Field(10_000_000, ge=1024)
     max_images: int = Field(8, ge=0)
     max_retries_429: int = Field(2, ge=0, le=5)
+    max_wait_429_s: float = Field(2.0, ge=0, le=60, description="The longest wait before a "
+                                  "429 retry; a backend asking (Retry-After) for longer is "
+                                  "left for the next candidate at once.")
 
 
 class RemoteImages(_Strict):

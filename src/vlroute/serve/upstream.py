@@ -1,5 +1,7 @@
 """Calls to the backends with fallback: connect errors, timeouts and 5xx before the first byte
-move on to the next backend; 429 gets a bounded retry with backoff first; a backend at its
+move on to the next backend; 429 gets a bounded retry first, after the wait the backend asks
+for (``Retry-After``, ``retry-after-ms``) or an exponential backoff, unless it asks for more
+than the gateway will wait, when the next backend gets the request at once; a backend at its
 ``max_concurrency`` is passed over while another candidate is left, else waited for. A stream
 is committed to only once its first chunk has arrived: a stream that breaks, stalls past the
 timeout, ends empty or opens with an error event before that falls back too, since nothing
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import email.utils
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -183,8 +187,8 @@ async def _slot(state: BackendState, last: bool, timeout_s: float) -> bool:
 
 
 async def call(transport: Transport, backends: list[Backend], body: dict[str, Any],
-               states: dict[str, BackendState], *, stream: bool, retries_429: int
-               ) -> Attempt:
+               states: dict[str, BackendState], *, stream: bool, retries_429: int,
+               max_wait_429_s: float = 2.0) -> Attempt:
     """Send ``body`` to the first backend that answers."""
     attempt = Attempt()
     for n, backend in enumerate(backends):
@@ -205,10 +209,11 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                     state.failed(str(exc))
                     attempt.path.append({"backend": backend.name, "error": str(exc)})
                     break
-                if response.status == 429 and retry < retries_429:
+                wait = retry_wait(response.headers, retry) if response.status == 429 else 0.0
+                if response.status == 429 and retry < retries_429 and wait <= max_wait_429_s:
                     response.release()
                     attempt.path.append({"backend": backend.name, "status": 429})
-                    await asyncio.sleep(min(0.1 * 2 ** retry, 1.0))
+                    await asyncio.sleep(wait)
                     continue
                 if response.status >= 500 or response.status == 429:
                     response.release()
@@ -266,6 +271,24 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
             if not keep:
                 state.slots.release()
     return attempt
+
+
+def retry_wait(headers: Mapping[str, str], retry: int) -> float:
+    """Seconds to wait before retrying a 429: what the backend asks for (``retry-after-ms``,
+    or ``Retry-After`` in seconds or as an HTTP date), else 0.1 s doubling per retry, at most
+    1 s."""
+    ms = headers.get("retry-after-ms")
+    with contextlib.suppress(TypeError, ValueError):
+        if ms is not None and float(ms) >= 0:
+            return float(ms) / 1e3
+    after = headers.get("retry-after")
+    if after is not None:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(after))
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = email.utils.parsedate_to_datetime(after)
+            return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return min(0.1 * 2.0 ** retry, 1.0)
 
 
 #: how OpenAI, vLLM, llama.cpp, Ollama and others word "the prompt is too long for me"
