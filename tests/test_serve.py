@@ -478,6 +478,42 @@ def test_text_only_and_small_context_backends_are_left_out(tmp_path: Path) -> No
         assert r.status_code == 200 and up.seen
 
 
+def test_image_tokens_follow_each_backends_catalog_rule(tmp_path: Path) -> None:
+    from vlroute.serve.routing import Prompt, RoutingEngine, prompt_of, prompt_tokens
+
+    cfg = GatewayConfig.model_validate({
+        "backends": [
+            {"name": "qwen", "base_url": "http://edge.test/v1", "model": "small",
+             "image_tokens": "qwen2-vl", "context_tokens": 1024},
+            {"name": "gemini", "base_url": "http://cloud.test/v1", "model": "big",
+             "image_tokens": "gemini", "price_in_per_1m": 1.0},
+            {"name": "flat", "base_url": "http://flat.test/v1", "model": "x",
+             "image_tokens": 100}, {"name": "plain", "base_url": "http://p.test/v1",
+                                    "model": "y"}],
+        "telemetry": {"url": f"sqlite:///{tmp_path / 't.db'}"}})
+    big, small = png_url((1400, 1400)), png_url((56, 56))
+    prompt = prompt_of({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "abcd" * 10},
+        {"type": "image_url", "image_url": {"url": big}}]}]}, cfg)
+    assert prompt.sizes == ((1400, 1400),)
+    qwen, gemini, flat, plain = cfg.backends
+    # Qwen2-VL: 1400 px is brought under 1,003,520 pixels in 28 px steps: 35 x 35 + 2
+    assert prompt_tokens(prompt, qwen) == 10 + 35 * 35 + 2
+    assert prompt_tokens(prompt, gemini) == 10 + 258
+    assert prompt_tokens(prompt, flat) == 10 + 100 and prompt_tokens(prompt, plain) == 10 + 765
+    assert prompt_tokens(Prompt("abcd", prompt.images), qwen) == 1 + 765     # size unknown
+    engine = RoutingEngine(cfg)
+    assert engine.estimate_cost(gemini, prompt, 0) == pytest.approx(268 / 1e6)
+    assert "needs about 1237" in engine.unfit(prompt)["qwen"]        # over its 1,024
+    tiny = prompt_of({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": small}}]}]}, cfg)
+    assert engine.unfit(tiny) == {}                                     # 2 x 2 + 2 tokens
+    with pytest.raises(ValueError, match="image_tokens must be a number or one of"):
+        GatewayConfig.model_validate({"backends": [
+            {"name": "a", "base_url": "http://a.test/v1", "model": "m",
+             "image_tokens": "qwen3"}]})
+
+
 def test_api_keys_are_checked_against_hashes(tmp_path: Path) -> None:
     cfg = config(tmp_path, auth_keys=[{"id": "alice", "sha256": hash_key("s3cret")}])
     with client(cfg, Upstream()) as c:

@@ -299,13 +299,13 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         if config.remote_images.enabled and image_urls(body):
             body = inline(body, await fetch_all(body, config, g.image_session))
         text, urls = read_messages(body, config)
-        images: tuple[bytes, ...] = ()
+        decoded: list[tuple[bytes, tuple[int, int]]] = []
         if sum(map(len, urls)) > INLINE_IMAGE_CHARS:    # milliseconds: off the event loop
-            images = tuple(await run_in_threadpool(
-                lambda: [decode_image(u, config) for u in urls]))
+            decoded = await run_in_threadpool(lambda: [decode_image(u, config) for u in urls])
         elif urls:      # about 0.2 ms for 200 KB: cheaper than a thread hop
-            images = tuple(decode_image(u, config) for u in urls)
-        prompt = Prompt(text, images)
+            decoded = [decode_image(u, config) for u in urls]
+        images = tuple(d for d, _ in decoded)
+        prompt = Prompt(text, images, tuple(s for _, s in decoded))
         if model in g.states:
             if images and not g.engine.backends[model].vision:
                 raise RequestError(f"backend {model!r} is text-only, and the request has "

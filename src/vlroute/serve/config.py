@@ -51,6 +51,23 @@ class Backend(_Strict):
     context_tokens: int | None = Field(None, ge=256, description="Context window; a backend "
                                        "is left out of the candidates of a request whose "
                                        "estimated prompt tokens plus max_tokens exceed it.")
+    image_tokens: str | int | None = Field(None, description="Tokens an image costs this "
+                                           "model, for estimates: a rule of the cost catalog "
+                                           "by name (qwen2-vl, openai-4o, claude, gemini, ...) "
+                                           "applied to the image's size, or a number; "
+                                           "unset: 765.")
+
+    @field_validator("image_tokens")
+    @classmethod
+    def _image_rule(cls, value: str | int | None) -> str | int | None:
+        from vlroute.costs.image_tokens import BUILTIN_RULES
+
+        if isinstance(value, str) and value not in BUILTIN_RULES:
+            raise ValueError(f"image_tokens must be a number or one of "
+                             f"{', '.join(sorted(BUILTIN_RULES))}; got {value!r}")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"image_tokens must be >= 0, got {value}")
+        return value
 
     @field_validator("base_url")
     @classmethod

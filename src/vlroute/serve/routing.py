@@ -24,6 +24,7 @@ import numpy as np
 import pybase64
 from PIL import Image, UnidentifiedImageError
 
+from vlroute.costs.image_tokens import BUILTIN_RULES
 from vlroute.errors import VlrouteError
 from vlroute.scenarios import Scenario
 from vlroute.serve.config import Backend, GatewayConfig
@@ -52,6 +53,8 @@ class Prompt:
 
     text: str
     images: tuple[bytes, ...] = ()
+    #: (width, height) of each image, when known (for token estimates)
+    sizes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -99,8 +102,9 @@ def _text_of(content: Any, where: str) -> tuple[str, list[str]]:
     return "\n".join(texts), urls
 
 
-def decode_image(url: str, config: GatewayConfig) -> bytes:
-    """The bytes of a data-URL image, checked for size, type and decodability."""
+def decode_image(url: str, config: GatewayConfig) -> tuple[bytes, tuple[int, int]]:
+    """The bytes of a data-URL image, checked for size, type and decodability, and its
+    (width, height)."""
     if url.startswith(("http://", "https://")):
         raise RequestError("remote image URLs are disabled on this gateway; send the image as "
                            "a data URL (data:image/png;base64,...).", param="image_url")
@@ -120,11 +124,12 @@ def decode_image(url: str, config: GatewayConfig) -> bytes:
         raise RequestError("image data URL is not valid base64.", param="image_url") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
+            size = image.size
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise RequestError("image data URL does not decode as an image.",
                            param="image_url") from None
-    return data
+    return data, size
 
 
 def read_messages(body: dict[str, Any], config: GatewayConfig) -> tuple[str, list[str]]:
@@ -155,12 +160,23 @@ def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
     """The latest user turn (earlier turns as context) and every image of the request,
     decoded and checked."""
     text, urls = read_messages(body, config)
-    return Prompt(text=text, images=tuple(decode_image(u, config) for u in urls))
+    decoded = [decode_image(u, config) for u in urls]
+    return Prompt(text, tuple(d for d, _ in decoded), tuple(s for _, s in decoded))
 
 
-def prompt_tokens(prompt: Prompt) -> int:
-    """The request's estimated input tokens (text and images)."""
-    return len(prompt.text) // CHARS_PER_TOKEN + IMAGE_TOKENS * len(prompt.images)
+def prompt_tokens(prompt: Prompt, backend: Backend | None = None) -> int:
+    """The request's estimated input tokens (text and images) for ``backend``: its images by
+    the backend's ``image_tokens`` rule where their sizes are known, else IMAGE_TOKENS each."""
+    text = len(prompt.text) // CHARS_PER_TOKEN
+    if not prompt.images:
+        return text
+    rule = backend.image_tokens if backend is not None else None
+    if rule is None or len(prompt.sizes) != len(prompt.images):
+        return text + IMAGE_TOKENS * len(prompt.images)
+    if not isinstance(rule, str):
+        return text + int(rule) * len(prompt.images)
+    w, h = (np.array(side, dtype=float) for side in zip(*prompt.sizes, strict=True))
+    return text + int(BUILTIN_RULES[rule](w, h).sum())
 
 
 def max_output(body: dict[str, Any]) -> int | None:
@@ -314,7 +330,7 @@ class RoutingEngine:
     def estimate_cost(self, backend: Backend, prompt: Prompt,
                       output_tokens: int = OUTPUT_TOKENS) -> float:
         """USD of a call, from the prompt's estimated tokens and ``output_tokens``."""
-        return (prompt_tokens(prompt) * backend.price_in_per_1m
+        return (prompt_tokens(prompt, backend) * backend.price_in_per_1m
                 + output_tokens * backend.price_out_per_1m) / 1e6
 
     def unfit(self, prompt: Prompt, output_tokens: int | None = None,
@@ -322,14 +338,15 @@ class RoutingEngine:
         """The backends that cannot take this request, with why: text-only ones when it
         carries images, and (``context``) those whose context window is below its estimated
         size, prompt plus ``output_tokens`` (the client's max_tokens)."""
-        need = prompt_tokens(prompt) + (output_tokens or 0)
         out = {}
         for b in self.config.backends:
             if prompt.images and not b.vision:
                 out[b.name] = "text-only, and the request has images"
-            elif context and b.context_tokens is not None and need > b.context_tokens:
-                out[b.name] = (f"context window of {b.context_tokens} tokens; the request "
-                               f"needs about {need}")
+            elif context and b.context_tokens is not None:
+                need = prompt_tokens(prompt, b) + (output_tokens or 0)
+                if need > b.context_tokens:
+                    out[b.name] = (f"context window of {b.context_tokens} tokens; the request "
+                                   f"needs about {need}")
         return out
 
     def decide(self, prompt: Prompt, scenario: Scenario, up: list[str],
