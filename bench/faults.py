@@ -117,11 +117,25 @@ def bad_requests() -> list[tuple[str, bytes, dict[str, str]]]:
         ("image host off the allow list", remote("https://example.com/cat.png")),
         ("huge body", b'{"model": "vlroute/quality", "pad": "' + b"x" * 25_000_000 + b'"}'),
         ("role missing", chat([{"content": "x"}])),
+        ("decompression bomb (20000 x 20000 PNG, 48 KB)", chat([{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image + _bomb()}}]}])),
     ]
     keyed = {"authorization": f"Bearer {KEY}"}
     return [(name, body, keyed) for name, body in cases] + [
         ("missing key", chat(), {}),
-        ("wrong key", chat(), {"authorization": "Bearer sk-wrong"})]
+        ("wrong key", chat(), {"authorization": "Bearer sk-wrong"}),
+        ("session id of 10,000 characters", chat(), {**keyed, "x-vlroute-session": "s" * 10_000})]
+
+
+def _bomb() -> str:
+    """A real 400-megapixel PNG (one bit per pixel, all zeros) in a small file, base64."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def main() -> None:

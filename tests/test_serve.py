@@ -478,6 +478,35 @@ def test_text_only_and_small_context_backends_are_left_out(tmp_path: Path) -> No
         assert r.status_code == 200 and up.seen
 
 
+def huge_png_url(width: int, height: int) -> str:
+    """A small PNG whose header says ``width`` x ``height`` (what a decompression bomb
+    shows before it is decoded)."""
+    import struct
+    import zlib
+
+    data = bytearray(base64.b64decode(png_url((8, 8)).partition(",")[2]))
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = ihdr[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    return "data:image/png;base64," + base64.b64encode(bytes(data)).decode()
+
+
+@pytest.mark.parametrize(("limit", "url", "message"), [
+    (None, huge_png_url(10_000, 5_000), "10000 x 5000 pixels is over the limit of 40000000"),
+    (None, huge_png_url(20_000, 20_000), "over the limit of 40000000 pixels (Image size "
+                                         "(400000000 pixels) exceeds limit"),       # PIL's
+    (500, png_url(), "32 x 24 pixels is over the limit of 500")])
+def test_images_over_the_pixel_limit_get_a_413(tmp_path: Path, limit: int | None, url: str,
+                                               message: str) -> None:
+    cfg = config(tmp_path, limits={"max_image_pixels": limit} if limit else {})
+    up = Upstream()
+    with client(cfg, up) as c:
+        r = c.post("/v1/chat/completions", json={"model": "vlroute/quality", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]})
+        assert r.status_code == 413 and message in r.json()["error"]["message"], r.text
+        assert not up.seen
+
+
 def test_image_tokens_follow_each_backends_catalog_rule(tmp_path: Path) -> None:
     from vlroute.serve.routing import Prompt, RoutingEngine, prompt_of, prompt_tokens
 

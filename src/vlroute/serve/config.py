@@ -111,6 +111,9 @@ class Limits(_Strict):
     max_body_bytes: int = Field(20_000_000, ge=1024)
     max_image_bytes: int = Field(10_000_000, ge=1024)
     max_images: int = Field(8, ge=0)
+    max_image_pixels: int = Field(40_000_000, ge=1, le=150_000_000, description="Width x "
+                                  "height of an image at most (a small file can hold a huge "
+                                  "image; PIL refuses over 178,956,970 in any case).")
     max_retries_429: int = Field(2, ge=0, le=5)
     max_wait_429_s: float = Field(2.0, ge=0, le=60, description="The longest wait before a "
                                   "429 retry; a backend asking (Retry-After) for longer is "

@@ -125,7 +125,14 @@ def decode_image(url: str, config: GatewayConfig) -> tuple[bytes, tuple[int, int
     try:
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
+            if size[0] * size[1] > config.limits.max_image_pixels:
+                raise RequestError(f"image of {size[0]} x {size[1]} pixels is over the limit "
+                                   f"of {config.limits.max_image_pixels} pixels.", status=413,
+                                   param="image_url")
             image.verify()
+    except Image.DecompressionBombError as exc:   # far over: PIL refuses it on opening
+        raise RequestError(f"image is over the limit of {config.limits.max_image_pixels} "
+                           f"pixels ({exc})", status=413, param="image_url") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise RequestError("image data URL does not decode as an image.",
                            param="image_url") from None
