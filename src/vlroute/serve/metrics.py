@@ -9,7 +9,7 @@ import copy
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,12 @@ def render(backends: list[str], snap: dict[str, Any]) -> str:
             ("client_disconnects", "Requests whose client left before the answer.")):
         family(f"vlroute_{name}_total", "counter", help_,
                [f"vlroute_{name}_total {counters.get(name, 0)}"])
-    family("vlroute_decisions_total", "counter", "Requests answered, per backend.",
-           [f'vlroute_decisions_total{{model="{b}"}} {decisions.get(b, 0)}' for b in backends])
+    def per_model(name: str, kind: str, help_: str, value: Callable[[str], Any]) -> None:
+        family(name, kind, help_, [f'{name}{{model="{b}"}} {value(b)}' for b in backends])
+
+    per = {name: snap.get("per_backend", {}).get(name, {}) for name in PER_BACKEND}
+    per_model("vlroute_decisions_total", "counter", "Requests answered, per backend.",
+              lambda b: decisions.get(b, 0))
     family("vlroute_request_seconds", "histogram", "Time from request to answer (to the end "
            "of a stream).", _histogram("vlroute_request_seconds", REQUEST_BUCKETS,
                                        snap["request_seconds"]))
@@ -143,24 +147,20 @@ def render(backends: list[str], snap: dict[str, Any]) -> str:
            "backend.", [line for b in backends for line in _histogram(
                "vlroute_ttft_seconds", REQUEST_BUCKETS, snap["ttft_seconds"][b],
                f'model="{b}"')])
-    per = {name: snap.get("per_backend", {}).get(name, {}) for name in PER_BACKEND}
-    family("vlroute_cost_usd_total", "counter", "USD booked per backend: from the answer's "
-           "usage and the configured prices, else estimated.",
-           [f'vlroute_cost_usd_total{{model="{b}"}} {per["cost_usd"].get(b, 0.0):.9g}'
-            for b in backends])
+    per_model("vlroute_cost_usd_total", "counter", "USD booked per backend: from the "
+              "answer's usage and the configured prices, else estimated.",
+              lambda b: f'{per["cost_usd"].get(b, 0.0):.9g}')
     family("vlroute_tokens_total", "counter", "Tokens per backend, from the answers' usage.",
            [f'vlroute_tokens_total{{model="{b}",kind="{kind}"}} '
             f'{int(per[kind + "_tokens"].get(b, 0))}' for b in backends
             for kind in ("prompt", "completion")])
-    family("vlroute_left_out_total", "counter", "Routed requests a backend could not take "
-           "(text-only and the request has images, or over its context window).",
-           [f'vlroute_left_out_total{{model="{b}"}} {int(per["left_out"].get(b, 0))}'
-            for b in backends])
-    family("vlroute_backend_in_flight", "gauge", "Requests a backend is working on.",
-           [f'vlroute_backend_in_flight{{model="{b}"}} {in_flight.get(b, 0)}'
-            for b in backends])
-    family("vlroute_backend_up", "gauge", "1 unless a circuit breaker has taken the backend "
-           "out.", [f'vlroute_backend_up{{model="{b}"}} {int(b in up)}' for b in backends])
+    per_model("vlroute_left_out_total", "counter", "Routed requests a backend could not take "
+              "(text-only and the request has images, or over its context window).",
+              lambda b: int(per["left_out"].get(b, 0)))
+    per_model("vlroute_backend_in_flight", "gauge", "Requests a backend is working on.",
+              lambda b: in_flight.get(b, 0))
+    per_model("vlroute_backend_up", "gauge", "1 unless a circuit breaker has taken the "
+              "backend out.", lambda b: int(b in up))
     return "\n".join(lines) + "\n"
 
 
