@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: nothing half-written is ever left behind."""
+"""Atomic file and directory writes (nothing half-written is ever left behind), and UTF-8
+reads whose decoding errors say where the bad byte is."""
 
 from __future__ import annotations
 
@@ -77,3 +78,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a byte that is not UTF-8 raises ``UnicodeDecodeError`` whose
+    ``object`` is the whole file (so :func:`describe_decode_error` can name the line)."""
+    return Path(path).read_bytes().decode("utf-8")
+
+
+def describe_decode_error(exc: UnicodeDecodeError, first_line: int = 1) -> tuple[str, str]:
+    """Where (``"line N"``, counting from ``first_line``) and what: the first byte of
+    ``exc.object`` that is not UTF-8."""
+    data = bytes(exc.object)
+    start = exc.start
+    line = first_line + data.count(b"\n", 0, start)
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    return (f"line {line}", f"byte 0x{data[start]:02x} at column {column} is not UTF-8; "
+                            "expected UTF-8 text (re-save the file as UTF-8)")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from vlroute._io import describe_decode_error, read_utf8
 from vlroute.costs.expressions import evaluate
 from vlroute.costs.image_tokens import BUILTIN_RULES, Rule
 from vlroute.errors import CatalogError
@@ -91,9 +92,13 @@ class Catalog:
         if override is None:
             return catalog
         try:
-            extra = yaml.safe_load(Path(override).read_text("utf-8"))
+            extra = yaml.safe_load(read_utf8(Path(override)))
+        except UnicodeDecodeError as exc:
+            where, what = describe_decode_error(exc)
+            raise CatalogError(f"{override}, {where}: {what}.") from None
         except (OSError, yaml.YAMLError) as exc:
-            raise CatalogError(f"Cannot read catalog override {override}: {exc}") from exc
+            detail = " ".join(str(exc).split())   # YAML errors span several lines
+            raise CatalogError(f"Cannot read catalog override {override}: {detail}") from exc
         if not isinstance(extra, dict):
             raise CatalogError(f"{override}: expected a YAML mapping at the top level.")
         return cls.from_mapping(_merge(catalog.data, extra),

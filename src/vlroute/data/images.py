@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
@@ -15,6 +15,14 @@ from vlroute.errors import DataError
 
 IMAGE_COLUMNS = ("sample_idx", "position", "path", "width", "height", "size_source", "bytes",
                  "sha256")
+
+
+def stays_inside(rel: str) -> bool:
+    """Whether an image reference is a relative path that stays inside its folder: not
+    absolute, no drive, no ``..`` (in POSIX or Windows spelling)."""
+    return bool(rel) and not any(
+        pure.is_absolute() or pure.anchor or ".." in pure.parts
+        for pure in (PurePosixPath(rel), PureWindowsPath(rel)))
 
 
 def bench_image_path(rel: str) -> str:
@@ -64,6 +72,10 @@ def image_table(samples: pd.DataFrame, image_root: Path | None, bench_root: Path
         seen = _seen_size(meta) if len(paths) == 1 else None
         for pos, rel in enumerate(paths):
             if rel not in facts:
+                if not stays_inside(rel):   # the readers refuse these; a third-party one may not
+                    raise DataError(f"Sample {samples.at[idx, 'sample_id']!r}: image path "
+                                    f"{rel!r} must be relative to the source folder and stay "
+                                    "inside it (no absolute path, no '..').")
                 src = (image_root or Path(".")) / rel
                 if not src.is_file():
                     raise DataError(f"Sample {samples.at[idx, 'sample_id']!r}: image {rel!r} "

@@ -1,13 +1,20 @@
-"""Field checks shared by the readers: each failure names the file, the line and the field."""
+"""Checks shared by the readers: each failure names the file, the line and the field.
+
+Text is decoded as UTF-8 with the line of the first bad byte named; image paths must stay
+inside the source folder (no absolute path, no ``..``) in every reader.
+"""
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vlroute._io import describe_decode_error, read_utf8
+from vlroute.data.images import stays_inside
 from vlroute.errors import ReaderError
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false",
@@ -17,11 +24,15 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; malformed lines raise."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")  # decoded line by line, so a bad byte is named by its line
     except OSError as exc:
         raise ReaderError(path, None, f"cannot open: {exc.strerror or exc}") from exc
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise decode_error(path, exc, first_line=number) from None
             if not line.strip():
                 continue
             try:
@@ -78,11 +89,59 @@ def read_json_object(path: Path, *, missing_ok: bool = False) -> dict[str, Any]:
     if missing_ok and not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text("utf-8"))
+        data = json.loads(read_utf8(path))
     except OSError as exc:
         raise ReaderError(path, None, f"cannot open: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
     except json.JSONDecodeError as exc:
         raise ReaderError(path, f"line {exc.lineno}", f"not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
         raise ReaderError(path, None, "expected a JSON object")
     return data
+
+
+def decode_error(path: Path, exc: UnicodeDecodeError, *, first_line: int = 1) -> ReaderError:
+    """A :class:`ReaderError` naming the line and the first byte that is not UTF-8."""
+    where, message = describe_decode_error(exc, first_line)
+    return ReaderError(path, where, message)
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a source file; a bad byte or an unreadable file raises ReaderError."""
+    try:
+        return read_utf8(path)
+    except OSError as exc:
+        raise ReaderError(path, None, f"cannot open: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
+
+
+def check_utf8(path: Path, chunk: int = 1 << 24) -> None:
+    """Raise ReaderError at the first byte of ``path`` that is not UTF-8 (for readers whose
+    parser reports a bad byte without its place, or not at all); read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is this block, after the undecoded tail (no newline) of the last
+                raise decode_error(path, exc, first_line=line) from None
+            if not block:
+                return
+            line += block.count(b"\n")
+
+
+def relative_image_path(value: Any, *, path: Path, where: str | None) -> str:
+    """An image reference checked to stay inside the source folder: a non-empty relative
+    path without ``..`` (POSIX or Windows spelling), so a build never copies files from
+    elsewhere on the machine into a bench."""
+    if not isinstance(value, str) or not value:
+        raise ReaderError(path, where, f"image entry {value!r}; expected a relative path string")
+    if not stays_inside(value):
+        raise ReaderError(path, where, f"image path {value!r} must be relative to the source "
+                                       "folder and stay inside it (no absolute path, no '..')")
+    return value

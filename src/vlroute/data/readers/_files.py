@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from vlroute.data.readers._checks import check_utf8, read_text
 from vlroute.errors import ReaderError
 
 TABLE_EXTENSIONS = (".xlsx", ".tsv", ".csv", ".json")
@@ -28,11 +29,11 @@ def load_table(path: Path) -> pd.DataFrame:
                                               "'vlroute[vlmevalkit]' (or export the run "
                                               "with PRED_FORMAT=tsv)") from exc
         if ext == ".tsv":
-            return pd.read_csv(path, sep="\t", keep_default_na=True)
+            return read_delimited(path, sep="\t", keep_default_na=True)
         if ext == ".csv":
-            return pd.read_csv(path)
+            return read_delimited(path)
         if ext == ".json":
-            return pd.DataFrame(json.loads(path.read_text("utf-8")))
+            return pd.DataFrame(json.loads(read_text(path)))
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         if isinstance(exc, ReaderError):
             raise
@@ -42,6 +43,17 @@ def load_table(path: Path) -> pd.DataFrame:
                                       "re-export with PRED_FORMAT=tsv or json")
     raise ReaderError(path, None, f"unsupported extension {ext!r}; expected one of "
                                   f"{', '.join(TABLE_EXTENSIONS)}")
+
+
+def read_delimited(path: Path, **options: Any) -> pd.DataFrame:
+    """``pd.read_csv`` whose bytes that are not UTF-8 raise ReaderError with their line
+    (pandas names only an offset into its buffer)."""
+    try:
+        frame: pd.DataFrame = pd.read_csv(path, **options)
+    except UnicodeDecodeError:
+        check_utf8(path)
+        raise
+    return frame
 
 
 def lower_columns(frame: pd.DataFrame) -> pd.DataFrame:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from vlroute._io import sha256_file
-from vlroute.data.readers._checks import field, iter_jsonl, read_json_object, score_value
+from vlroute.data.readers._checks import (
+    field,
+    iter_jsonl,
+    read_json_object,
+    relative_image_path,
+    score_value,
+)
 from vlroute.data.tables import MEASURED_COLUMNS, MODALITIES, SourceTables
 from vlroute.errors import ReaderError
 
@@ -78,16 +84,6 @@ def _read_models(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _image_path(value: Any, *, path: Path, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ReaderError(path, where, f"image entry {value!r}; expected a relative path string")
-    pure = PurePosixPath(value)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise ReaderError(path, where, f"image path {value!r} must be relative to the set "
-                                       "folder and stay inside it")
-    return value
-
-
 def _read_samples(path: Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -106,7 +102,7 @@ def _read_samples(path: Path) -> pd.DataFrame:
             "task": field(obj, "task", (str,), path=path, where=where, nullable=True,
                           default=None),
             "question": field(obj, "question", (str,), path=path, where=where),
-            "images": [_image_path(v, path=path, where=where) for v in images],
+            "images": [relative_image_path(v, path=path, where=where) for v in images],
             "answer": _as_text(obj.get("answer")),
             "meta": json.dumps(field(obj, "meta", (dict,), path=path, where=where, default={}),
                                ensure_ascii=False),

@@ -2,7 +2,7 @@
 
 Required columns: ``sample_id``, ``model``, ``score`` (in [0, 1]). Optional sample columns
 (``dataset``, ``group``, ``task``, ``question``, ``answer``, ``images`` as a JSON list or
-``image`` as one path, relative to the file's folder), outcome columns (``raw_score``,
+``image`` as one path, relative to the file's folder and inside it), outcome columns (``raw_score``,
 ``response``, ``prediction`` and the measured ``tokens_in``, ``tokens_out``, ``cost_usd``,
 ``latency_s``, ``energy_j``) and model columns (``params_b``, ``open_weights``, ``modality``).
 Defaults: ``dataset`` = the file's stem, ``group`` = ``sample_id``, ``open_weights`` = whether
@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vlroute._io import sha256_file
+from vlroute.data.readers._checks import check_utf8, relative_image_path
 from vlroute.data.tables import MEASURED_COLUMNS, MODALITIES, SourceTables
 from vlroute.errors import ReaderError
 
@@ -35,9 +36,21 @@ def read_csv(src: Path, staging: Path) -> SourceTables:
         table = pacsv.read_csv(src, convert_options=pacsv.ConvertOptions(
             auto_dict_encode=True, column_types={"sample_id": pa.string(), "model": pa.string(),
                                                  "group": pa.string()}))
-    except (OSError, pa.ArrowInvalid) as exc:
+    except pa.ArrowInvalid as exc:
+        if "UTF8" in str(exc):
+            check_utf8(Path(src))
         raise ReaderError(src, None, f"cannot parse as CSV ({exc})") from exc
+    except OSError as exc:
+        raise ReaderError(src, None, f"cannot parse as CSV ({exc})") from exc
+    if any(_is_binary(field.type) for field in table.schema):  # what invalid UTF-8 becomes
+        check_utf8(Path(src))
     return _from_table(Path(src), table, "csv", first_row=2)  # row 1 is the header
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
 
 
 def read_parquet(src: Path, staging: Path) -> SourceTables:
@@ -103,7 +116,7 @@ def _images(value: Any, src: Path, where: str) -> list[str]:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return []
     if isinstance(value, list | tuple | np.ndarray):
-        return [str(v) for v in value]
+        return [relative_image_path(str(v), path=src, where=where) for v in value]
     try:
         parsed = json.loads(value)
     except (TypeError, json.JSONDecodeError):
@@ -111,7 +124,7 @@ def _images(value: Any, src: Path, where: str) -> list[str]:
                                       "paths") from None
     if not isinstance(parsed, list):
         raise ReaderError(src, where, "'images' must be a JSON list of paths")
-    return [str(v) for v in parsed]
+    return [relative_image_path(v, path=src, where=where) for v in parsed]
 
 
 def _samples(src: Path, table: pa.Table, ids: np.ndarray, first: np.ndarray,
@@ -127,7 +140,9 @@ def _samples(src: Path, table: pa.Table, ids: np.ndarray, first: np.ndarray,
         images = [_images(v, src, _row(int(r), first_row))
                   for r, v in zip(first, col("images", None), strict=True)]
     elif "image" in names:
-        images = [[] if v is None or v != v else [str(v)] for v in col("image", None)]
+        images = [[] if v is None or v != v or v == "" else
+                  [relative_image_path(str(v), path=src, where=_row(int(r), first_row))]
+                  for r, v in zip(first, col("image", None), strict=True)]
     else:
         images = [[] for _ in range(n)]
     if "group" in names:

@@ -7,7 +7,8 @@ for ANLS and relaxed-accuracy sets). Question text and base64 images come from t
 ``<dataset>.tsv``, looked up in ``$LMUData`` and in ``LMUData/`` folders beside or above SRC;
 images are written out as files. The three directory layouts (flat, ``T<date>_G<hash>``,
 ``T<date>-<time>`` with ``status.json``) are accepted; symlinks are read once; pickles are not
-read.
+read. An ``image_path`` must be relative to ``images/<dataset>/`` beside the TSV and stay
+inside it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from vlroute._io import sha256_file
-from vlroute.data.readers._checks import read_json_object
+from vlroute.data.readers._checks import read_json_object, relative_image_path
 from vlroute.data.readers._files import (
     decode_image,
     literal_list,
@@ -31,6 +32,7 @@ from vlroute.data.readers._files import (
     lower_columns,
     missing,
     norm_index,
+    read_delimited,
 )
 from vlroute.data.tables import SourceTables, models_from_names
 from vlroute.errors import ReaderError
@@ -180,7 +182,10 @@ class _Dataset:
         self.name, self.path, self.staging = name, path, staging
         self.rows: dict[str, dict[str, Any]] = {}
         if path is not None:
-            frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
+            try:
+                frame = read_delimited(path, sep="\t", dtype=str, keep_default_na=True)
+            except (OSError, ValueError) as exc:
+                raise ReaderError(path, None, f"cannot read the dataset TSV ({exc})") from exc
             if "index" not in frame.columns:
                 raise ReaderError(path, "row 1", "missing column 'index' in the dataset TSV")
             for record in frame.to_dict("records"):
@@ -220,9 +225,8 @@ class _Dataset:
         if not out and not missing(self.rows[index].get("image_path")) and self.path:
             for k, name in enumerate(literal_list(self.rows[index]["image_path"])
                                      or [self.rows[index]["image_path"]]):
-                source = Path(str(name))
-                if not source.is_absolute():
-                    source = self.path.parent / "images" / self.name / source
+                source = self.path.parent / "images" / self.name / relative_image_path(
+                    str(name), path=self.path, where=f"index {index}")
                 if source.is_file():
                     rel = f"images/{self.name}/{index}_{k}{source.suffix}"
                     (self.staging / rel).parent.mkdir(parents=True, exist_ok=True)
