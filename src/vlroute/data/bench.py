@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from vlroute._io import sha256_file
+from vlroute._io import describe_decode_error, read_utf8, sha256_file
 from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices
 from vlroute.errors import BenchError
 
@@ -142,10 +142,7 @@ def load_bench(root: Path | str, *, verify: bool = False, text: bool = False) ->
     if not manifest_path.is_file():
         raise BenchError(f"{root} is not a bench: no manifest.json (build one with "
                          "`vlroute bench build`).")
-    try:
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"{manifest_path}: not valid JSON ({exc.msg}).") from exc
+    manifest = _read_manifest(manifest_path)
     if manifest.get("schema") != SCHEMA:
         raise BenchError(f"{manifest_path}: schema {manifest.get('schema')!r} is not supported; "
                          f"expected {SCHEMA!r}.")
@@ -156,9 +153,30 @@ def load_bench(root: Path | str, *, verify: bool = False, text: bool = False) ->
             raise BenchError(f"{root}: missing {path.name}; the bench is incomplete.")
         if verify and sha256_file(path) != manifest["files"].get(path.name):
             raise BenchError(f"{path}: content does not match the hash in manifest.json.")
-        if name != "records":
-            tables[name] = pd.read_parquet(path)
+        try:
+            if name != "records":
+                tables[name] = pd.read_parquet(path)
+            else:
+                pq.read_schema(path)     # the footer only: records are read on first use
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"{path}: not a readable Parquet table ({exc}); rebuild the "
+                             "bench.") from exc
     return Bench(root=root, manifest=manifest, _text=text, **tables)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(read_utf8(path))
+    except UnicodeDecodeError as exc:
+        where, what = describe_decode_error(exc)
+        raise BenchError(f"{path}, {where}: {what}.") from None
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}).") from exc
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read ({exc.strerror or exc}).") from exc
+    if not isinstance(manifest, dict):
+        raise BenchError(f"{path}: expected a JSON object, got {type(manifest).__name__}.")
+    return manifest
 
 
 def _read_records(root: Path, text: bool) -> pd.DataFrame:

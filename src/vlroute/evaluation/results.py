@@ -164,7 +164,7 @@ def load_result_set(path: Path) -> dict[str, dict[str, Any]]:
     them by name."""
     try:
         raw = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:    # unreadable, not UTF-8 or not JSON
         raise ResultsError(f"{path}: cannot read a results document ({exc}).") from exc
     if not isinstance(raw, dict):
         raise ResultsError(f"{path}: a {type(raw).__name__}, not a results document.")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vlroute._io import atomic_path, write_json_atomic
+from vlroute._io import atomic_path, read_utf8, write_json_atomic
 from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench
 from vlroute.errors import BenchError
@@ -56,7 +56,17 @@ def compute_features(bench: Bench, encoders: dict[str, Encoder], *, cache_dir: P
 
 def _read_index(bench: Bench) -> dict[str, Any]:
     path = bench.root / "features" / "index.json"
-    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        index = json.loads(read_utf8(path))
+    except (OSError, ValueError) as exc:      # unreadable, not UTF-8 or not JSON
+        raise BenchError(f"{path}: not a readable feature index ({exc}); recompute the "
+                         "features with `vlroute features`.") from None
+    if not isinstance(index, dict):
+        raise BenchError(f"{path}: expected a JSON object; recompute the features with "
+                         "`vlroute features`.")
+    return index
 
 
 def load_feature_arrays(bench: Bench, names: Sequence[str]) -> dict[str, FloatArray]:
