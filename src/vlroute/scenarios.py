@@ -163,8 +163,36 @@ class Scenario:
         arr = np.broadcast_to(np.asarray(pick, dtype=float), shape)
         return arr
 
-    def _utility(self, preds: FloatArray, cost: FloatArray,
-                 bounds: tuple[float, float] | None) -> IntArray:
+    def margins(self, predictions: FloatArray, costs: FloatArray,
+                latencies: FloatArray | None = None, energies: FloatArray | None = None, *,
+                bounds: tuple[float, float] | None = None) -> FloatArray:
+        """How far each request's decision is from flipping: for the utility family the gap
+        between the best and the second-best utility; for the threshold family the smallest
+        distance of a prediction to tau (and the gap between the two highest predictions,
+        which pick the fallback). Models masked out with -inf do not count. Two decision
+        paths that compute the same predictions up to rounding agree wherever this is
+        larger than the rounding."""
+        preds = np.asarray(predictions, dtype=float)
+        if self.family == "utility":
+            cost = self._dimension(costs, latencies, energies, preds.shape)
+            values = self.utility(preds, cost, bounds)
+        else:
+            values = preds
+        finite = np.where(np.isfinite(values), values, -np.inf)
+        top = -np.sort(-finite, axis=1)[:, :2]
+        gap = (top[:, 0] - top[:, 1]) if preds.shape[1] > 1 else np.full(len(preds), np.inf)
+        gap = np.where(np.isfinite(gap), gap, np.inf)
+        if self.family == "utility":
+            out: FloatArray = gap
+            return out
+        near = np.abs(np.where(np.isfinite(preds), preds, np.inf) - float(self.tau or 0.0))
+        result: FloatArray = np.minimum(gap, near.min(axis=1))
+        return result
+
+    def utility(self, preds: FloatArray, cost: FloatArray,
+                bounds: tuple[float, float] | None) -> FloatArray:
+        """Utility family: predicted quality plus cost_weight times cheapness, per request
+        and model (what :meth:`select` takes the argmax of)."""
         low, high = bounds if bounds is not None else (float(np.nanmin(cost)),
                                                        float(np.nanmax(cost)))
         low = max(low, 1e-300)
@@ -176,8 +204,12 @@ class Scenario:
             cheap = ((math.log2(high) - np.log2(clipped)) / span if span > 0
                      else np.ones_like(cost))
         weight = float(self.cost_weight or 0.0)
-        utility = np.nan_to_num(preds, nan=-np.inf) + weight * cheap
-        out: IntArray = np.argmax(utility, axis=1).astype(np.int64)
+        values: FloatArray = np.nan_to_num(preds, nan=-np.inf) + weight * cheap
+        return values
+
+    def _utility(self, preds: FloatArray, cost: FloatArray,
+                 bounds: tuple[float, float] | None) -> IntArray:
+        out: IntArray = np.argmax(self.utility(preds, cost, bounds), axis=1).astype(np.int64)
         return out
 
     def _threshold(self, preds: FloatArray, cost: FloatArray) -> IntArray:
@@ -198,6 +230,9 @@ PRESETS: dict[str, Scenario] = {
 }
 _KEYS = ("cost_weight", "mes", "tau", "by", "name", "w_q", "w_c", "w_l", "edge_first",
          "cost_axis")
+#: the gateway's name for "the serving bundle's router with the scenario it was tuned to on
+#: dev" (``vlroute/auto``); without a bundle it is the ``quality`` preset on backend priors
+AUTO = "auto"
 #: evaluation-only scenario: each learned router takes the cost_weight (and cost axis) with the
 #: best Rank Score on the dev split (baselines, which ignore cost_weight, decide as always)
 TUNED = "cost_weight@dev"

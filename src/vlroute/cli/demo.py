@@ -8,11 +8,11 @@ import click
 
 from vlroute.cli._ui import console, steps, table
 from vlroute.cli.evaluate import COLUMNS, results_table
-from vlroute.cli.train import fit_and_save
 from vlroute.data import READERS, build_bench
 from vlroute.data.validate import validate_bench
 from vlroute.demo_data import demo_set_path
 from vlroute.evaluation import EvalSpec, evaluate_bench, save_results
+from vlroute.evaluation.bundles import save_bundle, train_bundle
 from vlroute.evaluation.tau import tau_curve
 from vlroute.features.registry import make_encoder
 from vlroute.features.store import compute_features, feature_matrix
@@ -41,7 +41,8 @@ def demo(out: Path, seeds: int) -> None:
     router, and write the report.
 
     Writes OUT/bench (the bench, with OUT/bench/features), OUT/results.json, OUT/router (the
-    default router's artifact, which examples/gateway.yaml serves) and OUT/report.html.
+    default router's serving bundle over every model), OUT/router-qwen2-vl (the same over the
+    Qwen2-VL 7B / 72B pair, which examples/gateway.yaml serves) and OUT/report.html.
     """
     src = demo_set_path()
     with steps("demo", 7) as note:
@@ -61,9 +62,13 @@ def demo(out: Path, seeds: int) -> None:
         doc["tau_curves"].append(tau_curve(bench, X, DEMO_PAIR, seeds=seeds))
         note("write results")
         save_results(doc, out / "results.json")
-        note(f"train {DEFAULT_ROUTER}")
-        info = fit_and_save(DEFAULT_ROUTER, {}, bench, X, feature_spec, TUNED, out / "router",
-                            overwrite=True)
+        note(f"train {DEFAULT_ROUTER} bundles (all models; the Qwen2-VL pair)")
+        bundles = {}
+        for folder, models in (("router", None), ("router-qwen2-vl", DEMO_PAIR)):
+            bundles[folder] = train_bundle(bench, DEFAULT_ROUTER, {}, X, feature_spec,
+                                           scenario=TUNED, models=models,
+                                           feature_names=DEMO_ENCODERS)
+            save_bundle(bundles[folder], out / folder, overwrite=True)
         note("report")
         write_report({bench.name: doc}, out / "report.html", title="vlroute demo")
     console.print(f"Bench {out / 'bench'}: {len(bench.samples)} samples x {len(bench.models)} "
@@ -73,7 +78,13 @@ def demo(out: Path, seeds: int) -> None:
                         f"{seeds} grouped splits (cost, latency, energy estimated)",
                         COLUMNS, results_table(doc, with_singles=False)))
     console.print(f"Results: {out / 'results.json'}")
-    console.print(f"Router ({DEFAULT_ROUTER}, scenario {info['scenario']}): {out / 'router'}")
+    for folder, trained in bundles.items():
+        dev = trained.dev
+        console.print(f"Bundle {out / folder} ({DEFAULT_ROUTER} over "
+                      f"{len(trained.bundle.models)} models, scenario "
+                      f"{trained.info['scenario']} chosen on dev; test split: run `vlroute "
+                      f"eval {out / 'bench'} --artifact {out / folder}`; dev Rank Score "
+                      f"{dev['rank_score']:.2f}, edge share {dev['edge_share']:.3f})")
     console.print(f"Report: {out / 'report.html'}")
     if not report.ok:
         raise click.ClickException("the demo bench failed validation: "

@@ -1,26 +1,19 @@
-"""``vlroute train``: fit one router on a bench's train split and save it as an artifact."""
+"""``vlroute train``: fit one router on a bench's train split and save it as a serving bundle
+(see :mod:`vlroute.evaluation.bundles`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from vlroute._typing import FloatArray
-from vlroute.cli._ui import console
+from vlroute.cli._ui import console, fmt
 from vlroute.cli.evaluate import parse_params
 from vlroute.data import load_bench
-from vlroute.data.bench import Bench
-from vlroute.evaluation.calibrate import Target, calibrate
-from vlroute.evaluation.runner import tune_cost_weight
+from vlroute.evaluation.bundles import save_bundle, train_bundle
 from vlroute.features.store import feature_matrix
-from vlroute.metrics import cost_bounds
-from vlroute.routers import ROUTERS, make_router
-from vlroute.routers.persistence import save_router
-from vlroute.routers.policy import PolicyRouter
-from vlroute.routers.quality import QualityRouter
-from vlroute.scenarios import TUNED, Scenario, parse_scenario
+from vlroute.routers import ROUTERS
+from vlroute.scenarios import TUNED
 
 
 @click.command("train")
@@ -35,55 +28,37 @@ from vlroute.scenarios import TUNED, Scenario, parse_scenario
 @click.option("--target", default=None,
               help="Calibrate the scenario on dev to a target: cost_per_request<=USD, "
                    "edge_share>=SHARE or apsp_drop<=FRACTION.")
+@click.option("--models", default=None, help="Comma-separated models to route among "
+              "(default: the bench's candidates), e.g. an edge/cloud pair.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Artifact folder (router.json + arrays.npz).")
+              help="Bundle folder (router.json + arrays.npz).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
-def train(router_name: str, directory: Path, params: tuple[str, ...], feature_names: str,
-          scenario: str, target: str | None, out: Path, overwrite: bool) -> None:
+def train(  # noqa: PLR0913 - one parameter per CLI option
+        router_name: str, directory: Path, params: tuple[str, ...], feature_names: str,
+          scenario: str, target: str | None, models: str | None, out: Path,
+          overwrite: bool) -> None:
     """Fit ROUTER on the train split of the bench in DIRECTORY and save it to --out."""
     router_params = parse_params(tuple(f"{router_name}.{p}" for p in params)).get(
         router_name, {})
     cls = ROUTERS.get(router_name)
     bench = load_bench(directory)
+    text, _, image = feature_names.partition(",")
+    names = (None if text in ("", "none") else text, None if image in ("", "none") else image)
     X, spec = None, None
     if cls.needs_features:
-        text, _, image = feature_names.partition(",")
-        X, spec = feature_matrix(bench, None if text in ("", "none") else text,
-                                 None if image in ("", "none") else image)
-    info = fit_and_save(router_name, router_params, bench, X, spec, scenario, out,
-                        overwrite=overwrite, target=target)
-    console.print(f"Saved {router_name} to {out} (trained on {info['n_train']} samples; "
-                  f"scenario {info['scenario_name']}: {info['scenario']}).")
-
-
-def fit_and_save(  # noqa: PLR0913 - what an artifact is made of
-        name: str, params: dict[str, Any], bench: Bench, X: FloatArray | None,
-        feature_spec: dict[str, Any] | None, scenario: str, out: Path, *,
-        overwrite: bool = False, target: str | None = None) -> dict[str, Any]:
-    """Fit ``name`` on the train split, settle its scenario on dev (``cost_weight@dev``
-    tuning or a calibration ``target``; a policy router keeps the trade-off it was trained
-    for), and save the artifact to ``out``; returns the artifact's ``info``."""
-    m = bench.matrices()
-    bounds = cost_bounds(m.cost)
-    train_rows, dev_rows = m.splits == "train", m.splits == "dev"
-    router = make_router(name, **params).fit(
-        m.subset(train_rows), bounds=bounds, X=None if X is None else X[train_rows])
-    chosen = parse_scenario(scenario)
-    if isinstance(router, PolicyRouter):
-        chosen = Scenario("as_trained", cost_weight=0.0) if chosen.name == TUNED else chosen
-        router.check_scenario(chosen)
-    elif target and isinstance(router, QualityRouter) and X is not None:
-        base = chosen if chosen.name != TUNED else parse_scenario("cost_weight=0")
-        chosen, values = calibrate(router, m.subset(dev_rows), X[dev_rows],
-                                   Target.parse(target), base, bounds)
-        console.print(f"Calibrated on dev to {target}: {chosen.spec()} (dev edge share "
-                      f"{values['edge_share']:.3f}, APSP {values['apsp']:.3f}, cost "
-                      f"{values['avg_cost_per_10k']:.3f} $/10K).")
-    elif chosen.name == TUNED and isinstance(router, QualityRouter) and X is not None:
-        chosen = tune_cost_weight(router, m.subset(dev_rows), X[dev_rows], bounds)
-    info = {"bench": bench.name, "source_digest": bench.manifest.get("source_digest"),
-            "trained_on": "train", "n_train": int(train_rows.sum()),
-            "scenario": chosen.spec(), "scenario_name": chosen.name,
-            "cost_bounds_usd": list(bounds)}
-    save_router(router, out, feature_spec=feature_spec, overwrite=overwrite, info=info)
-    return info
+        X, spec = feature_matrix(bench, *names)
+    trained = train_bundle(bench, router_name, router_params, X, spec, scenario=scenario,
+                           target=target, feature_names=names,
+                           models=tuple(m.strip() for m in models.split(",") if m.strip())
+                           if models else None)
+    save_bundle(trained, out, overwrite=overwrite)
+    dev = trained.dev
+    if target:
+        console.print(f"Calibrated on dev to {target}: {trained.info['scenario']} (dev edge "
+                      f"share {fmt(dev['edge_share'], 3)}, APSP {fmt(dev['apsp'], 3)}, cost "
+                      f"{fmt(dev['avg_cost_per_10k'], 3)} $/10K).")
+    console.print(f"Saved {router_name} to {out} (trained on {trained.info['n_train']} "
+                  f"samples; scenario {trained.info['scenario_name']}: "
+                  f"{trained.info['scenario']}; dev: Rank Score {fmt(dev['rank_score'], 2)}, "
+                  f"gap closed {fmt(dev['gap_closed'], 3)}, edge share "
+                  f"{fmt(dev['edge_share'], 3)}).")

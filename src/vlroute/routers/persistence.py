@@ -63,8 +63,10 @@ def _join(value: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def save_router(router: BaseRouter, path: Path, *, feature_spec: dict[str, Any] | None = None,
-                info: dict[str, Any] | None = None, overwrite: bool = False) -> None:
-    """Write a fitted router to the folder ``path`` atomically."""
+                info: dict[str, Any] | None = None, overwrite: bool = False,
+                bundle: dict[str, Any] | None = None) -> None:
+    """Write a fitted router to the folder ``path`` atomically; ``bundle`` is its serving
+    section (see :mod:`vlroute.routers.bundle`)."""
     arrays: dict[str, np.ndarray] = {}
     fitted = {k: v for k, v in vars(router).items()
               if k.endswith("_") and not k.startswith("_") and k != "state_"}
@@ -72,6 +74,8 @@ def save_router(router: BaseRouter, path: Path, *, feature_spec: dict[str, Any] 
                            "router": _name_of(router), "params": _params(router),
                            "feature_spec": feature_spec or {}, "info": info or {},
                            "fitted": _split(fitted, "fitted", arrays)}
+    if bundle is not None:
+        doc["bundle"] = bundle
     if isinstance(router, LearnedRouter):
         meta, state_arrays = router.export_state(router.state_)
         doc["state"] = meta
@@ -87,38 +91,51 @@ def save_router(router: BaseRouter, path: Path, *, feature_spec: dict[str, Any] 
             np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
 
 
-def artifact_metadata(path: Path) -> dict[str, Any]:
-    """The JSON part of an artifact (router name, params, feature spec, info), unvalidated
-    beyond its format."""
+def artifact_document(path: Path) -> dict[str, Any]:
+    """The whole ``router.json`` of an artifact, checked for its format."""
     try:
-        doc: dict[str, Any] = json.loads((Path(path) / "router.json").read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        doc: Any = json.loads((Path(path) / "router.json").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IncompatibleArtifactError(f"{path}: not a readable router artifact ({exc}).") \
             from exc
-    if doc.get("format") != FORMAT:
-        raise IncompatibleArtifactError(f"{path}: format {doc.get('format')!r}; expected "
-                                        f"{FORMAT!r}.")
-    return {k: v for k, v in doc.items() if k not in ("fitted", "state", "state_arrays")}
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise IncompatibleArtifactError(f"{path}: format {found!r}; expected {FORMAT!r}.")
+    return doc
+
+
+def artifact_metadata(path: Path) -> dict[str, Any]:
+    """The JSON part of an artifact (router name, params, feature spec, info, bundle),
+    unvalidated beyond its format."""
+    return {k: v for k, v in artifact_document(path).items()
+            if k not in ("fitted", "state", "state_arrays")}
 
 
 def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> BaseRouter:
     """A fitted router from ``path``; with ``feature_spec``, refuse an artifact trained on
     other features (encoders, fusion or width)."""
     path = Path(path)
+    doc = artifact_document(path)
     try:
-        doc = json.loads((path / "router.json").read_text("utf-8"))
         with np.load(path / "arrays.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, json.JSONDecodeError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise IncompatibleArtifactError(f"{path}: not a readable router artifact ({exc}).") \
             from exc
-    if doc.get("format") != FORMAT:
-        raise IncompatibleArtifactError(f"{path}: format {doc.get('format')!r}; expected "
-                                        f"{FORMAT!r}.")
-    if feature_spec is not None and doc["feature_spec"] != feature_spec:
+    if feature_spec is not None and doc.get("feature_spec") != feature_spec:
         raise IncompatibleArtifactError(
-            f"{path}: trained on features {doc['feature_spec']}, asked to serve "
+            f"{path}: trained on features {doc.get('feature_spec')}, asked to serve "
             f"{feature_spec}; retrain the router or use the same encoders and fusion.")
+    try:
+        return _rebuild(doc, arrays)
+    except VlrouteError:
+        raise
+    except Exception as exc:     # a damaged artifact, whatever broke
+        raise IncompatibleArtifactError(f"{path}: damaged router artifact "
+                                        f"({type(exc).__name__}: {exc}).") from exc
+
+
+def _rebuild(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> BaseRouter:
     router = make_router(doc["router"], **doc["params"])
     for key, value in _join(doc["fitted"], arrays).items():
         if key in ("models_", "tiers_"):

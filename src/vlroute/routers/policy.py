@@ -56,9 +56,22 @@ class PolicyRouter(LearnedRouter):
     def _route(self, data: RoutingMatrices, scenario: Scenario,
                X: FloatArray | None) -> IntArray:
         assert X is not None
+        return self.decide(self.predictions_for(X, scenario), scenario)
+
+    def predictions_for(self, X: FloatArray, scenario: Scenario) -> FloatArray:
+        """The policy's scores, for the one scenario it decides (see :meth:`check_scenario`)."""
         self.check_scenario(scenario)
-        scores = self.predict_policy(X)
-        # ties go to the cheaper model on average
+        return self.predict_policy(X)
+
+    def decide(self, predictions: FloatArray, scenario: Scenario,
+               available: np.ndarray | None = None) -> IntArray:
+        """The best-scored model among those ``available`` (a boolean mask over models);
+        ties go to the cheaper model on average."""
+        self.check_scenario(scenario)
+        mask = np.ones(len(self.models_), dtype=bool) if available is None else available
+        if not mask.any():
+            raise ValueError("no candidate model is available to decide among.")
+        scores = np.where(mask, np.asarray(predictions, dtype=float), -np.inf)
         order = np.argsort(self.mean_cost_["usd"], kind="stable")
         out: IntArray = order[np.argmax(scores[:, order], axis=1)]
         return out

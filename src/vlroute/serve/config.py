@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vlroute.errors import VlrouteError
-from vlroute.scenarios import PRESETS, Scenario, parse_scenario
+from vlroute.scenarios import AUTO, PRESETS, Scenario, parse_scenario
 
 
 class ConfigError(VlrouteError):
@@ -107,8 +107,18 @@ class AuthKey(_Strict):
     budget_usd_month: float | None = Field(None, ge=0)
 
 
+class AdminKey(_Strict):
+    """A key for the admin endpoints (``POST /admin/reload``), stored as its SHA-256."""
+
+    id: str
+    sha256: str = Field(min_length=64, max_length=64)
+
+
 class Limits(_Strict):
     max_body_bytes: int = Field(20_000_000, ge=1024)
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_000_000, description="Request "
+                                  "headers, names and values together, at most (a 431 "
+                                  "beyond).")
     max_image_bytes: int = Field(10_000_000, ge=1024)
     max_images: int = Field(8, ge=0)
     max_image_pixels: int = Field(40_000_000, ge=1, le=150_000_000, description="Width x "
@@ -150,6 +160,18 @@ class Telemetry(_Strict):
                      "postgresql://user@host/db (password from PGPASSWORD or from "
                      "VLROUTE_TELEMETRY_URL, never from the file).")
     store_prompts: bool = False
+    spool: Path | None = Field(None, description="Where rows go while the database does not "
+                               "take them (a file per worker, BASE.<pid>.jsonl); default: "
+                               "beside the SQLite file, or vlroute-telemetry.spool in the "
+                               "working directory for PostgreSQL.")
+
+    def spool_base(self) -> Path:
+        """The spool's base path (see ``spool``)."""
+        if self.spool is not None:
+            return self.spool
+        if self.url.startswith("sqlite:///"):
+            return Path(self.url.removeprefix("sqlite:///") + ".spool")
+        return Path("vlroute-telemetry.spool")
 
 
 class GatewayConfig(_Strict):
@@ -161,6 +183,9 @@ class GatewayConfig(_Strict):
                                       description="Custom scenarios: name -> inline spec.")
     default_scenario: str = "quality"
     auth_keys: list[AuthKey] = Field(default_factory=list, description="Empty: auth off.")
+    admin_keys: list[AdminKey] = Field(default_factory=list, description="Keys for "
+                                       "POST /admin/reload; empty: the endpoint is off "
+                                       "(SIGHUP still reloads).")
     limits: Limits = Limits()
     remote_images: RemoteImages = RemoteImages()
     telemetry: Telemetry = Telemetry()
@@ -174,14 +199,18 @@ class GatewayConfig(_Strict):
         return value
 
     def scenario(self, name: str) -> Scenario:
-        """A preset, a configured scenario or an inline spec (``vlroute/`` prefix allowed)."""
+        """A preset, a configured scenario or an inline spec (``vlroute/`` prefix allowed);
+        ``auto`` here is a placeholder the routing engine replaces with its bundle's
+        scenario."""
         key = name.removeprefix("vlroute/")
+        if key == AUTO:
+            return PRESETS["quality"].with_params(name=AUTO)
         if key in self.scenarios:
             return Scenario(**{**vars(parse_scenario(self.scenarios[key])), "name": key})
         return parse_scenario(key)
 
     def scenario_names(self) -> list[str]:
-        return [*PRESETS, *self.scenarios]
+        return [AUTO, *PRESETS, *self.scenarios]
 
 
 def hash_key(key: str) -> str:

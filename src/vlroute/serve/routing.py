@@ -1,15 +1,17 @@
-"""From an OpenAI chat request to a routing decision (pure and synchronous: the app runs it
-off the event loop).
+"""Routing decisions over the configured backends (pure and synchronous: the app runs the
+encoders and the router off the event loop).
 
-The request becomes one :class:`Prompt` (the latest user turn, with the earlier turns as
-context, and every image of the conversation); the router artifact's encoders turn it into
-features, the router predicts each backend's quality (or P(solved) for threshold scenarios),
-and the scenario chooses among the backends that are up.
+With a serving bundle (:mod:`vlroute.routers.bundle`), the bundle's encoders turn a
+:class:`Prompt` into features, its router predicts each model's quality (or P(solved), or
+policy scores), and :meth:`Bundle.decide` chooses among the bundle's candidates whose backends
+are up: the decision rule ``vlroute eval --artifact`` measured, with the bundle's costs and
+cost bounds. ``vlroute/auto`` is the bundle's own scenario. Backends the bundle does not know
+come after its candidates in the fallback order. Without a bundle, each backend's
+``prior_quality`` and the config's prices decide.
 """
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import io
 import tempfile
@@ -18,43 +20,18 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pybase64
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vlroute.costs.image_tokens import BUILTIN_RULES
 from vlroute.errors import VlrouteError
-from vlroute.scenarios import Scenario
-from vlroute.serve.config import Backend, GatewayConfig
+from vlroute.scenarios import AUTO, PRESETS, Scenario
+from vlroute.serve.config import Backend, ConfigError, GatewayConfig
+from vlroute.serve.requests import OUTPUT_TOKENS, Prompt, RequestError, prompt_tokens
 
-#: tokens an image costs when estimating (a common tile count; the catalog refines per model)
-IMAGE_TOKENS = 765
-#: output tokens assumed for a cost estimate when the client sets no max_tokens
-OUTPUT_TOKENS = 256
-#: characters per token when estimating a prompt's size (English text; others run denser,
-#: and the reactive context-length fallback catches what the estimate misses)
-CHARS_PER_TOKEN = 4
-
-
-class RequestError(VlrouteError):
-    """A client request is malformed or over a limit; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What the router reads of a request."""
-
-    text: str
-    images: tuple[bytes, ...] = ()
-    #: (width, height) of each image, when known (for token estimates)
-    sizes: tuple[tuple[int, int], ...] = ()
+if TYPE_CHECKING:
+    from vlroute.routers.bundle import Bundle
 
 
 @dataclass
@@ -74,128 +51,6 @@ class Decision:
         return self.order[0]
 
 
-def _text_of(content: Any, where: str) -> tuple[str, list[str]]:
-    if content is None:
-        return "", []
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise RequestError(f"{where}.content must be a string or a list of parts, got "
-                           f"{type(content).__name__}.", param=f"{where}.content")
-    texts, urls = [], []
-    for k, part in enumerate(content):
-        if not isinstance(part, dict) or "type" not in part:
-            raise RequestError(f"{where}.content[{k}] must be an object with a 'type'.",
-                               param=f"{where}.content[{k}]")
-        if part["type"] == "text":
-            if not isinstance(part.get("text"), str):
-                raise RequestError(f"{where}.content[{k}].text must be a string.",
-                                   param=f"{where}.content[{k}].text")
-            texts.append(part["text"])
-        elif part["type"] == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str):
-                raise RequestError(f"{where}.content[{k}].image_url.url must be a string.",
-                                   param=f"{where}.content[{k}].image_url")
-            urls.append(url)
-    return "\n".join(texts), urls
-
-
-def decode_image(url: str, config: GatewayConfig) -> tuple[bytes, tuple[int, int]]:
-    """The bytes of a data-URL image, checked for size, type and decodability, and its
-    (width, height)."""
-    if url.startswith(("http://", "https://")):
-        raise RequestError("remote image URLs are disabled on this gateway; send the image as "
-                           "a data URL (data:image/png;base64,...).", param="image_url")
-    if not url.startswith("data:"):
-        raise RequestError(f"image_url must be a data URL or http(s) URL, got "
-                           f"{url[:30]!r}.", param="image_url")
-    header, _, payload = url.partition(",")
-    if not header.startswith("data:image/") or ";base64" not in header:
-        raise RequestError(f"image data URL must be 'data:image/<type>;base64,...', got "
-                           f"{header[:40]!r}.", param="image_url")
-    if len(payload) * 3 // 4 > config.limits.max_image_bytes:
-        raise RequestError(f"image larger than {config.limits.max_image_bytes} bytes.",
-                           status=413, param="image_url")
-    try:
-        data = pybase64.b64decode(payload, validate=True)   # SIMD: 50x the stdlib here
-    except (binascii.Error, ValueError):
-        raise RequestError("image data URL is not valid base64.", param="image_url") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            size = image.size
-            if size[0] * size[1] > config.limits.max_image_pixels:
-                raise RequestError(f"image of {size[0]} x {size[1]} pixels is over the limit "
-                                   f"of {config.limits.max_image_pixels} pixels.", status=413,
-                                   param="image_url")
-            image.verify()
-    except Image.DecompressionBombError as exc:   # far over: PIL refuses it on opening
-        raise RequestError(f"image is over the limit of {config.limits.max_image_pixels} "
-                           f"pixels ({exc})", status=413, param="image_url") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise RequestError("image data URL does not decode as an image.",
-                           param="image_url") from None
-    return data, size
-
-
-def read_messages(body: dict[str, Any], config: GatewayConfig) -> tuple[str, list[str]]:
-    """The routing text (the latest user turn, earlier turns as context) and every image URL;
-    checks the structure only (cheap enough for the event loop)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list.", param="messages")
-    turns, urls = [], []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise RequestError(f"messages[{i}] must be an object with a string 'role'.",
-                               param=f"messages[{i}]")
-        text, found = _text_of(message.get("content"), f"messages[{i}]")
-        turns.append((message["role"], text))
-        urls += found
-    if len(urls) > config.limits.max_images:
-        raise RequestError(f"{len(urls)} images; this gateway takes at most "
-                           f"{config.limits.max_images}.", status=413, param="messages")
-    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
-    latest = turns[last_user][1] if last_user is not None else turns[-1][1]
-    context = [t for i, (_, t) in enumerate(turns) if i != last_user and t]
-    text = latest if not context else latest + "\n\n" + "\n".join(context)
-    return text, urls
-
-
-def prompt_of(body: dict[str, Any], config: GatewayConfig) -> Prompt:
-    """The latest user turn (earlier turns as context) and every image of the request,
-    decoded and checked."""
-    text, urls = read_messages(body, config)
-    decoded = [decode_image(u, config) for u in urls]
-    return Prompt(text, tuple(d for d, _ in decoded), tuple(s for _, s in decoded))
-
-
-def prompt_tokens(prompt: Prompt, backend: Backend | None = None) -> int:
-    """The request's estimated input tokens (text and images) for ``backend``: its images by
-    the backend's ``image_tokens`` rule where their sizes are known, else IMAGE_TOKENS each."""
-    text = len(prompt.text) // CHARS_PER_TOKEN
-    if not prompt.images:
-        return text
-    rule = backend.image_tokens if backend is not None else None
-    if rule is None or len(prompt.sizes) != len(prompt.images):
-        return text + IMAGE_TOKENS * len(prompt.images)
-    if not isinstance(rule, str):
-        return text + int(rule) * len(prompt.images)
-    w, h = (np.array(side, dtype=float) for side in zip(*prompt.sizes, strict=True))
-    return text + int(BUILTIN_RULES[rule](w, h).sum())
-
-
-def max_output(body: dict[str, Any]) -> int | None:
-    """The client's cap on output tokens (``max_completion_tokens``, else ``max_tokens``);
-    None when it sets none (a malformed one is the backend's to refuse)."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 def _digest(prompt: Prompt) -> bytes:
     text = prompt.text.encode("utf-8", "surrogatepass")
     h = hashlib.blake2b(len(text).to_bytes(8, "little"), digest_size=20)
@@ -207,51 +62,92 @@ def _digest(prompt: Prompt) -> bytes:
 
 
 class RoutingEngine:
-    """Predictions and decisions over the configured backends."""
+    """Predictions and decisions over the configured backends, with or without a bundle."""
 
-    def __init__(self, config: GatewayConfig, router: Any = None,
+    def __init__(self, config: GatewayConfig, bundle: Bundle | None = None,
                  encoders: dict[str, Any] | None = None,
                  fusion: tuple[str, float] = ("normalize_concat", 0.5)) -> None:
         self.config = config
-        self.router = router
+        self.bundle = bundle
         self.encoders = encoders or {}
         self.fusion = fusion
         self.backends = {b.name: b for b in config.backends}
         self.cache_size = config.router.cache_size
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        models = bundle.models if bundle is not None else ()
+        #: backend name -> the bundle's model column it serves (backends the bundle knows)
+        self.column = {b.name: models.index(b.router_model) for b in config.backends
+                       if b.router_model in models}
+
+    @property
+    def router(self) -> Any:
+        """The bundle's router (None without a bundle)."""
+        return self.bundle.router if self.bundle is not None else None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> RoutingEngine:
-        """Load the artifact and its encoders; training-free when no artifact is set or the
-        file is absent (``vlroute demo`` not run yet). An artifact trained on other features
-        than the configured encoders is refused."""
-        artifact = config.router.artifact
+    def from_config(cls, config: GatewayConfig, artifact: Path | None = None
+                    ) -> RoutingEngine:
+        """Load the bundle (``artifact``, default the config's) and its encoders; without
+        one (none set, or the folder is absent: ``vlroute demo`` not run yet) routing uses
+        each backend's prior quality. A bundle the gateway cannot serve (a baseline, no
+        serving section, other features than the configured encoders, no candidate among the
+        backends) is refused with a ConfigError that says why."""
+        artifact = artifact if artifact is not None else config.router.artifact
         if artifact is None or not (Path(artifact) / "router.json").is_file():
             return cls(config)
         from vlroute.features.registry import make_encoder
-        from vlroute.routers.persistence import artifact_metadata, load_router
+        from vlroute.routers.bundle import load_bundle
+        from vlroute.routers.persistence import artifact_metadata
 
-        meta = artifact_metadata(Path(artifact))
-        trained = meta.get("feature_spec") or {}
+        try:
+            trained = artifact_metadata(Path(artifact)).get("feature_spec") or {}
+        except VlrouteError as exc:
+            raise ConfigError(f"cannot serve router artifact: {exc}") from None
         encoders = {kind: make_encoder(name) for kind, name in
                     (("text", config.router.text_encoder),
                      ("image", config.router.image_encoder)) if name}
         for kind in ("text", "image"):
             have = encoders[kind].encoder_id if kind in encoders else None
             if trained.get(kind) != have:
-                from vlroute.serve.config import ConfigError
-
                 raise ConfigError(f"router artifact {artifact} was trained on {kind} features "
                                   f"{trained.get(kind)!r}; the config's {kind}_encoder gives "
                                   f"{have!r}.")
-        return cls(config, load_router(Path(artifact), feature_spec=trained), encoders,
+        try:
+            bundle = load_bundle(Path(artifact), feature_spec=trained)
+        except VlrouteError as exc:
+            raise ConfigError(f"cannot serve router artifact: {exc}") from None
+        served = [b.name for b in config.backends if b.router_model in bundle.candidates]
+        if not served:
+            raise ConfigError(
+                f"router artifact {artifact} chooses among {', '.join(bundle.candidates)}; no "
+                "backend names one of them as its router_model.")
+        return cls(config, bundle, encoders,
                    fusion=(trained.get("fusion", "normalize_concat"),
                            float(trained.get("text_weight", 0.5))))
 
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` says of routing."""
+        if self.bundle is None:
+            return {"mode": "priors", "note": "no serving bundle loaded: each backend's "
+                    "prior_quality and the config's prices decide; vlroute/auto is the "
+                    "quality preset"}
+        return {"mode": "bundle", **self.bundle.describe(),
+                "backends": {n: self.bundle.models[k] for n, k in self.column.items()}}
+
+    def scenario(self, name: str) -> Scenario:
+        """A scenario by request name: ``auto`` is the bundle's (the ``quality`` preset on
+        priors without one); else presets, configured and inline scenarios."""
+        key = name.removeprefix("vlroute/")
+        if key == AUTO:
+            if self.bundle is not None:
+                return self.bundle.resolve(Scenario(AUTO, cost_weight=0.0))
+            return PRESETS["quality"].with_params(name=AUTO)
+        return self.config.scenario(key)
+
     def warm_up(self) -> None:
         """Load the encoders' weights now (one text + one image), not on the first request."""
-        if self.router is None:
+        if self.bundle is None:
             return
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), "white").save(buf, format="PNG")
@@ -281,7 +177,8 @@ class RoutingEngine:
 
     def _encode(self, prompts: list[Prompt]) -> np.ndarray:
         """Encode as one batch (images go through temporary files, which is what the
-        encoders read)."""
+        encoders read). Each encoder's output is rounded to float32, as the bench's stored
+        features are, so that a request decides exactly as its bench row did."""
         from vlroute.features.base import Item
         from vlroute.features.fusion import Fusion
 
@@ -294,7 +191,8 @@ class RoutingEngine:
                     path.write_bytes(data)
                     paths.append(path)
                 items.append(Item(text=prompt.text, images=tuple(paths)))
-            parts = {kind: enc.encode_batch(items) for kind, enc in self.encoders.items()}
+            parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(
+                np.float64) for kind, enc in self.encoders.items()}
         mode, weight = self.fusion
         if "text" not in parts or "image" not in parts:
             mode = "text" if "text" in parts else "image"
@@ -302,41 +200,28 @@ class RoutingEngine:
 
     def router_rows(self, prompts: list[Prompt], scenarios: list[Scenario]
                     ) -> list[np.ndarray]:
-        """The router's per-model predictions for each prompt under its scenario: features
+        """The bundle's per-model predictions for each prompt under its scenario: features
         in one batch, then one router call per kind of scenario."""
-        if self.router is None:
-            raise ValueError("router_rows needs a router artifact.")
+        if self.bundle is None:
+            raise ValueError("router_rows needs a serving bundle.")
         X = self.features(prompts)
+        resolved = [self.bundle.resolve(s) for s in scenarios]
         rows: list[np.ndarray] = [np.empty(0)] * len(prompts)
         groups: dict[tuple[str, float | None], list[int]] = {}
-        for i, scenario in enumerate(scenarios):
+        for i, scenario in enumerate(resolved):
             key = (scenario.family, scenario.solved_mes if scenario.family != "utility"
                    else None)
             groups.setdefault(key, []).append(i)
         for idx in groups.values():
-            preds = self.router.predictions_for(X[idx], scenarios[idx[0]])
+            preds = self.bundle.predictions(X[idx], resolved[idx[0]])
             for j, i in enumerate(idx):
                 rows[i] = np.asarray(preds[j], dtype=float)
         return rows
 
-    def predict(self, prompt: Prompt, scenario: Scenario, names: list[str],
-                row: np.ndarray | None = None) -> dict[str, float]:
-        """Each backend's predicted quality (utility) or P(solved) (threshold); ``row``: the
-        router's predictions when already computed (batched)."""
-        out = {n: self.backends[n].prior_quality for n in names}
-        if self.router is None:
-            return out
-        preds = row if row is not None else self.router_rows([prompt], [scenario])[0]
-        models = list(self.router.models_)
-        for n in names:
-            model = self.backends[n].router_model
-            if model in models:
-                out[n] = float(preds[models.index(model)])
-        return out
-
     def estimate_cost(self, backend: Backend, prompt: Prompt,
                       output_tokens: int = OUTPUT_TOKENS) -> float:
-        """USD of a call, from the prompt's estimated tokens and ``output_tokens``."""
+        """USD of a call at the config's prices (billing and budgets), from the prompt's
+        estimated tokens and ``output_tokens``."""
         return (prompt_tokens(prompt, backend) * backend.price_in_per_1m
                 + output_tokens * backend.price_out_per_1m) / 1e6
 
@@ -356,18 +241,58 @@ class RoutingEngine:
                                    f"needs about {need}")
         return out
 
+    def needs_router(self, up: list[str]) -> bool:
+        """Whether a decision among ``up`` runs the bundle (some candidate's backend is up)."""
+        if self.bundle is None:
+            return False
+        candidates = set(self.bundle.candidates)
+        return any(self.backends[n].router_model in candidates for n in up if n in self.column)
+
     def decide(self, prompt: Prompt, scenario: Scenario, up: list[str],
                latency: dict[str, float] | None = None, row: np.ndarray | None = None
                ) -> Decision:
         """Choose among the backends in ``up`` (config order); the rest of ``up`` follows as
-        the fallback order, best predicted first. ``row``: see :meth:`predict`."""
+        the fallback order. ``row``: the bundle's predictions for this request (needed
+        when :meth:`needs_router`)."""
         if not up:
             raise RequestError("no backend is available (all are failing); try again later.",
                                status=503)
         start = time.perf_counter()
-        predicted = self.predict(prompt, scenario, up, row)
         costs = {n: self.estimate_cost(self.backends[n], prompt) for n in up}
-        lat = {n: (latency or {}).get(n, self.backends[n].latency_s) for n in up}
+        if row is not None and self.needs_router(up):
+            decision = self._by_bundle(scenario, up, row, costs)
+        else:
+            decision = self._by_priors(scenario, up, latency or {}, costs)
+        decision.route_ms = (time.perf_counter() - start) * 1e3
+        return decision
+
+    def _by_bundle(self, scenario: Scenario, up: list[str], row: np.ndarray,
+                   costs: dict[str, float]) -> Decision:
+        bundle = self.bundle
+        assert bundle is not None
+        scenario = bundle.resolve(scenario)
+        available = np.zeros(len(bundle.models), dtype=bool)
+        for n in up:
+            if n in self.column:
+                available[self.column[n]] = True
+        choice = int(bundle.decide(row[None, :], scenario, available)[0])
+        predicted = {n: (float(row[self.column[n]]) if n in self.column
+                         else self.backends[n].prior_quality) for n in up}
+        known = set(bundle.candidates)
+        first = [n for n in up if self.column.get(n) == choice]
+        candidates = sorted((n for n in up if n not in first and n in self.column
+                             and bundle.models[self.column[n]] in known),
+                            key=lambda n: -predicted[n])
+        others = sorted((n for n in up if n not in first and n not in candidates),
+                        key=lambda n: -predicted[n])
+        return Decision(scenario, [*first, *candidates, *others], predicted, costs)
+
+    def _by_priors(self, scenario: Scenario, up: list[str], latency: dict[str, float],
+                   costs: dict[str, float]) -> Decision:
+        if scenario.name == AUTO and self.bundle is not None:
+            scenario = PRESETS["quality"].with_params(name=AUTO)
+        predicted = {n: self.backends[n].prior_quality for n in up}
+        lat = {n: latency.get(n, self.backends[n].latency_s) for n in up}
         preds = np.array([[predicted[n] for n in up]])
         choice = int(scenario.select(
             preds, np.array([costs[n] for n in up]), np.array([lat[n] for n in up]),
@@ -375,6 +300,4 @@ class RoutingEngine:
             tiers=tuple(self.backends[n].tier for n in up))[0])
         rest = sorted((n for k, n in enumerate(up) if k != choice),
                       key=lambda n: -predicted[n])
-        return Decision(scenario, [up[choice], *rest], predicted, costs,
-                        route_ms=(time.perf_counter() - start) * 1e3)
-
+        return Decision(scenario, [up[choice], *rest], predicted, costs)
