@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlroute.serve.app import create_app
 from vlroute.serve.config import ConfigError, GatewayConfig, hash_key, load_config
-from vlroute.serve.routing import RequestError
+from vlroute.serve.requests import RequestError
 from vlroute.serve.telemetry import SQLiteStore
 from vlroute.serve.upstream import UpstreamError
 
@@ -409,7 +409,7 @@ def test_images_and_conversations_route_and_sessions_pin(tmp_path: Path) -> None
 
 def test_session_pins_expire_and_odd_session_ids_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlroute.serve.app as app_module
+    import vlroute.serve.gateway as app_module
     import vlroute.serve.stores as stores_module
 
     cheap = {"model": "vlroute/mes=6,tau=0.6", "messages": [{"role": "user", "content": "hi"}]}
@@ -508,7 +508,8 @@ def test_images_over_the_pixel_limit_get_a_413(tmp_path: Path, limit: int | None
 
 
 def test_image_tokens_follow_each_backends_catalog_rule(tmp_path: Path) -> None:
-    from vlroute.serve.routing import Prompt, RoutingEngine, prompt_of, prompt_tokens
+    from vlroute.serve.requests import Prompt, prompt_of, prompt_tokens
+    from vlroute.serve.routing import RoutingEngine
 
     cfg = GatewayConfig.model_validate({
         "backends": [
@@ -613,7 +614,8 @@ def test_serves_a_trained_router_artifact(tmp_path: Path) -> None:
         text_only = c.post("/v1/chat/completions", json=ask())               # no image at all
         assert text_only.status_code == 200, text_only.text
     # predictions in a batch are those of one request at a time
-    from vlroute.serve.routing import Prompt, RoutingEngine, prompt_of
+    from vlroute.serve.requests import Prompt, prompt_of
+    from vlroute.serve.routing import RoutingEngine
 
     engine = RoutingEngine.from_config(cfg)
     prompts = [prompt_of(body, cfg), Prompt("What is 2 + 2?"), Prompt("A longer question.")]
@@ -746,7 +748,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviou
 def test_a_stream_cleans_up_when_the_client_leaves_before_the_first_chunk() -> None:
     from starlette.requests import ClientDisconnect
 
-    from vlroute.serve.app import Stream
+    from vlroute.serve.pipeline import Stream
 
     finished: list[int] = []
     started: list[int] = []

@@ -11,7 +11,7 @@ import pytest
 
 from vlroute.scenarios import parse_scenario
 from vlroute.serve.batching import PredictionBatcher
-from vlroute.serve.routing import Prompt
+from vlroute.serve.requests import Prompt
 
 
 class FakeEngine:
@@ -28,18 +28,20 @@ class FakeEngine:
                 for p, s in zip(prompts, scenarios, strict=True)]
 
 
-def run(texts: list[str], max_batch: int = 32) -> tuple[list[Any], list[int]]:
-    engine = FakeEngine()
+def run(texts: list[str], max_batch: int = 32, engines: int = 1,
+        max_pending: int = 2048) -> tuple[list[Any], list[int]]:
+    fakes = [FakeEngine() for _ in range(engines)]
 
     async def main() -> list[Any]:
-        batcher = PredictionBatcher(engine, max_batch=max_batch)  # type: ignore[arg-type]
-        out = await asyncio.gather(*(batcher.predict(Prompt(t), parse_scenario(
-            "cost_weight=0.1" if k % 2 else "mes=6,tau=0.6")) for k, t in enumerate(texts)),
-            return_exceptions=True)
+        batcher = PredictionBatcher(max_batch=max_batch, max_pending=max_pending)
+        out = await asyncio.gather(*(batcher.predict(
+            fakes[k * engines // len(texts)], Prompt(t),  # type: ignore[arg-type]
+            parse_scenario("cost_weight=0.1" if k % 2 else "mes=6,tau=0.6"))
+            for k, t in enumerate(texts)), return_exceptions=True)
         await batcher.close()
         return out
 
-    return asyncio.run(main()), engine.batches
+    return asyncio.run(main()), [n for f in fakes for n in f.batches]
 
 
 def test_concurrent_requests_share_a_batch() -> None:
@@ -53,6 +55,20 @@ def test_concurrent_requests_share_a_batch() -> None:
 def test_batches_are_capped() -> None:
     _, batches = run([f"q{k}" for k in range(10)], max_batch=4)
     assert batches == [4, 4, 2]
+
+
+def test_requests_of_two_engines_never_share_a_batch() -> None:
+    # a hot reload: the old bundle's last requests and the new one's first are batched apart
+    results, batches = run([f"q{k}" for k in range(10)], engines=2)
+    assert batches == [5, 5] and all(not isinstance(r, Exception) for r in results)
+
+
+def test_a_full_queue_is_a_503() -> None:
+    from vlroute.serve.requests import RequestError
+
+    results, _ = run([f"q{k}" for k in range(6)], max_pending=4)
+    refused = [r for r in results if isinstance(r, RequestError)]
+    assert len(refused) == 2 and all(r.status == 503 for r in refused)
 
 
 def test_one_bad_request_fails_alone() -> None:
@@ -85,7 +101,7 @@ def engine(cache_size: int) -> tuple[Any, CountingText]:
         "backends": [{"name": "a", "base_url": "http://a/v1", "model": "m"}],
         "router": {"cache_size": cache_size}})
     counting = CountingText()
-    return RoutingEngine(cfg, router=None, encoders={"text": counting}), counting
+    return RoutingEngine(cfg, encoders={"text": counting}), counting
 
 
 def test_feature_rows_are_cached_by_content() -> None:

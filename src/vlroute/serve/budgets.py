@@ -14,7 +14,7 @@ import datetime as dt
 from typing import Any
 
 from vlroute.serve.config import AuthKey
-from vlroute.serve.routing import RequestError
+from vlroute.serve.requests import RequestError
 from vlroute.serve.stores import periods
 from vlroute.serve.telemetry import Recorder
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pybase64
 
 from vlroute.serve.config import GatewayConfig
-from vlroute.serve.routing import RequestError
+from vlroute.serve.requests import RequestError
 
 
 def image_urls(body: dict[str, Any]) -> list[str]:

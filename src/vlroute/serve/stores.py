@@ -35,6 +35,8 @@ JSON_COLUMNS = ("predicted", "fallback_path")
 TYPES = {"id": "TEXT PRIMARY KEY", "ts": "{real} NOT NULL", "status": "INTEGER",
          "tokens_in": "INTEGER", "tokens_out": "INTEGER", "ttft_ms": "{real}",
          "total_ms": "{real}", "route_ms": "{real}", "cost_usd": "{real}", "score": "{real}"}
+#: how long an SQLite operation waits for a lock held by another connection or worker
+BUSY_TIMEOUT_MS = 2000
 #: a conversation's pin is forgotten this long after its first turn
 SESSION_TTL_S = 7 * 86400.0
 
@@ -115,7 +117,7 @@ class TelemetryStore(Protocol):
 
 
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
-           f"({', '.join('?' * len(COLUMNS))})")
+           f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (id) DO NOTHING")
 _BOOK = ("INSERT INTO budget_spend (key_id, period, spent) VALUES (?, ?, ?) ON CONFLICT "
          "(key_id, period) DO UPDATE SET spent = budget_spend.spent + excluded.spent")
 _USED = ("SELECT COALESCE((SELECT spent FROM budget_spend WHERE key_id = ? AND period = ?), 0)"
@@ -147,12 +149,13 @@ class SQLStore:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Insert request rows in one transaction, with the spend they book and the release
-        of their budget holds (committed on return; all or nothing)."""
-        values = [_values(r) for r in rows]
-        keyed = [(r["key_id"], r["ts"], r.get("cost_usd")) for r in rows if r.get("key_id")]
+        of their budget holds (committed on return; all or nothing). A row whose id is in
+        the table already (a spool replayed twice) is skipped, and books nothing."""
 
         def work(q: Query) -> None:
-            q.many(_INSERT, values)
+            fresh = [r for r in rows if q.run(_INSERT, _values(r)) == 1]
+            keyed = [(r["key_id"], r["ts"], r.get("cost_usd")) for r in fresh
+                     if r.get("key_id")]
             if keyed:
                 q.many(_BOOK, _spend(keyed))
                 q.many("DELETE FROM budget_holds WHERE id = ?",
@@ -267,12 +270,10 @@ class _SQLiteQuery:
 
 
 class SQLiteStore(SQLStore):
-    """One SQLite file in WAL mode. A commit takes tens of microseconds (no fsync per commit
-    with synchronous=NORMAL), so the recorder commits on the event loop, not in a thread.
-    Write transactions are ``BEGIN IMMEDIATE``: the file's write lock, taken up front, is
-    what serialises budget reservations across workers."""
-
-    local = True
+    """One SQLite file in WAL mode (no fsync per commit with synchronous=NORMAL). Write
+    transactions are ``BEGIN IMMEDIATE``: the file's write lock, taken up front, is what
+    serialises budget reservations across workers. A lock held elsewhere is waited for
+    :data:`BUSY_TIMEOUT_MS` (on the recorder's thread), then the operation fails."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -285,7 +286,7 @@ class SQLiteStore(SQLStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # `vlroute serve --workers N`: N processes write the same file; wait, not fail
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._tx(self._migrate)
 
     def _has_table(self, q: Query, name: str) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vlroute.serve.breaker import Breaker
 from vlroute.serve.config import Backend
 
 #: the last chunks of a stream kept, to find its usage event (a few hundred bytes each)
@@ -110,14 +111,14 @@ class AiohttpTransport:
 
 @dataclass
 class BackendState:
-    """What the gateway has seen of one backend (moving-average latency, failures, and the
-    slots of its ``max_concurrency``)."""
+    """What the gateway has seen of one backend (moving-average latency, its circuit
+    breaker, and the slots of its ``max_concurrency``)."""
 
     limit: int = 64
     latency_s: float | None = None
-    failures: int = 0
     successes: int = 0
     last_error: str | None = None
+    breaker: Breaker = field(default_factory=Breaker)
     slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,14 +128,19 @@ class BackendState:
     def in_flight(self) -> int:
         return self.limit - self.slots._value
 
+    @property
+    def failures(self) -> int:
+        """Failures in a row."""
+        return self.breaker.failures
+
     def ok(self, seconds: float) -> None:
         self.successes += 1
-        self.failures = 0
+        self.breaker.success()
         self.latency_s = seconds if self.latency_s is None else \
             0.8 * self.latency_s + 0.2 * seconds
 
     def failed(self, error: str) -> None:
-        self.failures += 1
+        self.breaker.failure()
         self.last_error = error
 
 
@@ -155,6 +161,10 @@ class Attempt:
     slot: asyncio.Semaphore | None = None
     path: list[dict[str, Any]] = field(default_factory=list)
     ttft_ms: float | None = None
+    #: a relayed stream broke after its headers went out (the client got a cut answer)
+    broken: str | None = None
+    #: chunks relayed to the client (a stream's partial cost when it breaks)
+    relayed: int = 0
 
 
 def encode(body: dict[str, Any], model: str) -> bytes:
@@ -193,12 +203,17 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
     attempt = Attempt()
     for n, backend in enumerate(backends):
         state = states[backend.name]
+        if not state.breaker.admit():
+            attempt.path.append({"backend": backend.name, "error": "circuit open"})
+            continue
         if not await _slot(state, n == len(backends) - 1, backend.timeout_s):
+            state.breaker.abandon()
             attempt.path.append({"backend": backend.name, "error": "busy"})
             continue
         payload = encode(body, backend.model)
         url = f"{backend.base_url}/chat/completions"
         keep = False
+        outcome = False                   # the breaker heard how this backend did
         try:
             for retry in range(retries_429 + 1):
                 start = time.perf_counter()
@@ -207,6 +222,7 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                                                     backend.timeout_s)
                 except UpstreamError as exc:
                     state.failed(str(exc))
+                    outcome = True
                     attempt.path.append({"backend": backend.name, "error": str(exc)})
                     break
                 wait = retry_wait(response.headers, retry) if response.status == 429 else 0.0
@@ -215,9 +231,13 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                     attempt.path.append({"backend": backend.name, "status": 429})
                     await asyncio.sleep(wait)
                     continue
-                if response.status >= 500 or response.status == 429:
+                if response.status >= 500 or response.status in UNHEALTHY:
+                    # 5xx, 429 after its retries, and 401 / 403 / 404: the backend cannot
+                    # answer (a wrong key or URL is the operator's, not the client's): the
+                    # next candidate gets the request, nothing is billed
                     response.release()
                     state.failed(f"HTTP {response.status}")
+                    outcome = True
                     attempt.path.append({"backend": backend.name, "status": response.status})
                     break
                 if response.status in (400, 413) and n < len(backends) - 1:
@@ -247,6 +267,7 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                         await _close(chunks)
                         response.release()
                         state.failed(problem)
+                        outcome = True
                         attempt.path.append({"backend": backend.name, "error": problem})
                         break
                     attempt.ttft_ms = (time.perf_counter() - start) * 1e3
@@ -258,19 +279,27 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                         attempt.content = await response.read()
                     except UpstreamError as exc:
                         state.failed(str(exc))
+                        outcome = True
                         attempt.path.append({"backend": backend.name, "error": str(exc)})
                         break
                     finally:
                         response.release()
                 state.ok(time.perf_counter() - start)
+                outcome = True
                 attempt.path.append({"backend": backend.name, "status": response.status})
                 attempt.backend, attempt.status = backend.name, response.status
                 attempt.headers = response.headers
                 return attempt
         finally:
+            if not outcome:          # cancelled, or a 400 passed on: free a probe it took
+                state.breaker.abandon()
             if not keep:
                 state.slots.release()
     return attempt
+
+
+#: backend statuses that mean "this backend cannot answer": fall back, count a failure
+UNHEALTHY = (401, 403, 404, 429)
 
 
 def retry_wait(headers: Mapping[str, str], retry: int) -> float:
@@ -330,11 +359,33 @@ def stream_usage(attempt: Attempt) -> tuple[int, int] | None:
             continue
         try:
             usage = orjson.loads(event[5:]).get("usage")
-            if isinstance(usage, dict):
-                return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         except (ValueError, AttributeError, TypeError):
             continue
+        checked = token_counts(usage)
+        if checked is not None:
+            return checked
     return None
+
+
+#: the most tokens one call is believed to use (a larger count is a broken usage report)
+MAX_TOKENS_PER_CALL = 10_000_000
+
+
+def token_counts(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of an OpenAI ``usage`` object, or None when it is missing
+    or not believable (absent fields, non-integers, negative or absurd counts): then the
+    gateway books its estimate, never $0 and never a credit."""
+    if not isinstance(usage, dict):
+        return None
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or value != value or not 0 <= value <= MAX_TOKENS_PER_CALL \
+                or int(value) != value:
+            return None
+        counts.append(int(value))
+    return counts[0], counts[1]
 
 
 def _error_event(chunk: bytes) -> str | None:
@@ -371,12 +422,16 @@ async def relay(attempt: Attempt) -> AsyncIterator[bytes]:
     assert rest is not None
     try:
         tail.append(attempt.first)
+        attempt.relayed += 1
         yield attempt.first
         async for chunk in rest:
             tail.append(chunk)                # the end may carry the usage: see stream_usage
+            attempt.relayed += 1
             yield chunk
-    except UpstreamError:
-        return                    # the headers are out: end the stream where it broke
+    except UpstreamError as exc:
+        # the headers are out: end the stream where it broke, and say so in telemetry
+        attempt.broken = f"stream cut mid-way: {exc}"
+        return
     finally:
         await release(attempt)
 
