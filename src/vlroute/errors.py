@@ -11,6 +11,9 @@ was expected.
     * MatrixShapeError        - arrays of a RoutingMatrices disagree in shape or ids
   * CatalogError              - the cost / latency / energy catalog is malformed
   * UnknownComponentError     - a registry miss ("Did you mean ...? Available: ...")
+  * ParameterError            - a component's parameter is unknown, of the wrong type or out
+                                of range (names the component, the parameter and what it
+                                accepts)
   * ScenarioError             - a scenario spec cannot be parsed or applied
     * ScenarioMismatchError   - a policy router asked to decide under another scenario
   * NotFittedError            - a router was used before ``fit``
@@ -56,6 +59,10 @@ class UnknownComponentError(VlrouteError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ParameterError(VlrouteError, ValueError):
+    """A constructor parameter is unknown, of the wrong type or out of range."""
 
 
 class ScenarioError(VlrouteError, ValueError):

@@ -9,8 +9,11 @@ one trade-off, utility family only): ``prknn``, ``prototype``, ``linear_soft``, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from vlroute._registry import Registry
-from vlroute.errors import UnknownComponentError
+from vlroute.errors import ParameterError, UnknownComponentError
+from vlroute.routers import _params
 from vlroute.routers.base import BaseRouter
 
 ROUTERS: Registry[type[BaseRouter]] = Registry("router")
@@ -40,9 +43,26 @@ ROUTERS.register("linear_soft", "vlroute.routers.mlp:LinearPolicyRouter")
 ROUTERS.register("mlp_soft", "vlroute.routers.mlp:MLPPolicyRouter")
 
 
+def check_params(name: str, params: Mapping[str, object]) -> None:
+    """Raise unless router ``name`` takes every one of ``params`` with an accepted value.
+
+    An unknown name raises :class:`~vlroute.errors.UnknownComponentError`; an unknown
+    parameter (with the close matches and the valid names) or a refused value (wrong type,
+    out of range) raises :class:`~vlroute.errors.ParameterError`. The constructor signature
+    is the schema; the values each accepts are its class's ``_parameter_constraints``.
+    """
+    if name.startswith("single:"):
+        if params:
+            raise ParameterError(f"{name}: a single-model router takes no parameters, "
+                                 f"got {', '.join(sorted(params))}.")
+        return
+    _params.check_params(name, ROUTERS.get(name), params)
+
+
 def make_router(name: str, **params: object) -> BaseRouter:
-    """A fresh router for a registry name (with constructor ``params``) or
-    ``single:<model id>``."""
+    """A fresh router for a registry name (with constructor ``params``, checked by
+    :func:`check_params`) or ``single:<model id>``."""
+    check_params(name, params)
     if name.startswith("single:"):
         from vlroute.routers.baselines import SingleModelRouter
 
@@ -54,4 +74,4 @@ def make_router(name: str, **params: object) -> BaseRouter:
 
 
 __all__ = ["BASELINES", "DEFAULT_ROUTER", "LEARNED", "POLICY", "QUALITY", "ROUTERS", "BaseRouter",
-           "make_router"]
+           "check_params", "make_router"]

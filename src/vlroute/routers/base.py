@@ -16,15 +16,20 @@ import numpy as np
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
+from vlroute.routers._params import Constraint, validate_params
 from vlroute.scenarios import Scenario
 
 
 class BaseRouter(ABC):
     """Fit on train matrices, then route requests under a scenario.
 
-    Parameters are set in ``__init__`` and nothing else happens there; fitted state ends in
-    ``_`` and ``fit`` returns ``self``.
+    Parameters are set in ``__init__`` and nothing else happens there; ``fit`` checks them
+    against ``_parameter_constraints`` (one entry per constructor parameter), fitted state ends
+    in ``_`` and ``fit`` returns ``self``.
     """
+
+    #: what each constructor parameter accepts (see :mod:`vlroute.routers._params`)
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
 
     #: the router reads the quality of the requests it routes (an upper bound, not a competitor)
     uses_labels: ClassVar[bool] = False
@@ -35,6 +40,7 @@ class BaseRouter(ABC):
             X: FloatArray | None = None) -> Self:
         """Learn from the train split. ``bounds`` are the bench's Rank Score cost bounds;
         ``X`` (n_train, n_features) the request features, for routers that need them."""
+        validate_params(self)
         self.models_ = train.models
         self.tiers_ = train.tiers
         self.bounds_ = bounds

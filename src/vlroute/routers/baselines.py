@@ -10,6 +10,7 @@ import numpy as np
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.objectives import oracle_decisions, rank_score
+from vlroute.routers._params import Constraint, Interval
 from vlroute.routers.base import BaseRouter, argbest
 from vlroute.scenarios import Scenario
 
@@ -68,6 +69,8 @@ class StrongestPerDatasetRouter(BaseRouter):
 
 class RandomRouter(BaseRouter):
     """Uniformly random model per request, seeded."""
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"random_state": Interval(int, 0)}
 
     def __init__(self, *, random_state: int = 42) -> None:
         self.random_state = random_state

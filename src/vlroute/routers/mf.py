@@ -4,9 +4,12 @@ dot product plus a model bias."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from vlroute._typing import FloatArray
+from vlroute.routers._params import Constraint, Interval
 from vlroute.routers.mlp import MLPRouter
 
 
@@ -25,6 +28,8 @@ class MFRouter(MLPRouter):
     """
 
     activation = "identity"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **MLPRouter._parameter_constraints, "rank": Interval(int, 1)}
 
     def __init__(self, *, rank: int = 32, learning_rate: float = 1e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 300, batch_size: int = 256,

@@ -3,16 +3,27 @@ VL-RouterBench's soft-label MLP and linear (softmax regression) policy routers."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from vlroute._typing import FloatArray
 from vlroute.routers._arrays import standardiser
+from vlroute.routers._params import Constraint, Interval, Sizes
 from vlroute.routers._torch import TrainConfig, forward, train_network
 from vlroute.routers.labels import soft_targets
 from vlroute.routers.policy import PolicyRouter
-from vlroute.routers.quality import QualityRouter
+from vlroute.routers.quality import CANDIDATES, SEED, QualityRouter
+
+POSITIVE = Interval(float, 0, open_low=True)
+#: what the neural routers' training parameters accept
+TRAINING: dict[str, Constraint] = {
+    "hidden_sizes": Sizes(), "learning_rate": POSITIVE, "weight_decay": Interval(float, 0),
+    "max_epochs": Interval(int, 1), "batch_size": Interval(int, 1),
+    "patience": Interval(int, 1), "random_state": SEED}
+#: a soft-label trade-off (inf: the cheapest correct model) and its cost multiplier
+LABELS: dict[str, Constraint] = {
+    "label_lambda": Interval(float, 0, allow_inf=True), "cost_scale": POSITIVE}
 
 
 def _sigmoid(z: FloatArray) -> FloatArray:
@@ -58,6 +69,9 @@ class MLPRouter(_Net, QualityRouter):
         Seed.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {**TRAINING,
+                                                               "candidates": CANDIDATES}
+
     def __init__(self, *, hidden_sizes: tuple[int, ...] = (256,), learning_rate: float = 1e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 300, batch_size: int = 256,
                  patience: int = 5, random_state: int = 0, candidates: str = "all") -> None:
@@ -97,6 +111,7 @@ class MLPPolicyRouter(_Net, PolicyRouter):
     random_state : as :class:`MLPRouter`.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {**TRAINING, **LABELS}
     label_lambda: float
 
     def __init__(self, *, label_lambda: float = 100.0,  # noqa: PLR0913 - sklearn-style
@@ -140,6 +155,9 @@ class LinearPolicyRouter(MLPPolicyRouter):
     C : float
         Inverse L2 strength (sklearn's convention: the penalty is |w|^2 / (2 C n)).
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {**TRAINING, **LABELS,
+                                                               "C": POSITIVE}
 
     def __init__(self, *, label_lambda: float = 100.0, cost_scale: float = 1.0, C: float = 1.0,
                  learning_rate: float = 0.01, max_epochs: int = 200, patience: int = 5,

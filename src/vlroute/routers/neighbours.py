@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from vlroute._typing import FloatArray
 from vlroute.routers._arrays import standardiser, unit_rows
+from vlroute.routers._params import Constraint, Interval
 from vlroute.routers.labels import soft_targets
 from vlroute.routers.policy import PolicyRouter
 
@@ -33,6 +34,8 @@ class PRkNNRouter(PolicyRouter):
     n_neighbors : int
         k (7, as in the reference sweep).
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"n_neighbors": Interval(int, 1)}
 
     def __init__(self, *, n_neighbors: int = 7) -> None:
         self.n_neighbors = n_neighbors
@@ -74,6 +77,9 @@ class PrototypeRouter(PolicyRouter):
         Multiplies USD per request in the soft labels.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "label_lambda": Interval(float, 0, allow_inf=True),
+        "cost_scale": Interval(float, 0, open_low=True)}
     label_lambda: float
 
     def __init__(self, *, label_lambda: float = 0.0, cost_scale: float = 100.0) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from vlroute._typing import FloatArray
-from vlroute.routers.quality import QualityRouter
+from vlroute.routers._params import Constraint, Interval
+from vlroute.routers.quality import CANDIDATES, QualityRouter
 
 
 class OVRRouter(QualityRouter):
@@ -22,7 +23,13 @@ class OVRRouter(QualityRouter):
     ----------
     C : float
         Inverse L2 regularisation strength.
+    max_iter : int
+        Iterations of the solver.
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "C": Interval(float, 0, open_low=True), "max_iter": Interval(int, 1),
+        "candidates": CANDIDATES}
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000,
                  candidates: str = "all") -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -20,8 +20,14 @@ from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
 from vlroute.objectives import pareto_frontier, solved
 from vlroute.routers._arrays import unit_rows
+from vlroute.routers._params import Constraint, Flag, Interval, Options
 from vlroute.routers.base import LearnedRouter
 from vlroute.scenarios import Scenario
+
+#: the ``candidates`` parameter of every quality router
+CANDIDATES = Options(("all", "pareto"))
+#: a seed
+SEED = Interval(int, 0)
 
 
 class QualityRouter(LearnedRouter):
@@ -114,6 +120,9 @@ class KNNRouter(QualityRouter):
         Weight neighbours by their (positive) similarity.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_neighbors": Interval(int, 1), "weighted": Flag(), "candidates": CANDIDATES}
+
     def __init__(self, *, n_neighbors: int = 60, weighted: bool = False,
                  candidates: str = "pareto") -> None:
         self.n_neighbors = n_neighbors
@@ -157,6 +166,9 @@ class LinearRouter(QualityRouter):
     C : float
         Inverse regularisation strength (ridge uses alpha = 1 / C).
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "C": Interval(float, 0, open_low=True), "candidates": CANDIDATES}
 
     def __init__(self, *, C: float = 0.1, candidates: str = "all") -> None:
         self.C = C
@@ -204,6 +216,11 @@ class GBDTRouter(QualityRouter):
     random_state : int
         Seed (deterministic, single-threaded training).
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_estimators": Interval(int, 1), "learning_rate": Interval(float, 0, open_low=True),
+        "num_leaves": Interval(int, 2), "min_child_samples": Interval(int, 0),
+        "random_state": SEED, "candidates": CANDIDATES}
 
     def __init__(self, *, n_estimators: int = 200, learning_rate: float = 0.03,
                  num_leaves: int = 15, min_child_samples: int = 20,
