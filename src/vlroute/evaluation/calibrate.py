@@ -9,6 +9,7 @@ accuracy for cost and edge-share targets, cost advantage for an APSP-drop target
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,11 @@ from vlroute.scenarios import Scenario
 
 _TARGET = re.compile(r"^\s*(cost_per_request|edge_share|apsp_drop)\s*(<=|>=)\s*([0-9.eE+-]+)\s*$")
 _DIRECTIONS = {"cost_per_request": "<=", "edge_share": ">=", "apsp_drop": "<="}
+_SYNTAX = "cost_per_request<=USD, edge_share>=SHARE or apsp_drop<=FRACTION"
+#: the accepted bounds of each target: (low, high, in words)
+_RANGES = {"cost_per_request": (0.0, math.inf, "a finite cost in USD >= 0"),
+           "edge_share": (0.0, 1.0, "a share in [0, 1]"),
+           "apsp_drop": (0.0, 1.0, "a fraction in [0, 1]")}
 TAUS = tuple(np.round(np.linspace(0.0, 1.0, 101), 3).tolist())
 WEIGHTS = (0.0, *np.round(np.geomspace(1e-3, 10.0, 80), 6).tolist())
 
@@ -37,12 +43,21 @@ class Target:
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """``"edge_share>=0.8"``, ``"cost_per_request<=0.002"`` or ``"apsp_drop<=0.05"``."""
+        """``"edge_share>=0.8"``, ``"cost_per_request<=0.002"`` or ``"apsp_drop<=0.05"``:
+        shares and drops in [0, 1], a cost in USD >= 0; anything else raises ScenarioError."""
         match = _TARGET.match(text)
         if not match or _DIRECTIONS[match[1]] != match[2]:
-            raise ScenarioError(f"Cannot parse target {text!r}; expected cost_per_request<=USD, "
-                                "edge_share>=SHARE or apsp_drop<=FRACTION.")
-        return cls(match[1], float(match[3]))
+            raise ScenarioError(f"Cannot parse target {text!r}; expected {_SYNTAX}.")
+        kind = match[1]
+        try:
+            bound = float(match[3])
+        except ValueError:
+            raise ScenarioError(f"Target {text!r}: {match[3]!r} is not a number; expected "
+                                f"{_SYNTAX}.") from None
+        low, high, what = _RANGES[kind]
+        if not (math.isfinite(bound) and low <= bound <= high):
+            raise ScenarioError(f"Target {text!r}: {kind} must be {what}, got {match[3]}.")
+        return cls(kind, bound)
 
     def met(self, values: dict[str, Any], reference_apsp: float) -> bool:
         """Whether scored ``values`` meet the target."""
