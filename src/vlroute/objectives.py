@@ -23,7 +23,10 @@ def rank_score(avg_acc: float, avg_cost: float, *, c_min: float, c_max: float,
 
     C_norm = clip((log2 c_max - log2 clip(cost, c_min, c_max)) / (log2 c_max - log2 c_min), 0, 1)
     and S = (1 + beta) A C_norm / (beta A + C_norm), with A = clip(avg_acc, 0, 1) and
-    ``avg_cost`` in the unit of the bounds.
+    ``avg_cost`` in the unit of the bounds. The bounds must be positive: take them from
+    :func:`vlroute.metrics.cost_bounds`, which floors c_min so that free models are valid.
+    With c_min = c_max (no cost spread, e.g. every model free) cost cannot separate routers
+    and C_norm = 1.
 
     Examples
     --------
@@ -33,10 +36,14 @@ def rank_score(avg_acc: float, avg_cost: float, *, c_min: float, c_max: float,
     if not (math.isfinite(avg_acc) and math.isfinite(avg_cost)):
         return math.nan
     if not 0 < c_min <= c_max:
-        raise ValueError(f"Cost bounds must satisfy 0 < c_min <= c_max, got {c_min}, {c_max}.")
-    cost = min(max(avg_cost, c_min), c_max)
-    c_norm = (math.log2(c_max) - math.log2(cost)) / (math.log2(c_max) - math.log2(c_min) + EPS)
-    c_norm = min(max(c_norm, 0.0), 1.0)
+        raise ValueError(f"Cost bounds must satisfy 0 < c_min <= c_max, got {c_min}, {c_max} "
+                         "(metrics.cost_bounds floors c_min for free models).")
+    span = math.log2(c_max) - math.log2(c_min)
+    if span <= 0:
+        c_norm = 1.0
+    else:
+        cost = min(max(avg_cost, c_min), c_max)
+        c_norm = min(max((math.log2(c_max) - math.log2(cost)) / (span + EPS), 0.0), 1.0)
     acc = min(max(avg_acc, 0.0), 1.0)
     score = (1 + beta) * acc * c_norm / (beta * acc + c_norm + EPS)
     return 100.0 * min(max(score, 0.0), 1.0)

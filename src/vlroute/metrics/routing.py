@@ -31,13 +31,26 @@ def avg_cost_per_10k(decisions: IntArray, cost: FloatArray) -> float:
     return float(np.nanmean(values) * 1e4) if np.isfinite(values).any() else math.nan
 
 
+#: the low Rank Score bound is at least this share of the high one, so that a free model
+#: (price 0 or ``cost_usd`` 0: valid) counts as costing a millionth of the dearest model's mean
+#: rather than making log2 c_min = -inf
+COST_FLOOR_RATIO = 1e-6
+#: ... and at least this many USD per request (a bench where every model is free)
+COST_FLOOR_USD = 1e-9
+
+
 def cost_bounds(cost: FloatArray) -> tuple[float, float]:
-    """Rank Score bounds: min and max over models of each model's mean cost (same unit).
+    """Rank Score bounds (c_min, c_max) in USD per request: min and max over models of each
+    model's mean cost, with c_max >= COST_FLOOR_USD and c_min >= max(COST_FLOOR_RATIO * c_max,
+    COST_FLOOR_USD) (1e-6 of c_max, 1e-9 USD), so that free models are valid: they score
+    C_norm = 1, as the cheapest. A bench where every model is free gets c_min = c_max.
 
     Use the whole bench (every split), as VL-RouterBench does.
     """
     means = np.nanmean(cost, axis=0)
-    return float(np.nanmin(means)), float(np.nanmax(means))
+    high = max(float(np.nanmax(means)), COST_FLOOR_USD)
+    low = max(float(np.nanmin(means)), COST_FLOOR_RATIO * high, COST_FLOOR_USD)
+    return low, high
 
 
 def gap_closed(rs: float, rs_reference: float, rs_oracle: float) -> float | None:
