@@ -11,18 +11,41 @@ from vlroute.errors import VlrouteError
 
 
 class _Group(click.Group):
-    """Turns vlroute's errors into one clear line and exit status 1."""
+    """Every error as one line ``Error: ...`` and exit status 1, never a traceback (unless
+    ``--debug``): vlroute's own errors (which name the file, line, option or parameter and
+    what was expected) and file-system errors as their message; anything else, which is a
+    bug, as its type and message with a hint to rerun with ``--debug``. Click's usage errors
+    keep their usage line."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (VlrouteError, FileExistsError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(error_line(exc)) from exc
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message the CLI shows for ``exc``."""
+    if isinstance(exc, VlrouteError | FileExistsError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}."
+    else:
+        detail = str(exc) or "(no message)"
+        text = (f"{type(exc).__name__}: {detail} (unexpected; rerun as `vlroute --debug ...` "
+                "for the traceback)")
+    return " ".join(text.split()) or type(exc).__name__
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vlroute")
-def cli() -> None:
+@click.option("--debug", is_flag=True, envvar="VLROUTE_DEBUG",
+              help="Show the traceback of an error instead of one line.")
+def cli(debug: bool) -> None:
     """vlroute: route vision-language requests to the right model.
 
     Build routing benchmarks from evaluation logs, evaluate routers under scenarios
