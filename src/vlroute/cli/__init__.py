@@ -13,9 +13,9 @@ from vlroute.errors import VlrouteError
 class _Group(click.Group):
     """Every error as one line ``Error: ...`` and exit status 1, never a traceback (unless
     ``--debug``): vlroute's own errors (which name the file, line, option or parameter and
-    what was expected) and file-system errors as their message; anything else, which is a
-    bug, as its type and message with a hint to rerun with ``--debug``. Click's usage errors
-    keep their usage line."""
+    what was expected), value errors (bad input that a library check caught) and file-system
+    errors as their message; anything else, which is a bug, as its type and message with a
+    hint to rerun with ``--debug``. Click's usage errors keep their usage line."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -30,7 +30,7 @@ class _Group(click.Group):
 
 def error_line(exc: BaseException) -> str:
     """The one-line message the CLI shows for ``exc``."""
-    if isinstance(exc, VlrouteError | FileExistsError):
+    if isinstance(exc, VlrouteError | FileExistsError | ValueError) and str(exc).strip():
         text = str(exc)
     elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}."
