@@ -214,6 +214,14 @@ def test_every_router_parameter_has_a_constraint() -> None:
 
 # ---- options, scenarios and targets ------------------------------------------------------
 
+@pytest.mark.parametrize(("features", "culprit"), [
+    ("none,none", "no features asked for"), ("minilm,none", "no features named 'minilm'")])
+def test_missing_features(bench: Path, tmp_path: Path, features: str, culprit: str) -> None:
+    error_line(invoke("train", "knn", bench, "--features", features, "--out", tmp_path / "a"),
+               culprit)
+    error_line(invoke("eval", bench, "--routers", "knn", "--features", features), culprit)
+
+
 @pytest.mark.parametrize("seeds", ["0", "abc", "1000"])
 def test_bad_seeds_are_a_usage_error(bench: Path, seeds: str) -> None:
     result = invoke("eval", bench, "--seeds", seeds)
@@ -309,6 +317,16 @@ def test_unexpected_errors_are_one_line_unless_debug(
     assert line.startswith("Error: RuntimeError")
     result = invoke("--debug", "bench", "build", src, "--out", tmp_path / "b")
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_value_errors_are_their_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("split fractions must sum to 1")
+
+    monkeypatch.setattr("vlroute.cli.bench.Catalog.load", refuse)
+    src = make_set(tmp_path / "set", images=False)
+    line = error_line(invoke("bench", "build", src, "--out", tmp_path / "b"))
+    assert line == "Error: split fractions must sum to 1"
 
 
 def test_debug_shows_the_traceback_of_vlroute_errors_too(tmp_path: Path) -> None:

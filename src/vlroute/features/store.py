@@ -89,6 +89,10 @@ def feature_matrix(bench: Bench, text: str | None, image: str | None,
     """The fused (n_samples, d) matrix and its spec (encoder ids, fusion, width)."""
     fusion = fusion or Fusion()
     names = [n for n in (text, image) if n]
+    if not names:
+        raise BenchError(f"{bench.root}: no features asked for (text and image both 'none'); "
+                         "learned routers need stored text or image features, e.g. "
+                         "minilm,efficientnet-lite0.")
     arrays = load_feature_arrays(bench, names)
     index = _read_index(bench)
     mode = fusion.mode if (text and image) else ("text" if text else "image")
