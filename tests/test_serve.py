@@ -68,8 +68,18 @@ class Upstream:
             except asyncio.CancelledError:
                 self.cancelled.append(host)
                 raise
-        if what in ("500", "429"):
+        if what in ("500", "429", "401", "403", "404"):
             return Reply(int(what), {"error": {"message": what}})
+        if what == "no-usage":       # an answer that says nothing of its tokens
+            return Reply(200, {"id": "x", "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": "hi"}}]})
+        if what == "bad-usage":      # negative counts would credit a budget
+            return Reply(200, {"id": "x", "choices": [], "usage": {
+                "prompt_tokens": -5000, "completion_tokens": -9}})
+        if what == "cut":            # a stream that breaks after its first chunk
+            return Reply(200, b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+                              b'data: {"choices":[{"delta":{"content":" there"}}]}\n\n',
+                         "text/event-stream", cut=True)
         if what == "429-later":      # asks for longer than the gateway waits
             return Reply(429, {"error": {"message": "slow down"}}, extra={"retry-after": "30"})
         if what == "429-soon":
@@ -119,8 +129,9 @@ class Reply:
 
     def __init__(self, status: int, content: Any, media: str = "application/json",
                  broken: bool = False, hold: Upstream | None = None,
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, cut: bool = False) -> None:
         self.status = status
+        self.cut = cut
         self.headers = {"content-type": media, **(extra or {})}
         self.content = content if isinstance(content, bytes) else json.dumps(content).encode()
         self.broken = broken
@@ -146,6 +157,8 @@ class Reply:
         for line in self.content.split(b"\n\n"):
             if line:
                 yield line + b"\n\n"
+        if self.cut:
+            raise UpstreamError("ServerDisconnectedError")
 
     def release(self) -> None:
         self.released = True

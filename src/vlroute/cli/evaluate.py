@@ -3,35 +3,57 @@
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
-from vlroute._io import write_json_atomic
+from vlroute._io import write_json_atomic, write_text_atomic
 from vlroute.cli._ui import console, fmt, steps, table
 from vlroute.data import load_bench
+from vlroute.data.bench import Bench
+from vlroute.errors import ParameterError, VlrouteError
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
+from vlroute.evaluation.bundles import decision_rows, score_split
 from vlroute.features.store import feature_matrix
-from vlroute.routers import BASELINES, LEARNED, ROUTERS
+from vlroute.routers import BASELINES, LEARNED, ROUTERS, check_params
+from vlroute.routers.bundle import load_bundle
+from vlroute.routers.persistence import artifact_metadata
 from vlroute.scenarios import parse_scenario
 
 
 def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``ROUTER.KEY=VALUE`` strings as {router: {key: value}}; values are Python literals."""
+    """``ROUTER.KEY=VALUE`` strings as {router: {key: value}}; values are Python literals
+    (also ``true``, ``false``, ``inf``), else strings. Each is checked against the router's
+    constructor (:func:`vlroute.routers.check_params`): an unknown router or parameter, or a
+    refused value, is an error naming the ``--param`` item."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         target, sep, text = item.partition("=")
         router, dot, key = target.partition(".")
         if not (sep and dot and router and key):
             raise click.BadParameter(f"{item!r}: expected ROUTER.KEY=VALUE, e.g. "
-                                     "knn.n_neighbors=30")
+                                     "knn.n_neighbors=30", param_hint="'--param'")
+        value = _literal(text)
         try:
-            value: Any = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
+            check_params(router, {key: value})
+        except VlrouteError as exc:
+            raise ParameterError(f"--param {item}: {exc}") from exc
         out.setdefault(router, {})[key] = value
     return out
+
+
+def _literal(text: str) -> Any:
+    words = {"true": True, "false": False, "inf": math.inf, "+inf": math.inf,
+             "-inf": -math.inf}
+    if text.strip().lower() in words:
+        return words[text.strip().lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
 def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
@@ -99,18 +121,32 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               help="Write the flat rows (mean over seeds, with *_std) as JSON.")
 @click.option("--results", "results_out", type=click.Path(path_type=Path), default=None,
               help="Write the full vlroute-results/2 document.")
+@click.option("--artifact", type=click.Path(path_type=Path), default=None,
+              help="Score a saved serving bundle (vlroute train / demo) on the bench's split "
+                   "instead of fitting routers: the decisions the gateway serves.")
+@click.option("--decisions", "decisions_out", type=click.Path(path_type=Path), default=None,
+              help="With --artifact: write each sample's choice, per-model scores and "
+                   "decision margin as JSON lines.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str, scenarios: tuple[str, ...], seeds: int,
                  splits: tuple[str, ...], models: str | None, all_models: bool,
                  feature_names: str, params: tuple[str, ...], json_out: Path | None,
-                 results_out: Path | None) -> None:
+                 results_out: Path | None, artifact: Path | None,
+                 decisions_out: Path | None) -> None:
     """Evaluate routers on a bench (fitted on train, reported on test).
 
     Learned routers (knn, linear, gbdt) use the stored features; add the scenario
-    `cost_weight@dev` to let each pick its cost_weight on dev by Rank Score.
+    `cost_weight@dev` to let each pick its cost_weight on dev by Rank Score. With
+    --artifact, score a saved bundle as it is served.
     """
     router_params = parse_params(params)
     bench = load_bench(directory)
+    if decisions_out is not None and artifact is None:
+        raise click.BadParameter("--decisions needs --artifact (the bundle whose decisions "
+                                 "to write).", param_hint="--decisions")
+    if artifact is not None:
+        _eval_artifact(bench, artifact, splits[0], feature_names, decisions_out, json_out)
+        return
     names, singles = _router_names(router_text, [])
     X, feature_spec = None, dict[str, Any]()
     if any(ROUTERS.get(n).needs_features for n in names if not n.startswith("single:")):
@@ -132,6 +168,43 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         write_json_atomic(json_out, flat_rows(doc))
     if results_out:
         save_results(doc, results_out)
+
+
+def _eval_artifact(bench: Bench, artifact: Path, split: str, feature_names: str,
+                   decisions_out: Path | None, json_out: Path | None) -> None:
+    """``eval --artifact``: the bundle's decisions on one split of ``bench``."""
+    meta = artifact_metadata(artifact)
+    stored = (meta.get("bundle") or {}).get("feature_names")
+    text, _, image = feature_names.partition(",")
+    names = tuple(stored) if stored else (None if text in ("", "none") else text,
+                                          None if image in ("", "none") else image)
+    X, feature_spec = feature_matrix(bench, names[0], names[1])
+    bundle = load_bundle(artifact, feature_spec=feature_spec)
+    scored = score_split(bundle, bench.matrices(list(bundle.models)), X, split)
+    refs = scored["references"]
+    rows = [[f"{meta.get('router')} (bundle)", "auto", split, *_cells(scored["metrics"])],
+            *[[name, "auto", split, *_cells(values)] for name, values in refs.items()]]
+    console.print(table(f"{bench.name}: bundle {artifact} (scenario {bundle.scenario.spec()}, "
+                        f"chosen by {bundle.section['scenario_name']}; "
+                        f"{len(bundle.candidates)} candidates; cost estimated)",
+                        COLUMNS, rows))
+    if decisions_out:
+        lines = [orjson.dumps(r).decode() for r in decision_rows(bundle, scored)]
+        write_text_atomic(decisions_out, "".join(f"{line}\n" for line in lines))
+        console.print(f"Decisions: {decisions_out} ({len(lines)} samples)")
+    if json_out:
+        write_json_atomic(json_out, [{"router": "bundle", "scenario": "auto", "split": split,
+                                      "scenario_spec": bundle.scenario.spec(),
+                                      **scored["metrics"]},
+                                     *[{"router": k, "scenario": "auto", "split": split, **v}
+                                       for k, v in refs.items()]])
+
+
+def _cells(values: dict[str, Any]) -> list[str]:
+    return [fmt(values.get("avg_acc"), 3), fmt(values.get("avg_cost_per_10k"), 3),
+            fmt(values.get("rank_score"), 2), fmt(values.get("gap_closed"), 3),
+            fmt(values.get("apsp"), 3), fmt(values.get("edge_share"), 3),
+            fmt(values.get("rcs"), 3)]
 
 
 @click.group("routers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,26 +33,59 @@ def serve(config_path: Path, host: str, port: int, workers: int) -> None:
                       "one.[/yellow]")
     console.print(f"vlroute gateway on http://{host}:{port}/v1 ({len(config.backends)} "
                   f"backends, default scenario {config.default_scenario})")
+    import os
+
+    from vlroute.serve.protocol import HEADER_TIMEOUT_ENV, HeaderDeadlineProtocol
+
+    os.environ[HEADER_TIMEOUT_ENV] = str(config.limits.header_timeout_s)
     if workers == 1:
         from vlroute.serve.app import create_app
 
-        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
-    else:
-        import os
-        import shutil
-        import tempfile
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning",
+                    http=HeaderDeadlineProtocol)
+        return
+    import shutil
+    import tempfile
 
-        from vlroute.serve.metrics import METRICS_DIR_ENV
+    from vlroute.serve.metrics import METRICS_DIR_ENV
 
-        os.environ["VLROUTE_CONFIG"] = str(config_path.resolve())
-        # the workers add up their metrics through this directory (see serve/metrics.py)
-        shared = tempfile.mkdtemp(prefix="vlroute-metrics-")
-        os.environ[METRICS_DIR_ENV] = shared
-        try:
-            uvicorn.run("vlroute.serve.factory:app_from_env", factory=True, host=host,
-                        port=port, workers=workers, log_level="warning")
-        finally:
-            shutil.rmtree(shared, ignore_errors=True)
+    os.environ["VLROUTE_CONFIG"] = str(config_path.resolve())
+    # the workers add up their metrics, and follow reloads, through this directory
+    shared = tempfile.mkdtemp(prefix="vlroute-metrics-")
+    os.environ[METRICS_DIR_ENV] = shared
+    try:
+        settings = uvicorn.Config("vlroute.serve.factory:app_from_env", factory=True,
+                                  host=host, port=port, workers=workers, log_level="warning",
+                                  http=HeaderDeadlineProtocol)
+        _reloading_workers(settings, Path(shared), sockets=[settings.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _workers_class() -> type:
+    from uvicorn.supervisors import Multiprocess
+
+    class ReloadingWorkers(Multiprocess):
+        """uvicorn's worker supervisor, except that SIGHUP asks every worker to reload its
+        bundle in place (requests in flight finish, a broken bundle is refused and the old
+        one keeps serving) instead of restarting the processes."""
+
+        def __init__(self, config: object, shared: Path, **kwargs: object) -> None:
+            super().__init__(config, **kwargs)  # type: ignore[arg-type]
+            self.shared = shared
+
+        def handle_hup(self) -> None:
+            from vlroute.serve.gateway import request_reload
+
+            request_reload(self.shared, None)
+
+    return ReloadingWorkers
+
+
+def _reloading_workers(config: object, shared: Path, **kwargs: object) -> Any:
+    return _workers_class()(config, shared, **kwargs)
 
 
 @click.command("dev-backends")

@@ -63,6 +63,8 @@ def train_bundle(  # noqa: PLR0913 - what a bundle is made of
     candidates) and settle its scenario on the dev split: ``cost_weight@dev`` tunes the
     cost_weight by Rank Score, a ``target`` calibrates the scenario's knob, any other
     scenario is kept as given. A policy router keeps the trade-off it was trained for."""
+    goal = Target.parse(target) if target else None       # a bad target fails before fitting
+    chosen = parse_scenario(scenario)
     m = bench.matrices(list(models) if models else None)
     bounds = cost_bounds(m.cost)
     train_rows, dev_rows = m.splits == "train", m.splits == "dev"
@@ -74,14 +76,12 @@ def train_bundle(  # noqa: PLR0913 - what a bundle is made of
     if X is None:
         raise ValueError(f"{name} needs request features; run `vlroute features` first.")
     router.fit(m.subset(train_rows), bounds=bounds, X=X[train_rows])
-    chosen = parse_scenario(scenario)
     if isinstance(router, PolicyRouter):
         chosen = Scenario(TUNED, cost_weight=0.0) if chosen.name == TUNED else chosen
         router.check_scenario(chosen)
-    elif target:
+    elif goal is not None:
         base = chosen if chosen.name != TUNED else parse_scenario("cost_weight=0")
-        chosen, _ = calibrate(router, m.subset(dev_rows), X[dev_rows], Target.parse(target),
-                              base, bounds)
+        chosen, _ = calibrate(router, m.subset(dev_rows), X[dev_rows], goal, base, bounds)
     elif chosen.name == TUNED:
         chosen = tune_cost_weight(router, m.subset(dev_rows), X[dev_rows], bounds)
     section = bundle_section(router, chosen, catalog_entries(bench, m.models), feature_names,

@@ -86,9 +86,16 @@ class QualityRouter(LearnedRouter):
         return (self.predict_quality(X) if scenario.family == "utility"
                 else self.predict_solved(X, scenario.solved_mes))
 
-    def decide(self, predictions: FloatArray, scenario: Scenario) -> IntArray:
-        """Choices from precomputed predictions (sweeps predict once, decide many times)."""
-        predictions = np.where(self.allowed_, predictions, -np.inf)
+    def decide(self, predictions: FloatArray, scenario: Scenario,
+               available: np.ndarray | None = None) -> IntArray:
+        """Choices from precomputed predictions (sweeps predict once, decide many times):
+        among the candidate models (``allowed_``) that are ``available`` (a boolean mask over
+        models; the gateway's backends that are up), with the train split's mean costs and
+        the bench's cost bounds. This is the one decision rule of eval and of the gateway."""
+        mask = self.allowed_ if available is None else self.allowed_ & available
+        if not mask.any():
+            raise ValueError("no candidate model is available to decide among.")
+        predictions = np.where(mask, predictions, -np.inf)
         costs = self.mean_cost_
         return scenario.select(predictions, costs["usd"], costs["latency"], costs["energy"],
                                bounds=self.bounds_ if scenario.by == "usd" else None,

@@ -116,6 +116,9 @@ class AdminKey(_Strict):
 
 class Limits(_Strict):
     max_body_bytes: int = Field(20_000_000, ge=1024)
+    header_timeout_s: float = Field(10.0, gt=0, le=300, description="A client must send "
+                                    "a request's headers within this time, else its "
+                                    "connection is closed (slow-loris clients).")
     max_header_bytes: int = Field(16_384, ge=1024, le=1_000_000, description="Request "
                                   "headers, names and values together, at most (a 431 "
                                   "beyond).")

@@ -97,15 +97,8 @@ class Gateway:
 
     def ask_workers_to_reload(self, artifact: Path | None) -> None:
         """Tell every other worker to reload (they check every second)."""
-        if self.shared_dir is None:
-            return
-        path = self.shared_dir / RELOAD_FILE
-        generation = self._generation() + 1
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"generation": generation,
-                                   "artifact": str(artifact) if artifact else None}))
-        os.replace(tmp, path)
-        self._generation_seen = generation
+        if self.shared_dir is not None:
+            self._generation_seen = request_reload(self.shared_dir, artifact)
 
     async def follow_reloads(self) -> None:
         """Reload when another worker (or SIGHUP to ``vlroute serve``) asked for it."""
@@ -176,6 +169,21 @@ class Gateway:
         self.sessions[session] = pin
         if len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
+
+
+def request_reload(shared_dir: Path, artifact: Path | None) -> int:
+    """Ask every worker sharing ``shared_dir`` to reload (``artifact``, or its configured
+    bundle); the new generation number."""
+    path = shared_dir / RELOAD_FILE
+    try:
+        generation = int(json.loads(path.read_text())["generation"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        generation = 1
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"generation": generation,
+                               "artifact": str(artifact) if artifact else None}))
+    os.replace(tmp, path)
+    return generation
 
 
 def _bearer(request: Request) -> str:
