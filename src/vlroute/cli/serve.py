@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -91,26 +92,51 @@ def _reloading_workers(config: object, shared: Path, **kwargs: object) -> Any:
 @click.command("dev-backends")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--ports", default="18001,18002", show_default=True,
-              help="EDGE,CLOUD ports (examples/gateway.yaml expects 18001 and 18002).")
-def dev_backends(host: str, ports: str) -> None:
-    """Start two instant OpenAI-compatible stand-ins ("edge" and "cloud") until Ctrl-C."""
-    import uvicorn
+              help="EDGE,CLOUD ports (examples/gateway.yaml expects 18001 and 18002), or "
+                   "NAME=PORT pairs to start only some (edge=18011).")
+@click.option("--faults", "faults_file", type=click.File("r", encoding="utf-8"), default=None,
+              metavar="FILE", help="Fault config, YAML or JSON ('-': standard input): "
+                   "backend name -> fault (see below).")
+def dev_backends(host: str, ports: str, faults_file: IO[str] | None) -> None:
+    """Start two instant OpenAI-compatible stand-ins ("edge" and "cloud") until Ctrl-C.
 
-    from vlroute.serve.dev_backends import stub_app
+    --faults FILE makes them misbehave. It maps a backend name to one fault:
 
-    numbers = [int(p) for p in ports.split(",")]
-    if len(numbers) != 2:
-        raise click.BadParameter("give two ports, EDGE,CLOUD.", param_hint="--ports")
+    \b
+      cloud: {status: 401}                       every request: HTTP 401
+      edge: {status: 500, every: 3}              requests 3, 6, 9, ...: HTTP 500
+      edge: {mode: cut_stream, after_chunks: 2}  connection dropped after 2 SSE chunks
+                                                 (a JSON answer: half-way through)
+      edge: {mode: slow, delay_s: 0.5, chunk_delay_s: 0.1}
+                                                 0.5 s before the answer, 0.1 s between
+                                                 stream chunks
+      edge: {mode: no_usage}                     answers without usage
 
-    async def run() -> None:
-        servers = [uvicorn.Server(uvicorn.Config(stub_app(name), host=host, port=port,
-                                                 log_level="warning"))
-                   for name, port in zip(("edge", "cloud"), numbers, strict=True)]
-        console.print(f"edge on http://{host}:{numbers[0]}/v1, cloud on "
-                      f"http://{host}:{numbers[1]}/v1 (Ctrl-C stops)")
-        await asyncio.gather(*(s.serve() for s in servers))
+    mode is status (the default when status is given), slow, cut_stream, no_usage or ok;
+    status (400-599) may come with a message; delay_s defaults to 1, chunk_delay_s to 0,
+    after_chunks to 1; every N (default 1) makes only every N-th request faulty.
+    POST /admin/faults on a stand-in, with one fault as JSON ({} for none), changes it
+    while it runs; GET /admin/faults shows it.
+    """
+    from vlroute.serve.dev_backends import describe, load_faults, parse_ports, serve
 
-    asyncio.run(run())
+    try:
+        numbers = parse_ports(ports)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ports") from None
+    faults = {}
+    if faults_file is not None:
+        faults = load_faults(faults_file, faults_file.name)
+        missing = sorted(set(faults) - set(numbers))
+        if missing:
+            raise click.BadParameter(f"the fault config names {missing[0]!r}, which is not "
+                                     "started (see --ports).", param_hint="--faults")
+    console.print(", ".join(f"{name} on http://{host}:{port}/v1" for name, port in
+                            numbers.items()) + " (Ctrl-C stops)")
+    if describe(faults):
+        console.print(f"faults: {describe(faults)}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(host, numbers, faults))
 
 
 @click.group("logs")

@@ -1,64 +1,360 @@
-"""Stand-ins for two OpenAI-compatible model servers, to try the gateway without models.
+"""Stand-ins for two OpenAI-compatible model servers, to try the gateway without models, and
+to make them fail the ways real ones do.
 
 Each answers ``POST /v1/chat/completions`` (JSON, or SSE chunks with ``stream: true``) with a
-reply that names itself and counts the request's images, and ``GET /v1/models``.
+reply that names itself and counts the request's images, and ``GET /v1/models``. A JSON
+answer carries ``usage`` (10 prompt tokens, one completion token per word); a stream ends
+with a usage event when the request asks for one (``stream_options.include_usage``).
+
+Faults
+------
+A fault config (``vlroute dev-backends --faults FILE``, YAML or JSON) maps a stand-in's name,
+``edge`` or ``cloud``, to how it misbehaves::
+
+    cloud: {status: 401}                         # every request: HTTP 401, OpenAI envelope
+    edge: {status: 500, every: 3}                # requests 3, 6, 9, ...: HTTP 500
+    edge: {mode: cut_stream, after_chunks: 2}    # the connection drops after 2 SSE chunks
+    edge: {mode: slow, delay_s: 0.5}             # 0.5 s before the answer starts
+    edge: {mode: no_usage}                       # answers without usage
+
+The keys of one fault:
+
+``mode``
+    ``status``, ``slow``, ``cut_stream``, ``no_usage`` or ``ok``; default ``status`` when
+    ``status`` is given, else ``ok``.
+``status`` (400-599), ``message``
+    Mode ``status``: the reply's status (required) and its error message.
+``every`` (>= 1, default 1)
+    Only every n-th chat request gets the fault (counted from 1, per stand-in); the others
+    are answered normally.
+``delay_s`` (default 1), ``chunk_delay_s`` (default 0)
+    Mode ``slow``: seconds before the answer starts, and between a stream's chunks.
+``after_chunks`` (default 1)
+    Mode ``cut_stream``: SSE chunks sent before the connection is dropped. A non-streamed
+    answer is cut half-way through its body (the connection drops short of its
+    Content-Length).
+
+A key that another mode uses, an unknown key or an out-of-range value is refused with a
+one-line :class:`FaultConfigError`. While a stand-in runs, ``POST /admin/faults`` with one
+fault (``{}``: none) replaces its fault and restarts the count; ``GET /admin/faults`` shows
+it. :func:`spawn` runs one stand-in with a fault in a subprocess (through the CLI).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import IO, Any, Literal
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlroute.errors import VlrouteError
+
+#: the stand-ins ``vlroute dev-backends`` starts, in the order of ``--ports EDGE,CLOUD``
+NAMES = ("edge", "cloud")
+#: prompt tokens every answer reports (the gateway's estimate for a 40-character prompt)
+PROMPT_TOKENS = 10
+#: the keys only one mode uses
+_MODE_KEYS = {"status": "status", "message": "status", "delay_s": "slow",
+              "chunk_delay_s": "slow", "after_chunks": "cut_stream"}
+_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+          429: "rate_limit_error"}
+
+
+class FaultConfigError(VlrouteError):
+    """A fault config that is not a mapping of stand-in names to valid faults."""
+
+
+class Fault(BaseModel):
+    """How one stand-in misbehaves (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["ok", "status", "slow", "cut_stream", "no_usage"] = "ok"
+    status: int | None = Field(None, ge=400, le=599)
+    message: str | None = None
+    every: int = Field(1, ge=1)
+    delay_s: float = Field(1.0, ge=0, le=600)
+    chunk_delay_s: float = Field(0.0, ge=0, le=60)
+    after_chunks: int = Field(1, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "mode" not in raw and raw.get("status") is not None:
+            return {**raw, "mode": "status"}
+        return raw
+
+    @model_validator(mode="after")
+    def _keys_of_the_mode(self) -> Fault:
+        for key in sorted(self.model_fields_set & set(_MODE_KEYS)):
+            if _MODE_KEYS[key] != self.mode:
+                raise ValueError(f"{key} applies to mode {_MODE_KEYS[key]} only, and the "
+                                 f"mode is {self.mode}")
+        if self.mode == "status" and self.status is None:
+            raise ValueError("mode status needs a status (400-599)")
+        return self
+
+    def hits(self, count: int) -> bool:
+        """Whether the ``count``-th request (from 1) gets the fault."""
+        return self.mode != "ok" and count % self.every == 0
+
+
+def parse_fault(raw: object, where: str) -> Fault:
+    """One fault from its mapping; a one-line :class:`FaultConfigError` naming ``where``."""
+    if not isinstance(raw, dict):
+        raise FaultConfigError(f"{where}: a fault is a mapping (e.g. {{status: 401}}), got "
+                               f"{type(raw).__name__}.")
+    try:
+        return Fault.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(": ".join([*(str(p) for p in e["loc"]),
+                                        e["msg"].removeprefix("Value error, ")])
+                             for e in exc.errors())
+        raise FaultConfigError(f"{where}: {problems}.") from None
+
+
+def parse_faults(raw: object, source: str) -> dict[str, Fault]:
+    """A fault config (stand-in name -> fault) from its parsed YAML or JSON."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise FaultConfigError(f"{source}: expected a mapping of backend names ({', '.join(NAMES)})"
+                               f" to faults, got {type(raw).__name__}.")
+    unknown = [str(name) for name in raw if name not in NAMES]
+    if unknown:
+        raise FaultConfigError(f"{source}: unknown backend {unknown[0]!r}; the stand-ins are "
+                               f"{', '.join(NAMES)}.")
+    return {name: parse_fault(fault, f"{source}: {name}") for name, fault in raw.items()}
+
+
+def load_faults(handle: IO[str], source: str) -> dict[str, Fault]:
+    """Read a fault config (YAML, or JSON, which YAML reads too) from ``handle``."""
+    try:
+        raw = yaml.safe_load(handle.read())
+    except yaml.YAMLError as exc:
+        line = " ".join(str(exc).split())
+        raise FaultConfigError(f"{source}: not valid YAML or JSON ({line}).") from None
+    return parse_faults(raw, source)
 
 
 def _images(body: dict[str, Any]) -> int:
     count = 0
-    for message in body.get("messages", []):
+    for message in body.get("messages") or []:
         parts = message.get("content") if isinstance(message, dict) else None
         if isinstance(parts, list):
             count += sum(isinstance(p, dict) and p.get("type") == "image_url" for p in parts)
     return count
 
 
-def stub_app(name: str) -> FastAPI:
-    """An instant OpenAI-compatible backend called ``name``."""
+def _error(status: int, message: str) -> JSONResponse:
+    kind = _KINDS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
+                                   "code": None}}, status)
+
+
+class CutResponse(Response):
+    """Status, headers and ``parts``, then the connection drops (the body never completes:
+    the server closes the connection, which the client sees as a broken transfer)."""
+
+    def __init__(self, parts: list[bytes], media_type: str, length: int | None) -> None:
+        super().__init__(media_type=media_type)
+        self.parts = parts
+        self.raw_headers = [(b"content-type", media_type.encode())]
+        if length is not None:
+            self.raw_headers.append((b"content-length", str(length).encode()))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self.raw_headers})
+        for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+
+
+class _Reply:
+    """The answer of stand-in ``name`` to one request body."""
+
+    def __init__(self, name: str, body: dict[str, Any]) -> None:
+        self.name, self.body = name, body
+        self.model = body.get("model") if isinstance(body.get("model"), str) else name
+        messages = body.get("messages")
+        self.text = (f"[{name}] got {len(messages) if isinstance(messages, list) else 0} "
+                     f"message(s), {_images(body)} image(s).")
+        self.rid, self.created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+
+    def usage(self) -> dict[str, int]:
+        words = len(self.text.split())
+        return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
+                "total_tokens": PROMPT_TOKENS + words}
+
+    def json(self, usage: bool) -> bytes:
+        doc: dict[str, Any] = {
+            "id": self.rid, "object": "chat.completion", "created": self.created,
+            "model": self.model, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": self.text}}]}
+        if usage:
+            doc["usage"] = self.usage()
+        return json.dumps(doc).encode()
+
+    def events(self, usage: bool) -> list[bytes]:
+        """The SSE events of the streamed answer, [DONE] included."""
+        def event(doc: dict[str, Any]) -> bytes:
+            return f"data: {json.dumps(doc)}\n\n".encode()
+
+        head = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model}
+        out = [event({**head, "choices": [{"index": 0, "delta": {"content": piece + " "},
+                                           "finish_reason": None}]})
+               for piece in self.text.split(" ")]
+        options = self.body.get("stream_options")
+        if usage and isinstance(options, dict) and options.get("include_usage"):
+            out.append(event({**head, "choices": [], "usage": self.usage()}))
+        return [*out, b"data: [DONE]\n\n"]
+
+
+async def _answer(reply: _Reply, fault: Fault, hit: bool) -> Response:
+    """The reply as ``fault`` (when it ``hit`` this request) makes it."""
+    mode = fault.mode if hit else "ok"
+    stream = bool(reply.body.get("stream"))
+    if mode == "status":
+        assert fault.status is not None
+        return _error(fault.status, fault.message or f"injected fault: HTTP {fault.status}")
+    if mode == "slow":
+        await asyncio.sleep(fault.delay_s)
+    if mode == "cut_stream":
+        if stream:
+            return CutResponse(reply.events(True)[:fault.after_chunks], "text/event-stream",
+                               None)
+        content = reply.json(True)
+        return CutResponse([content[:len(content) // 2]], "application/json", len(content))
+    if not stream:
+        return Response(reply.json(mode != "no_usage"), media_type="application/json")
+    events, pause = reply.events(mode != "no_usage"), fault.chunk_delay_s if hit else 0.0
+
+    async def relay() -> AsyncIterator[bytes]:
+        for n, chunk in enumerate(events):
+            if pause and n:
+                await asyncio.sleep(pause)
+            yield chunk
+    return StreamingResponse(relay(), media_type="text/event-stream")
+
+
+def stub_app(name: str, fault: Fault | None = None) -> FastAPI:
+    """An OpenAI-compatible backend called ``name``: instant, or misbehaving as ``fault``
+    says (changed at run time through ``POST /admin/faults``)."""
     app = FastAPI(title=f"vlroute dev backend {name}")
+    app.state.fault, app.state.requests = fault or Fault(), 0
+
+    def faults() -> JSONResponse:
+        return JSONResponse({"backend": name, "fault": app.state.fault.model_dump(
+            exclude_defaults=True), "requests": app.state.requests})
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+    @app.get("/admin/faults")
+    async def show_faults() -> JSONResponse:
+        return faults()
+
+    @app.post("/admin/faults")
+    async def change_faults(request: Request) -> JSONResponse:
+        try:
+            new = parse_fault(json.loads(await request.body() or b"{}"), name)
+        except ValueError:
+            return _error(400, "the body must be one fault as JSON, e.g. {\"status\": 401}.")
+        except FaultConfigError as exc:
+            return _error(400, str(exc))
+        app.state.fault, app.state.requests = new, 0
+        return faults()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return JSONResponse({"error": {"message": "invalid JSON", "type": "invalid_request"
-                                           "_error", "param": None, "code": None}}, 400)
-        text = f"[{name}] got {len(body.get('messages', []))} message(s), {_images(body)} " \
-               "image(s)."
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
-        if body.get("stream"):
-            def events() -> Iterator[bytes]:
-                for piece in text.split(" "):
-                    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                             "model": body.get("model", name), "choices": [{
-                                 "index": 0, "delta": {"content": piece + " "},
-                                 "finish_reason": None}]}
-                    yield f"data: {json.dumps(chunk)}\n\n".encode()
-                yield b"data: [DONE]\n\n"
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return JSONResponse({
-            "id": rid, "object": "chat.completion", "created": created,
-            "model": body.get("model", name),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()),
-                      "total_tokens": 10 + len(text.split())}})
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object.")
+        app.state.requests += 1
+        fault: Fault = app.state.fault
+        return await _answer(_Reply(name, body), fault, fault.hits(app.state.requests))
 
     return app
+
+
+def spawn(name: str, port: int, fault: Mapping[str, Any] | Fault | None = None, *,
+          host: str = "127.0.0.1", log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """Run stand-in ``name`` on ``port`` with ``fault`` in a subprocess (``vlroute
+    dev-backends``, the fault given on its standard input); returns without waiting for it
+    to listen. Stop it with ``terminate()``."""
+    if isinstance(fault, Fault):
+        fault = fault.model_dump(exclude_defaults=True)
+    parse_faults({name: dict(fault or {})}, "spawn")           # refuse it here, not there
+    command = [sys.executable, "-c", "from vlroute.cli import main; main()", "dev-backends",
+               "--host", host, "--ports", f"{name}={port}", "--faults", "-"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=log)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({name: dict(fault or {})}).encode())
+    proc.stdin.close()
+    return proc
+
+
+def parse_ports(spec: str) -> dict[str, int]:
+    """``EDGE,CLOUD`` or ``NAME=PORT[,NAME=PORT]`` -> {name: port}; ValueError when not."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if parts and all("=" not in p for p in parts):
+        if len(parts) != len(NAMES):
+            raise ValueError("give two ports, EDGE,CLOUD, or NAME=PORT pairs (edge=18001).")
+        parts = [f"{n}={p}" for n, p in zip(NAMES, parts, strict=True)]
+    out: dict[str, int] = {}
+    for part in parts:
+        name, _, port = part.partition("=")
+        if name not in NAMES or name in out:
+            raise ValueError(f"{part!r}: the stand-ins are {', '.join(NAMES)}, each once.")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{part!r}: a port is a number from 1 to 65535.")
+        out[name] = int(port)
+    if not out:
+        raise ValueError("give two ports, EDGE,CLOUD, or NAME=PORT pairs (edge=18001).")
+    return out
+
+
+def _quiet_cuts() -> None:
+    """uvicorn logs an error for every response a fault cuts on purpose: not for these."""
+    import logging
+
+    class CutFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "without completing response" not in record.getMessage()
+
+    logging.getLogger("uvicorn.error").addFilter(CutFilter())
+
+
+async def serve(host: str, ports: Mapping[str, int], faults: Mapping[str, Fault]) -> None:
+    """Serve the stand-ins named in ``ports`` until cancelled."""
+    import uvicorn
+
+    _quiet_cuts()
+    servers = [uvicorn.Server(uvicorn.Config(stub_app(name, faults.get(name)), host=host,
+                                             port=port, log_level="warning", backlog=4096))
+               for name, port in ports.items()]
+    await asyncio.gather(*(s.serve() for s in servers))
+
+
+def describe(faults: Mapping[str, Fault]) -> str:
+    """One line per faulty stand-in, for the CLI."""
+    return "; ".join(f"{name}: {fault.model_dump(exclude_defaults=True)}"
+                     for name, fault in faults.items() if fault.mode != "ok")
+
+
+__all__ = ["NAMES", "Fault", "FaultConfigError", "load_faults", "parse_fault", "parse_faults",
+           "parse_ports", "serve", "spawn", "stub_app"]
