@@ -12,6 +12,7 @@ from vlroute._io import atomic_directory, atomic_path
 from vlroute.report.displays import CostAccuracyDisplay, TauCurveDisplay, save
 from vlroute.report.html import render
 from vlroute.report.markdown import render_markdown
+from vlroute.report.tables import scenario_order
 
 
 def _stem(text: str) -> str:
@@ -35,7 +36,7 @@ def write_report(docs: dict[str, dict[str, Any]], out: Path, *, figures: Path | 
     if figures is not None:
         with atomic_directory(Path(figures), overwrite=overwrite) as staging:
             for name, doc in docs.items():
-                for scenario in dict.fromkeys(s["name"] for s in doc["scenarios"]):
+                for scenario in scenario_order(doc):
                     fig = CostAccuracyDisplay.from_results(doc, scenario=scenario).plot()
                     save(fig, staging / _stem(f"cost-accuracy-{name}-{scenario}"))
                 for i, curve in enumerate(doc.get("tau_curves", [])):

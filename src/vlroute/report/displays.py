@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from vlroute.report.tables import BASELINE_NAMES, scenario_order
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -38,9 +40,7 @@ def _matplotlib_ticker() -> Any:
 
 def _guess_kind(router: str) -> str:
     """Version 1 documents do not say which rows are baselines; their names do."""
-    return "baseline" if router in ("oracle", "strongest_global", "cheapest_global",
-                                    "strongest_per_dataset", "random",
-                                    "best_single_by_rank") else ""
+    return "baseline" if router in BASELINE_NAMES else ""
 
 
 @dataclass
@@ -71,8 +71,9 @@ class CostAccuracyDisplay:
     @classmethod
     def from_results(cls, doc: dict[str, Any], *, scenario: str | None = None,
                      split: str = "test") -> CostAccuracyDisplay:
-        """The plane of ``scenario`` (default: the document's first) on ``split``."""
-        scenario = scenario or doc["scenarios"][0]["name"]
+        """The plane of ``scenario`` (default: ``cost_weight@dev`` when the document has it,
+        else its first) on ``split``."""
+        scenario = scenario or scenario_order(doc)[0]
         rows = [r for r in doc["rows"] if r.get("seed") == "mean"
                 and r["scenario"] == scenario and r["split"] == split]
         singles = [Point(r["model"], r["avg_cost_per_10k"], r["avg_acc"],
@@ -124,12 +125,15 @@ class CostAccuracyDisplay:
             if sweep and len(sweep) > 1:
                 xs, ys = zip(*sorted(sweep), strict=True)
                 ax.plot(xs, [y * 100 for y in ys], "-", color=colour, lw=0.8, alpha=0.45)
-            baseline = p.kind == "baseline"
+            baseline, auto = p.kind == "baseline", p.name == "auto"
             ax.errorbar(p.cost, p.acc * 100, xerr=p.cost_std or None,
-                        yerr=(p.acc_std * 100) or None, fmt="s" if baseline else "o",
-                        ms=5 if baseline else 6.5, color=colour,
-                        mfc="white" if baseline else colour, ecolor=colour, elinewidth=0.8,
-                        capsize=2, zorder=3, label=p.name + (" (baseline)" if baseline else ""))
+                        yerr=(p.acc_std * 100) or None, fmt="D" if auto else
+                        "s" if baseline else "o", ms=9 if auto else 5 if baseline else 6.5,
+                        color=colour, mfc="white" if baseline else colour,
+                        mec="#111111" if auto else colour, ecolor=colour, elinewidth=0.8,
+                        capsize=2, zorder=5 if auto else 3,
+                        label=p.name + (" (baseline)" if baseline else
+                                        " (chosen on dev)" if auto else ""))
         if self.oracle is not None:
             ax.scatter([self.oracle.cost], [self.oracle.acc * 100], marker="*", s=160,
                        color="#111111", zorder=4, label="oracle")
