@@ -26,7 +26,12 @@ def learnable(n: int = 240, seed: int = 0) -> tuple[np.ndarray, object]:
     return X, matrices(quality, np.array([1e-4, 4e-4, 4e-3, 2e-4]))
 
 
-@pytest.fixture(params=QUALITY)
+#: the task prior learns P(task | x), not each model's quality from x: the synthetic tasks
+#: here carry no signal, so it is tested on real data in test_auto.py instead
+FROM_FEATURES = tuple(n for n in QUALITY if n != "prior")
+
+
+@pytest.fixture(params=FROM_FEATURES)
 def name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from vlroute.features.store import feature_matrix
 from vlroute.routers import BASELINES, LEARNED, ROUTERS, check_params
 from vlroute.routers.bundle import load_bundle
 from vlroute.routers.persistence import artifact_metadata
-from vlroute.scenarios import parse_scenario
+from vlroute.scenarios import TUNED, parse_scenario
 
 
 def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -66,6 +67,8 @@ def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
                 names.extend(LEARNED)
         elif part == "singles":
             singles = True
+        elif part == "auto":
+            names.append(part)
         else:
             if not part.startswith("single:"):
                 ROUTERS.get(part)  # did-you-mean error for typos
@@ -73,6 +76,18 @@ def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
     if not names and not singles:
         raise click.BadParameter("no routers named; use e.g. 'baselines' or 'oracle,random'.")
     return list(dict.fromkeys(names)), singles
+
+
+def _has_features(bench: Bench, names: tuple[str | None, str | None]) -> bool:
+    """Whether the bench stores every named feature (text and image; at least one)."""
+    index = bench.root / "features" / "index.json"
+    if not index.is_file() or not any(names):
+        return False
+    try:
+        have = json.loads(index.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(n in have for n in names if n)
 
 
 def results_table(doc: dict[str, Any], with_singles: bool) -> list[list[str]]:
@@ -101,11 +116,22 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
 
 @click.command("eval")
 @click.argument("directory", type=click.Path(exists=True, path_type=Path))
-@click.option("--routers", "router_text", default="baselines", show_default=True,
-              help="Comma-separated router names; 'baselines' = every training-free "
-                   "baseline, 'singles' = one row per model.")
-@click.option("--scenario", "scenarios", multiple=True, default=("quality",),
-              show_default=True, help="Preset or inline spec; repeat for several.")
+@click.option("--routers", "router_text", default=None,
+              help="Comma-separated router names; 'auto' = the router chosen on dev "
+                   "(family, labels, cost_weight; a single model when routing does not pay), "
+                   "'baselines' = every training-free baseline, 'singles' = one row per "
+                   "model. Default: auto when the bench has the --features, else baselines.")
+@click.option("--scenario", "scenarios", multiple=True, default=(TUNED,),
+              show_default=True, help="Preset or inline spec; repeat for several. "
+                                      "cost_weight@dev: each learned router's cost_weight "
+                                      "chosen on dev by Rank Score.")
+@click.option("--protocol", type=click.Choice(["grouped", "random"]), default="grouped",
+              show_default=True, help="grouped: splits keep a question's variants together; "
+                                      "random: VL-RouterBench's per-sample 70/10/20 splits, "
+                                      "where they fall on both sides (leakage included).")
+@click.option("--labels", type=click.Choice(["sample", "group_mean"]), default="sample",
+              show_default=True, help="What learned routers train on: per-sample labels or "
+                                      "each training group's mean quality per model.")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1, 100),
               help="Repeat over N grouped splits (the bench's seed, then seed+1, ...).")
 @click.option("--split", "splits", multiple=True, default=("test",), show_default=True,
@@ -128,8 +154,9 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               help="With --artifact: write each sample's choice, per-model scores and "
                    "decision margin as JSON lines.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
-        directory: Path, router_text: str, scenarios: tuple[str, ...], seeds: int,
-                 splits: tuple[str, ...], models: str | None, all_models: bool,
+        directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
+                 labels: str,
+                 seeds: int, splits: tuple[str, ...], models: str | None, all_models: bool,
                  feature_names: str, params: tuple[str, ...], json_out: Path | None,
                  results_out: Path | None, artifact: Path | None,
                  decisions_out: Path | None) -> None:
@@ -147,17 +174,20 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
     if artifact is not None:
         _eval_artifact(bench, artifact, splits[0], feature_names, decisions_out, json_out)
         return
+    text, _, image = feature_names.partition(",")
+    stored = (None if text in ("", "none") else text, None if image in ("", "none") else image)
+    if router_text is None:
+        router_text = "auto" if _has_features(bench, stored) else "baselines"
     names, singles = _router_names(router_text, [])
     X, feature_spec = None, dict[str, Any]()
-    if any(ROUTERS.get(n).needs_features for n in names if not n.startswith("single:")):
-        text, _, image = feature_names.partition(",")
-        X, feature_spec = feature_matrix(bench, None if text in ("", "none") else text,
-                                         None if image in ("", "none") else image)
+    if any(n == "auto" or ROUTERS.get(n).needs_features for n in names
+           if not n.startswith("single:")):
+        X, feature_spec = feature_matrix(bench, *stored)
     spec = EvalSpec(routers=tuple(names), scenarios=tuple(parse_scenario(s) for s in scenarios),
                     seeds=seeds, splits=splits,
                     models=tuple(m.strip() for m in models.split(",")) if models else None,
                     all_models=all_models, features=X, feature_spec=feature_spec,
-                    params=router_params)
+                    params=router_params, labels=labels, protocol=protocol)
     with steps("eval", seeds) as note:
         doc = evaluate_bench(bench, spec, progress=note)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "

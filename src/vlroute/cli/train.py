@@ -32,25 +32,29 @@ from vlroute.scenarios import TUNED
               "(default: the bench's candidates), e.g. an edge/cloud pair.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Bundle folder (router.json + arrays.npz).")
+@click.option("--labels", type=click.Choice(["sample", "group_mean"]), default="sample",
+              show_default=True, help="Train on per-sample labels or on each training "
+                                      "group's mean quality per model (auto tries both).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
 def train(  # noqa: PLR0913 - one parameter per CLI option
         router_name: str, directory: Path, params: tuple[str, ...], feature_names: str,
           scenario: str, target: str | None, models: str | None, out: Path,
-          overwrite: bool) -> None:
-    """Fit ROUTER on the train split of the bench in DIRECTORY and save it to --out."""
+          labels: str, overwrite: bool) -> None:
+    """Fit ROUTER on the train split of the bench in DIRECTORY and save it to --out as a
+    serving bundle. ROUTER `auto` chooses the family, labels and cost_weight on dev."""
     router_params = parse_params(tuple(f"{router_name}.{p}" for p in params)).get(
         router_name, {})
-    cls = ROUTERS.get(router_name)
+    needs_features = router_name == "auto" or ROUTERS.get(router_name).needs_features
     bench = load_bench(directory)
     text, _, image = feature_names.partition(",")
     names = (None if text in ("", "none") else text, None if image in ("", "none") else image)
     X, spec = None, None
-    if cls.needs_features:
+    if needs_features:
         X, spec = feature_matrix(bench, *names)
     trained = train_bundle(bench, router_name, router_params, X, spec, scenario=scenario,
                            target=target, feature_names=names,
                            models=tuple(m.strip() for m in models.split(",") if m.strip())
-                           if models else None)
+                           if models else None, labels=labels)
     save_bundle(trained, out, overwrite=overwrite)
     dev = trained.dev
     if target:

@@ -112,7 +112,7 @@ class Bench:
         keep = None if (cols >= 0).all() else cols >= 0
         if keep is not None:
             flat = flat[keep]
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for name in MATRIX_FIELDS:
             arr = np.full(n * m, np.nan)
             values = self._record_column(RECORD_COLUMNS[name])
@@ -128,7 +128,7 @@ class Bench:
             tasks=s["task"].to_numpy(dtype=object),
             splits=s["split"].to_numpy(dtype=object),
             tiers=tuple(str(tiers[c]) for c in chosen),
-            **arrays,
+            **arrays,  # type: ignore[arg-type]
         )
 
 
@@ -186,12 +186,24 @@ def _read_records(root: Path, text: bool) -> pd.DataFrame:
     return pd.read_parquet(path, columns=columns)
 
 
-def resplit(bench: Bench, seed: int) -> np.ndarray:
-    """Split labels for another seed, with the bench's own fractions and options."""
+def resplit(bench: Bench, seed: int, protocol: str = "grouped") -> np.ndarray:
+    """Split labels for another seed, with the bench's own fractions and options.
+
+    ``protocol="random"`` is VL-RouterBench's per-sample random split: every sample is its
+    own group (variants of one question fall on both sides) and an official split is
+    ignored. It measures what a published number measured, leakage included; ``grouped``
+    (the default) keeps groups together.
+    """
     from vlroute.data.splits import SplitSpec, assign_splits
 
+    if protocol not in ("grouped", "random"):
+        raise BenchError(f"protocol must be 'grouped' or 'random', got {protocol!r}.")
     spec = bench.manifest.get("split", {})
     train, dev, test = spec.get("fractions", (0.7, 0.1, 0.2))
+    if protocol == "random":
+        split = SplitSpec(seed=seed, train=train, dev=dev, test=test, honour_official=False)
+        return assign_splits(bench.samples["sample_id"].astype(str).tolist(), split,
+                             datasets=bench.samples["dataset"].tolist())
     split = SplitSpec(seed=seed, train=train, dev=dev, test=test,
                       stratify=bool(spec.get("stratify", False)),
                       honour_official=bool(spec.get("honour_official", True)))

@@ -40,6 +40,9 @@ class RoutingMatrices:
     tasks: ObjArray
     splits: ObjArray
     tiers: tuple[str, ...]
+    #: ``quality`` holds rates of binary outcomes (e.g. group means of 0/1 labels), not
+    #: graded scores: P(solved) is the quality itself
+    rates: bool = False
 
     def __post_init__(self) -> None:
         n, m = len(self.sample_ids), len(self.models)
@@ -88,6 +91,24 @@ class RoutingMatrices:
         except ValueError:
             raise UnknownComponentError(f"Unknown model {model!r}. Available: "
                                         f"{', '.join(self.models)}.") from None
+
+    def group_means(self) -> RoutingMatrices:
+        """Denoised labels: each row's quality replaced by its group's mean quality per
+        model (the groups the grouped split keeps together: DynaMath's 10 variants of one
+        question). For binary labels the result holds success rates (``rates``)."""
+        codes = np.unique(self.groups.astype(str), return_inverse=True)[1]
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        finite = np.isfinite(self.quality)
+        sums = np.zeros((n_groups, self.n_models))
+        counts = np.zeros((n_groups, self.n_models))
+        np.add.at(sums, codes, np.where(finite, self.quality, 0.0))
+        np.add.at(counts, codes, finite)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts
+        quality = np.where(finite, means[codes], np.nan)
+        values = self.quality[finite]
+        binary = bool(np.isin(values, (0.0, 1.0)).all())
+        return replace(self, quality=quality, rates=self.rates or binary)
 
     def select_models(self, models: Sequence[str]) -> RoutingMatrices:
         """The matrices restricted to ``models``, in that order."""

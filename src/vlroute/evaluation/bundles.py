@@ -14,8 +14,9 @@ import numpy as np
 from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench
 from vlroute.data.matrices import RoutingMatrices
+from vlroute.evaluation.auto import labelled, select_auto
 from vlroute.evaluation.calibrate import Target, calibrate
-from vlroute.evaluation.runner import tune_cost_weight
+from vlroute.evaluation.runner import AUTO, tune_cost_weight
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import cost_bounds, gap_closed
 from vlroute.routers import make_router
@@ -58,24 +59,38 @@ def train_bundle(  # noqa: PLR0913 - what a bundle is made of
         bench: Bench, name: str, params: dict[str, Any], X: FloatArray | None,
         feature_spec: dict[str, Any] | None, *, scenario: str = TUNED,
         target: str | None = None, models: tuple[str, ...] | None = None,
-        feature_names: tuple[str | None, str | None] = (None, None)) -> TrainedBundle:
+        feature_names: tuple[str | None, str | None] = (None, None),
+        labels: str = "sample") -> TrainedBundle:
     """Fit ``name`` on the train split of ``bench`` (over ``models``, default the bench's
     candidates) and settle its scenario on the dev split: ``cost_weight@dev`` tunes the
     cost_weight by Rank Score, a ``target`` calibrates the scenario's knob, any other
-    scenario is kept as given. A policy router keeps the trade-off it was trained for."""
+    scenario is kept as given. A policy router keeps the trade-off it was trained for.
+    ``auto`` chooses the family, labels and cost_weight on dev (:mod:`.auto`); ``labels``
+    ("sample" or "group_mean") is what any other router trains on."""
     goal = Target.parse(target) if target else None       # a bad target fails before fitting
     chosen = parse_scenario(scenario)
     m = bench.matrices(list(models) if models else None)
     bounds = cost_bounds(m.cost)
     train_rows, dev_rows = m.splits == "train", m.splits == "dev"
-    router = make_router(name, **params)
-    if not isinstance(router, QualityRouter | PolicyRouter):
-        raise IncompatibleArtifactError(
-            f"{name!r} is a training-free baseline: it has nothing to serve. Train a learned "
-            "router (knn, linear, gbdt, ovr, mlp, mf, prknn, ...).")
     if X is None:
         raise ValueError(f"{name} needs request features; run `vlroute features` first.")
-    router.fit(m.subset(train_rows), bounds=bounds, X=X[train_rows])
+    extra: dict[str, Any] = {}
+    if name == AUTO:
+        choice = select_auto(m.subset(train_rows), m.subset(dev_rows), X[train_rows],
+                             X[dev_rows], bounds,
+                             tune=lambda r, d, x: tune_cost_weight(r, d, x, bounds))
+        router: Any = choice.router
+        labels = choice.labels
+        extra["selection"] = choice.summary()
+        if chosen.name == TUNED:
+            chosen = choice.scenario
+    else:
+        router = make_router(name, **params)
+        if not isinstance(router, QualityRouter | PolicyRouter):
+            raise IncompatibleArtifactError(
+                f"{name!r} is a training-free baseline: it has nothing to serve. Train a "
+                "learned router (auto, knn, linear, gbdt, ovr, mlp, mf, prknn, ...).")
+        router.fit(labelled(m.subset(train_rows), labels), bounds=bounds, X=X[train_rows])
     if isinstance(router, PolicyRouter):
         chosen = Scenario(TUNED, cost_weight=0.0) if chosen.name == TUNED else chosen
         router.check_scenario(chosen)
@@ -85,13 +100,15 @@ def train_bundle(  # noqa: PLR0913 - what a bundle is made of
     elif chosen.name == TUNED:
         chosen = tune_cost_weight(router, m.subset(dev_rows), X[dev_rows], bounds)
     section = bundle_section(router, chosen, catalog_entries(bench, m.models), feature_names,
-                             extra={"bench": bench.name, "target": target,
-                                    "source_digest": bench.manifest.get("source_digest")})
-    section["router_name"] = name
+                             extra={"bench": bench.name, "target": target, "labels": labels,
+                                    "source_digest": bench.manifest.get("source_digest"),
+                                    **extra})
+    section["router_name"] = (f"auto:{extra['selection']['router']}" if name == AUTO
+                              else name)
     bundle = Bundle(router, chosen, feature_spec or {}, section)
     dev = score_split(bundle, m, X, "dev")
     info = {"bench": bench.name, "source_digest": bench.manifest.get("source_digest"),
-            "trained_on": "train", "n_train": int(train_rows.sum()),
+            "trained_on": "train", "n_train": int(train_rows.sum()), "labels": labels,
             "scenario": chosen.spec(), "scenario_name": chosen.name,
             "cost_bounds_usd": list(bounds), "dev": dev["metrics"]}
     return TrainedBundle(bundle, info, dev["metrics"])

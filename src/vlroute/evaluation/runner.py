@@ -14,6 +14,7 @@ from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench, resplit
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import ScenarioMismatchError
+from vlroute.evaluation.auto import AutoChoice, labelled, select_auto
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import cost_bounds, gap_closed, pareto_area, pareto_frontier
@@ -22,6 +23,9 @@ from vlroute.routers.labels import LABEL_LAMBDAS
 from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import QualityRouter
 from vlroute.scenarios import PRESETS, TUNED, Scenario
+
+#: the router name of the dev-selected router (see :mod:`vlroute.evaluation.auto`)
+AUTO = "auto"
 
 Progress = Callable[[str], None]
 COST_WEIGHTS = (0.0, *np.round(np.geomspace(1e-3, 3.0, 48), 6).tolist())
@@ -49,13 +53,19 @@ class EvalSpec:
     #: label_lambda grid searched on dev for policy routers in that scenario (each value is
     #: a retraining; a label_lambda given in ``params`` is used as is)
     label_lambdas: tuple[float, ...] = LABEL_LAMBDAS
+    #: what learned routers train on: "sample" labels or each training group's "group_mean"
+    #: (baselines always see the samples; ``auto`` tries both)
+    labels: str = "sample"
+    #: "grouped" splits (groups kept together) or VL-RouterBench's per-sample "random" ones
+    protocol: str = "grouped"
 
 
-def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int) -> RoutingMatrices:
-    if k == 0:
+def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int,
+                   protocol: str = "grouped") -> RoutingMatrices:
+    if k == 0 and protocol == "grouped":
         return base
     seed = int(bench.manifest.get("split", {}).get("seed", 42)) + k
-    return base.with_splits(resplit(bench, seed))
+    return base.with_splits(resplit(bench, seed, protocol))
 
 
 def _rows_of(m: RoutingMatrices, split: str) -> np.ndarray:
@@ -80,7 +90,8 @@ def _fit(names: list[str], train: _Split, bounds: tuple[float, float], spec: Eva
     routers = {}
     for name in names:
         router = make_router(name, **spec.params.get(name, {}))
-        routers[name] = router.fit(train.data, bounds=bounds,
+        data = labelled(train.data, spec.labels) if router.needs_features else train.data
+        routers[name] = router.fit(data, bounds=bounds,
                                    X=train.X if router.needs_features else None)
     return routers
 
@@ -150,10 +161,11 @@ def _tune_policy(name: str, router: PolicyRouter, train: _Split, dev: _Split,
     return chosen, points
 
 
-def _for_scenario(routers: dict[str, BaseRouter], scenario: Scenario, parts: dict[str, _Split],
-                  bounds: tuple[float, float], ctx: ScoringContext, spec: EvalSpec,
-                  doc: dict[str, Any], seed: int
-                  ) -> tuple[dict[str, BaseRouter], dict[str, Scenario]]:
+def _for_scenario(  # noqa: PLR0913 - the evaluation loop's state, passed explicitly
+        routers: dict[str, BaseRouter], scenario: Scenario, parts: dict[str, _Split],
+        bounds: tuple[float, float], ctx: ScoringContext, spec: EvalSpec,
+        doc: dict[str, Any], seed: int, auto: Scenario | None = None
+        ) -> tuple[dict[str, BaseRouter], dict[str, Scenario]]:
     """The routers that take part in ``scenario`` and the scenario each decides under.
 
     In ``cost_weight@dev`` quality routers get their cost_weight and policy routers their
@@ -162,7 +174,9 @@ def _for_scenario(routers: dict[str, BaseRouter], scenario: Scenario, parts: dic
     """
     active, chosen = dict(routers), {name: scenario for name in routers}
     for name, router in routers.items():
-        if scenario.name == TUNED and isinstance(router, QualityRouter):
+        if name == AUTO and scenario.name == TUNED and auto is not None:
+            chosen[name] = auto                 # settled on dev with the selection
+        elif scenario.name == TUNED and isinstance(router, QualityRouter):
             chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
             doc["curves"].append({"router": name, "parameter": "cost_weight", "split": "dev",
                                   "seed": seed, "selected": chosen[name].cost_weight,
@@ -209,14 +223,25 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     rows: list[dict[str, Any]] = []
     times: dict[str, list[float]] = {}
     doc = new_document(bench, spec, m, bounds_10k)
+    doc["protocol"] = spec.protocol
+    if spec.protocol == "random" and bench.manifest.get("split", {}).get("official"):
+        doc["protocol_note"] = ("random protocol: the set's official split is ignored, as "
+                                "VL-RouterBench's per-sample splits do")
     for k in range(spec.seeds):
         note(f"seed {k + 1}/{spec.seeds}")
-        mk = _seed_matrices(bench, m, k)
+        mk = _seed_matrices(bench, m, k, spec.protocol)
         parts = {s: _Split.of(mk, s, spec.features) for s in ("train", "dev", "test")}
         ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
-        routers = _fit(names, parts["train"], bounds, spec)
+        fitted = _fit([n for n in names if n != AUTO], parts["train"], bounds, spec)
+        auto = None
+        if AUTO in names:
+            choice = _select_auto(parts, bounds, ctx, spec, note)
+            fitted[AUTO], auto = choice.router, choice.scenario
+            doc.setdefault("auto", []).append({"seed": k, **choice.summary()})
+        routers = {n: fitted[n] for n in names}
         for scenario in spec.scenarios:
-            active, chosen = _for_scenario(routers, scenario, parts, bounds, ctx, spec, doc, k)
+            active, chosen = _for_scenario(routers, scenario, parts, bounds, ctx, spec, doc, k,
+                                           auto)
             for split in spec.splits:
                 rows.extend(_score_split(active, chosen, parts[split], ctx, split, k, spec,
                                          doc, times))
@@ -227,6 +252,17 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                                              for s in ("train", "dev", "test")}})
     _finish(doc, rows, times, spec, m, bounds_10k)
     return doc
+
+
+def _select_auto(parts: dict[str, _Split], bounds: tuple[float, float], ctx: ScoringContext,
+                 spec: EvalSpec, note: Progress) -> AutoChoice:
+    """``auto``'s choice on this seed's dev split (its fitted router and scenario)."""
+    train, dev = parts["train"], parts["dev"]
+    if train.X is None or dev.X is None:
+        raise ValueError("auto needs request features; run `vlroute features` first.")
+    return select_auto(train.data, dev.data, train.X, dev.X, bounds,
+                       tune=lambda r, d, x: _tune(r, _Split(d, x), ctx, spec)[0],
+                       progress=note)
 
 
 def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explicitly

@@ -3,7 +3,9 @@
 Names: the training-free baselines ``oracle``, ``strongest_global``, ``cheapest_global``,
 ``strongest_per_dataset``, ``random``, ``best_single_by_rank``; ``single:<model id>`` builds a
 fixed single-model router. Quality routers (estimate each model's quality, so every scenario
-applies): ``knn``, ``linear``, ``gbdt``, ``ovr``, ``mlp``, ``mf``. Policy routers (trained for
+applies): ``knn``, ``linear``, ``gbdt``, ``ovr``, ``mlp``, ``mf``, ``prior`` (the task predicted
+from the request, times each task's prior), ``blend`` (kNN and prior), ``constant`` (one
+model). Policy routers (trained for
 one trade-off, utility family only): ``prknn``, ``prototype``, ``linear_soft``, ``mlp_soft``.
 """
 
@@ -24,7 +26,7 @@ for _name, _cls in zip(BASELINES, ("OracleRouter", "StrongestGlobalRouter",
                                    "CheapestGlobalRouter", "StrongestPerDatasetRouter",
                                    "RandomRouter", "BestSingleByRankRouter"), strict=True):
     ROUTERS.register(_name, f"{_MODULE}:{_cls}")
-QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf")
+QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf", "prior", "blend")
 POLICY = ("prknn", "prototype", "linear_soft", "mlp_soft")
 LEARNED = QUALITY + POLICY
 #: the router `vlroute demo` trains and the gateway will serve: kNN supports both scenario
@@ -37,6 +39,10 @@ ROUTERS.register("gbdt", "vlroute.routers.quality:GBDTRouter")
 ROUTERS.register("ovr", "vlroute.routers.ovr:OVRRouter")
 ROUTERS.register("mlp", "vlroute.routers.mlp:MLPRouter")
 ROUTERS.register("mf", "vlroute.routers.mf:MFRouter")
+ROUTERS.register("prior", "vlroute.routers.priors:TaskPriorRouter")
+ROUTERS.register("blend", "vlroute.routers.priors:BlendRouter")
+#: one model always (a dev-selected single model, served as a bundle)
+ROUTERS.register("constant", "vlroute.routers.priors:ConstantRouter")
 ROUTERS.register("prknn", "vlroute.routers.neighbours:PRkNNRouter")
 ROUTERS.register("prototype", "vlroute.routers.neighbours:PrototypeRouter")
 ROUTERS.register("linear_soft", "vlroute.routers.mlp:LinearPolicyRouter")

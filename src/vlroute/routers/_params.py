@@ -97,7 +97,18 @@ class Sizes:
         return "a list of integers >= 1, e.g. [256, 128]"
 
 
-Constraint = Interval | Options | Flag | Sizes
+@dataclass(frozen=True)
+class Name:
+    """A non-empty string (e.g. a model id)."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+Constraint = Interval | Options | Flag | Sizes | Name
 
 
 def param_names(cls: type) -> list[str]:

@@ -53,7 +53,7 @@ class QualityRouter(LearnedRouter):
         self.n_features_in_ = X.shape[1]
         q = train.quality
         finite = q[np.isfinite(q)]
-        self.binary_ = bool(np.isin(finite, (0.0, 1.0)).all())
+        self.binary_ = train.rates or bool(np.isin(finite, (0.0, 1.0)).all())
         self._X_train = X
         self._quality_train = q
         self._holdout_train = self._holdout(train)
