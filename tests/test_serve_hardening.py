@@ -233,3 +233,43 @@ def test_a_baseline_or_foreign_artifact_is_refused_at_start_up(tmp_path: Path) -
     with pytest.raises(ConfigError, match="cannot serve router artifact"), \
             client(served(tmp_path, broken), Upstream()):
         pass
+
+
+def test_a_reload_of_a_missing_or_damaged_bundle_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    first = bundle(tmp_path, "first")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(first, damaged)
+    data = (damaged / "arrays.npz").read_bytes()
+    (damaged / "arrays.npz").write_bytes(data[:len(data) // 2])
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    with client(served(tmp_path, first), Upstream()) as c:
+        for path in (tmp_path / "nowhere", tmp_path, damaged, first / "router.json"):
+            r = c.post("/admin/reload", json={"artifact": str(path)}, headers=admin)
+            assert r.status_code == 409, (path, r.text)
+            assert c.get("/health").json()["routing"]["mode"] == "bundle"
+        r = c.post("/admin/reload", json={"artifact": "a\x00b"}, headers=admin)
+        assert r.status_code == 400 and envelope(r)["param"] == "artifact"
+
+
+def test_a_pin_the_database_cannot_take_does_not_lose_the_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlroute.serve.stores as stores
+
+    monkeypatch.setattr(stores, "BUSY_TIMEOUT_MS", 50)
+    db = tmp_path / "t.db"
+    store = SQLiteStore(f"sqlite:///{db}")
+    up = Upstream()
+    with client(config(tmp_path), up, store) as c:
+        c.post("/v1/chat/completions", json=ask(), headers={"x-vlroute-session": "warm"})
+        real_pin = store.pin
+
+        def locked_pin(*args: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        store.pin = locked_pin  # type: ignore[method-assign]
+        r = c.post("/v1/chat/completions", json=ask(), headers={"x-vlroute-session": "conv-1"})
+        store.pin = real_pin  # type: ignore[method-assign]
+        assert r.status_code == 200, r.text
+    assert len(store.rows()) == 2

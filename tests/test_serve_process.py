@@ -133,3 +133,30 @@ def test_a_client_that_leaves_stops_the_backend(tmp_path: Path) -> None:
         log.close()
     with sqlite3.connect(tmp_path / "telemetry.db") as db:
         assert [r[0] for r in db.execute("SELECT status FROM requests")] == [499]
+
+
+def test_slow_loris_clients_are_closed_and_parser_errors_are_enveloped(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    with gateway_with_backends(tmp_path, limits="{header_timeout_s: 1.0}") as gateway:
+        port = int(gateway.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-a: ")  # never ends
+        start = time.monotonic()
+        ok = httpx.get(f"{gateway}/health", timeout=5)            # others are served meanwhile
+        assert ok.status_code == 200
+        slow.settimeout(5)
+        assert slow.recv(1024) == b""                              # closed by the gateway
+        assert time.monotonic() - start < 3
+        slow.close()
+        bad = socket.create_connection(("127.0.0.1", port))
+        bad.sendall(b"GET /health HTTP/9.9\r\n\r\n")
+        bad.settimeout(5)
+        reply = b""
+        while chunk := bad.recv(4096):
+            reply += chunk
+        bad.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+        assert json.loads(body)["error"]["code"] == "bad_http"

@@ -159,5 +159,5 @@ def load_bundle(path: Path, *, feature_spec: dict[str, Any] | None = None) -> Bu
         allowed = np.isin(np.array(router.models_, dtype=object),
                           np.array(section["candidates"], dtype=object))
         router.allowed_ = allowed           # the bundle's mask is the decision's mask
-    section = {**section, "router_name": doc.get("router")}
+    section = {**section, "router_name": section.get("router_name") or doc.get("router")}
     return Bundle(router, scenario, doc.get("feature_spec") or {}, section, path)

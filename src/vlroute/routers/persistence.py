@@ -117,11 +117,12 @@ def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> Ba
     path = Path(path)
     doc = artifact_document(path)
     try:
-        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        with (path / "arrays.npz").open("rb") as handle, \
+                np.load(handle, allow_pickle=False) as npz:   # closed even when damaged
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise IncompatibleArtifactError(f"{path}: not a readable router artifact ({exc}).") \
-            from exc
+    except Exception as exc:      # OSError, BadZipFile, EOFError, ValueError, ...
+        raise IncompatibleArtifactError(f"{path}: not a readable router artifact "
+                                        f"({type(exc).__name__}: {exc}).") from exc
     if feature_spec is not None and doc.get("feature_spec") != feature_spec:
         raise IncompatibleArtifactError(
             f"{path}: trained on features {doc.get('feature_spec')}, asked to serve "

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from vlroute import __version__
 from vlroute.errors import VlrouteError
 from vlroute.serve.config import GatewayConfig
-from vlroute.serve.gateway import Gateway
+from vlroute.serve.gateway import Gateway, ReloadRefused
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
 from vlroute.serve.pipeline import chat, check_headers, decide, error, read_body
 from vlroute.serve.requests import RequestError
@@ -34,7 +34,7 @@ from vlroute.serve.telemetry import TelemetryStore, open_store
 from vlroute.serve.upstream import AiohttpTransport, Transport, close_quietly
 
 _KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          429: "rate_limit_error"}
+          429: "rate_limit_error", 503: "service_unavailable_error"}
 
 
 def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
@@ -179,10 +179,12 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         artifact = body.get("artifact")
         if artifact is not None and not isinstance(artifact, str):
             raise RequestError("'artifact' must be a path (string).", param="artifact")
+        if artifact is not None and ("\x00" in artifact or len(artifact) > 4096):
+            raise RequestError("'artifact' is not a usable path.", param="artifact")
         path = Path(artifact) if artifact else None
         try:
             routing = await g.reload(path)
-        except (VlrouteError, OSError) as exc:
+        except ReloadRefused as exc:
             return error(409, f"reload refused, the current bundle keeps serving: {exc}",
                          code="reload_refused")
         g.ask_workers_to_reload(path)
@@ -214,10 +216,12 @@ def _on_sighup(loop: asyncio.AbstractEventLoop, gateway: Gateway) -> bool:
     """SIGHUP reloads the bundle (main thread only: tests run apps in other threads)."""
     def reload() -> None:
         async def run() -> None:
-            with contextlib.suppress(VlrouteError, OSError):
+            with contextlib.suppress(ReloadRefused):       # reload_error says why
                 await gateway.reload()
 
-        loop.create_task(run())
+        task = loop.create_task(run())
+        gateway.tasks.add(task)                       # keep it until it ends
+        task.add_done_callback(gateway.tasks.discard)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, reload)

@@ -31,6 +31,10 @@ MAX_SESSIONS = 100_000
 RELOAD_FILE = "reload.json"
 
 
+class ReloadRefused(VlrouteError):
+    """A reload's bundle cannot be served; the current one keeps serving."""
+
+
 class Gateway:
     """Everything a request needs; one per app."""
 
@@ -50,6 +54,7 @@ class Gateway:
         self.sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.budgets = Budgets(config.auth_keys, self.recorder)
         self.reloads = 0
+        self.tasks: set[asyncio.Task[None]] = set()
         self.reload_error: str | None = None
         self._reload_lock = asyncio.Lock()
         self._generation_seen = self._generation()
@@ -74,14 +79,16 @@ class Gateway:
         async with self._reload_lock:
             try:
                 engine = await run_in_threadpool(self._load_engine, artifact)
-            except (VlrouteError, OSError) as exc:
-                self.reload_error = str(exc)
-                raise
+            except Exception as exc:            # whatever is wrong with it: refuse it
+                message = str(exc) if isinstance(exc, VlrouteError) else \
+                    f"{type(exc).__name__}: {exc}"
+                self.reload_error = message
+                raise ReloadRefused(message) from exc
             self.engine, self.reloads, self.reload_error = engine, self.reloads + 1, None
             return self.engine.describe()
 
     def _load_engine(self, artifact: Path | None) -> RoutingEngine:
-        engine = RoutingEngine.from_config(self.config, artifact)
+        engine = RoutingEngine.from_config(self.config, artifact, required=True)
         engine.warm_up()
         return engine
 
@@ -110,8 +117,8 @@ class Gateway:
         try:
             doc = json.loads((self.shared_dir / RELOAD_FILE).read_text())
             await self.reload(Path(doc["artifact"]) if doc.get("artifact") else None)
-        except (VlrouteError, OSError, ValueError):
-            pass                            # reload_error says why; the old bundle serves
+        except Exception:                   # reload_error says why,
+            pass                            # and the old bundle keeps serving
 
     async def background(self) -> None:
         """Every second: share this worker's metrics and follow reload requests."""

@@ -311,8 +311,6 @@ async def chat(g: Gateway, request: Request) -> Response:
         g.metrics.decisions[chosen] += 1
         if attempt.ttft_ms is not None:
             g.metrics.ttft_seconds[chosen].observe(attempt.ttft_ms / 1e3)
-        if decision and session:
-            await g.pin(session, chosen)
         headers = {"x-vlroute-model": header_value(chosen),
                    "x-vlroute-scenario": header_value(scenario_name),
                    "x-vlroute-route-ms": f"{decision.route_ms if decision else 0.0:.3f}",
@@ -330,8 +328,12 @@ async def chat(g: Gateway, request: Request) -> Response:
             await booking.record(row)
             g.metrics.book(chosen, cost, *(usage or (None, None)))
             g.metrics.request_seconds.observe(time.perf_counter() - start)
+            if decision and session:
+                await _pin(g, session, chosen)
             return Response(attempt.content, status_code=attempt.status, media_type=media,
                             headers=headers)
+        if decision and session:
+            await _pin(g, session, chosen)
         response = _stream(g, attempt, booking, row, start, headers, media)
         handed_over = True
         return response
@@ -340,6 +342,14 @@ async def chat(g: Gateway, request: Request) -> Response:
             if attempt is not None:
                 await release(attempt)          # an open stream's reader and slot
             await booking.settle()
+
+
+async def _pin(g: Gateway, session: str, backend: str) -> None:
+    """Pin the conversation to the backend that answered; best effort: the answer is
+    already paid for, and a database that cannot take the pin must not lose it (the next
+    turn is routed afresh)."""
+    with contextlib.suppress(Exception):
+        await g.pin(session, backend)
 
 
 def _stream(g: Gateway, attempt: Attempt, booking: Booking, row: dict[str, Any],

@@ -86,15 +86,18 @@ class RoutingEngine:
         return self.bundle.router if self.bundle is not None else None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig, artifact: Path | None = None
-                    ) -> RoutingEngine:
+    def from_config(cls, config: GatewayConfig, artifact: Path | None = None, *,
+                    required: bool = False) -> RoutingEngine:
         """Load the bundle (``artifact``, default the config's) and its encoders; without
         one (none set, or the folder is absent: ``vlroute demo`` not run yet) routing uses
         each backend's prior quality. A bundle the gateway cannot serve (a baseline, no
         serving section, other features than the configured encoders, no candidate among the
-        backends) is refused with a ConfigError that says why."""
+        backends) is refused with a ConfigError that says why; with ``required`` (a reload)
+        so is a missing one."""
         artifact = artifact if artifact is not None else config.router.artifact
         if artifact is None or not (Path(artifact) / "router.json").is_file():
+            if required:        # a reload: a missing bundle is a mistake, not a choice
+                raise ConfigError(f"no serving bundle at {artifact} (no router.json there).")
             return cls(config)
         from vlroute.features.registry import make_encoder
         from vlroute.routers.bundle import load_bundle
