@@ -1,6 +1,7 @@
 """Gateway overhead on loopback, side by side with the LiteLLM proxy. Run by hand:
 
-    python bench/gateway.py [--seconds 10] [--artifact demo-out/router] [--out bench/results]
+    python bench/gateway.py [--seconds 10] [--runs 3] [--artifact demo-out/router-qwen2-vl] \
+        [--out bench/results]
 
 An instant stub backend (``vlroute dev-backends``' app) answers every call. Load comes from
 ``wrk`` (Debian's package) with a POST body; each server runs pinned to a stated core
@@ -10,12 +11,15 @@ for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image
 
 - ``direct``: the stub backend itself (the baseline that "added" latency is taken against);
 - ``vlroute pass-through``: ``model`` names the backend (no routing), telemetry on;
-- ``vlroute routing``: ``model`` = ``vlroute/quality``, with the router artifact and its
-  encoders when ``--artifact`` exists (else the training-free decision), feature cache off;
+- ``vlroute routing``: ``model`` = ``vlroute/auto``, with the demo's serving bundle for the
+  Qwen2-VL pair and its encoders when ``--artifact`` exists (else the training-free
+  decision), feature cache off;
 - ``vlroute routing, cached features``: the same with the feature cache on, so every request
   after the first finds its features there (what a repeated request costs);
 - ``litellm``: LiteLLM proxy ``litellm[proxy]==1.106.2``, one worker, installed by this
   script into its own venv (``--litellm-venv``).
+Every target is measured ``--runs`` times, LiteLLM in the same runs; the table and JSON give
+the median run of each (p50, p99 and req/s medians taken separately), the JSON every run too.
 Writes ``gateway.json`` and prints a table.
 """
 
@@ -133,7 +137,8 @@ def measure(name: str, port: int, model: str, headers: dict[str, str], seconds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--artifact", type=Path, default=Path("demo-out/router"))
+    parser.add_argument("--artifact", type=Path, default=Path("demo-out/router-qwen2-vl"))
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--only", default="", help="comma-separated targets to run (direct is "
@@ -177,33 +182,38 @@ model_list:
         ("vlroute", lambda: start([*CLI, "serve", "--config", str(config), "--port",
                                    str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
          vl_port, [("vlroute pass-through", "stub", {}),
-                   ("vlroute routing", "vlroute/quality", {})]),
+                   ("vlroute routing", "vlroute/auto", {})]),
         ("vlroute", lambda: start([*CLI, "serve", "--config", str(cached), "--port",
                                    str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
-         vl_port, [("vlroute routing, cached features", "vlroute/quality", {})]),
+         vl_port, [("vlroute routing, cached features", "vlroute/auto", {})]),
         ("litellm", lambda: start([litellm_bin(args.litellm_venv), "--config",
                                    str(ll_config), "--port", str(ll_port), "--num_workers",
                                    "1"], 0, log),
          ll_port, [("litellm", "stub", {"Authorization": f"Bearer {MASTER_KEY}"})])]
     health = {"direct": "/v1/models", "vlroute": "/health", "litellm": "/health/liveliness"}
-    rows = []
+    runs: list[list[dict[str, Any]]] = []
     try:
         wait_for(f"http://127.0.0.1:{backend}/v1/models")
-        for server, launch, port, targets in servers:
-            targets = [t for t in targets if not only or t[0] == "direct" or t[0] in only]
-            if not targets:
-                continue
-            proc = launch() if launch else None
-            try:
-                wait_for(f"http://127.0.0.1:{port}{health[server]}")
-                for name, model, headers in targets:
-                    rows += measure(name, port, model, headers, args.seconds, tmp)
-            finally:
-                if proc is not None:
-                    stop(proc)
+        for _ in range(args.runs):
+            run: list[dict[str, Any]] = []
+            for server, launch, port, targets in servers:
+                targets = [t for t in targets if not only or t[0] == "direct" or t[0] in only]
+                if not targets:
+                    continue
+                proc = launch() if launch else None
+                try:
+                    wait_for(f"http://127.0.0.1:{port}{health[server]}")
+                    for name, model, headers in targets:
+                        run += measure(name, port, model, headers, args.seconds, tmp)
+                finally:
+                    if proc is not None:
+                        stop(proc)
+            runs.append(run)
     finally:
         stop(procs[0])
         log.close()
+    rows = [{**r, **{k: float(np.median([run[i][k] for run in runs]))
+                     for k in ("p50_ms", "p99_ms", "rps")}} for i, r in enumerate(runs[0])]
     direct = {(r["body"], r["connections"]): r for r in rows if r["target"] == "direct"}
     for r in rows:
         base = direct[(r["body"], r["connections"])]
@@ -217,13 +227,21 @@ model_list:
         "pinning": "one server under test at a time, alone on core 0 (vlroute with "
                    "OMP_NUM_THREADS=1); stub backend and wrk on core 1",
         "seconds": args.seconds, "artifact": str(artifact), "litellm": LITELLM,
-        "rows": rows}, indent=1) + "\n")
+        "runs": args.runs, "statistic": "median over runs", "rows": rows,
+        "every_run": runs}, indent=1) + "\n")
     print("\n| target | body | conns | added p50 ms | added p99 ms | req/s |\n|---|---|---|---|"
           "---|---|")
     for r in rows:
         if r["target"] != "direct":
             print(f"| {r['target']} | {r['body']} | {r['connections']} | "
                   f"{r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['rps']:.0f} |")
+    ll = {(r["body"], r["connections"]): r for r in rows if r["target"] == "litellm"}
+    for r in rows:
+        other = ll.get((r["body"], r["connections"]))
+        if r["target"] == "vlroute pass-through" and other:
+            print(f"pass-through vs LiteLLM, {r['body']}, c={r['connections']}: "
+                  f"{other['added_p50_ms'] / max(r['added_p50_ms'], 1e-3):.1f}x less added p50, "
+                  f"{r['rps'] / other['rps']:.1f}x the req/s")
 
 
 if __name__ == "__main__":
