@@ -1,12 +1,17 @@
-"""Every router on the shared sets, 5 grouped seeds; the edge/cloud tau curve. Run by hand:
+"""``auto`` and the learned routers on the shared sets, 5 seeds, both protocols; the edge/cloud
+tau curve. Run by hand:
 
     python bench/routers.py [--shared ../shared/data] [--work /tmp/vlroute-benches] \
-        [--seeds 5] [--out bench/results]
+        [--seeds 5] [--routers auto,knn,prior,blend,mf] [--protocols grouped,random] \
+        [--out bench/results]
 
 For each set: build the bench, compute features (MiniLM text; EfficientNet-Lite0 image where the
-set has images), evaluate the baselines and learned routers with cost_weight chosen on dev
-(scenario ``cost_weight@dev``), and, for one edge/cloud pair per image set, sweep tau of the
-threshold rule (kNN P(solved), edge model first: ECVL's rule) on dev and test.
+set has images), evaluate the baselines and the routers with cost_weight chosen on dev
+(scenario ``cost_weight@dev``; ``auto`` chooses its family, labels and cost_weight on dev) under
+each protocol (``grouped``: a question's variants stay on one side; ``random``:
+VL-RouterBench's per-sample splits, leakage included), and, for one edge/cloud pair per image
+set, sweep tau of the threshold rule (kNN P(solved), edge model first: ECVL's rule) on dev and
+test.
 ``--tau-only`` recomputes just the tau curves of an existing ``routers.json``. Writes
 ``routers.json`` (a vlroute-results/2 document per set) and ``routers.md``.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from vlroute.evaluation.results import json_safe, load_result_set
 from vlroute.evaluation.tau import tau_curve
 from vlroute.features.registry import make_encoder
 from vlroute.features.store import compute_features, feature_matrix
-from vlroute.routers import BASELINES, LEARNED
+from vlroute.routers import BASELINES
 from vlroute.scenarios import TUNED, parse_scenario
 
 SETS = {"dynamath": ("Qwen2-VL-7B-Instruct", "Qwen2-VL-72B-Instruct"),
@@ -55,6 +61,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--routers", default="auto,knn,prior,blend,mf")
+    parser.add_argument("--protocols", default="grouped,random")
     parser.add_argument("--tau-only", action="store_true",
                         help="Recompute only the tau curves of an existing routers.json.")
     args = parser.parse_args()
@@ -63,15 +71,20 @@ def main() -> None:
     for name in args.sets.split(","):
         bench, image = prepare(name, args.shared, args.work)
         X, spec = feature_matrix(bench, "minilm", image)
-        doc = previous.get(name) or evaluate_bench(bench, EvalSpec(
-            routers=(*BASELINES, *LEARNED), scenarios=(parse_scenario(TUNED),),
-            seeds=args.seeds, features=X, feature_spec=spec, singles=True))
-        pair = SETS[name]
-        if pair:
-            doc["tau_curves"] = [tau_curve(bench, X, pair, seeds=args.seeds)]
-        docs[name] = doc
-        lines += table(name, doc)
-        print("\n".join(lines[-(len(flat_rows(doc)) + 5):]), flush=True)
+        for protocol in args.protocols.split(","):
+            key = name if protocol == "grouped" else f"{name} (random protocol)"
+            start = time.perf_counter()
+            doc = previous.get(key) or evaluate_bench(bench, EvalSpec(
+                routers=(*BASELINES, *args.routers.split(",")),
+                scenarios=(parse_scenario(TUNED),), seeds=args.seeds, features=X,
+                feature_spec=spec, singles=True, protocol=protocol))
+            doc["seconds"] = round(time.perf_counter() - start, 1)
+            pair = SETS[name]
+            if pair and protocol == "grouped":
+                doc["tau_curves"] = [tau_curve(bench, X, pair, seeds=args.seeds)]
+            docs[key] = doc
+            lines += table(key, doc)
+            print("\n".join(lines[-(len(flat_rows(doc)) + 12):]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routers.json").write_text(json.dumps(json_safe(docs), indent=1) + "\n")
     (args.out / "routers.md").write_text("\n".join(lines) + "\n")
@@ -79,8 +92,8 @@ def main() -> None:
 
 
 def table(name: str, doc: dict[str, Any]) -> list[str]:
-    out = [f"## {name} (test split, mean ± std over {len(doc['seeds'])} grouped seeds; "
-           "cost estimated)", "",
+    out = [f"## {name} (test split, mean ± std over {len(doc['seeds'])} seeds; "
+           f"cost estimated; {doc.get('seconds', '?')} s)", "",
            "| router | Avg Acc | Avg Cost ($/10K) | Rank Score | gap closed |",
            "|---|---|---|---|---|"]
     for r in flat_rows(doc):
@@ -88,6 +101,9 @@ def table(name: str, doc: dict[str, Any]) -> list[str]:
         out.append(f"| {r['router']} | {r['avg_acc']:.3f} ± {r['avg_acc_std']:.3f} | "
                    f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
                    f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} |")
+    for seed in doc.get("auto", []):
+        out.append(f"\nauto, seed {seed['seed']}: {seed['router']} ({seed['labels']} labels, "
+                   f"{seed['scenario']}), dev Rank Score {seed['dev']['rank_score']:.2f}")
     for curve in doc.get("tau_curves", []):
         c, t = curve["chosen_on_dev"], curve["test_at_chosen"]
         out += ["", f"Edge/cloud pair {curve['pair'][0]} / {curve['pair'][1]} (MES 6, kNN "

@@ -124,3 +124,18 @@ def test_the_random_protocol_splits_groups_the_grouped_one_keeps_them(bench_dir:
         splits = resplit(bench, 7, protocol)
         per_group = {g: set(splits[groups == g]) for g in np.unique(groups)}
         assert all(len(s) == 1 for s in per_group.values()) == together
+
+
+def test_eval_target_calibrates_the_pair_on_dev(bench_dir: Path, tmp_path: Path) -> None:
+    run("eval", bench_dir, "--features", "hashing-text,hashing-image", "--models",
+        "Qwen2-VL-7B-Instruct,Qwen2-VL-72B-Instruct", "--routers", "auto,knn",
+        "--scenario", "mes=6,edge_first=1", "--target", "apsp_drop<=0.05", "--seeds", "2",
+        "--json", tmp_path / "t.json", "--results", tmp_path / "t-doc.json")
+    rows = {r["router"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    assert {"auto", "knn", "oracle"} <= set(rows)
+    for name in ("auto", "knn"):
+        assert rows[name]["edge_share"] is not None and rows[name]["apsp_drop"] is not None
+    doc = json.loads((tmp_path / "t-doc.json").read_text())
+    calibrated = [c for c in doc["calibrations"] if c["router"] in ("auto", "knn")]
+    assert len(calibrated) == 4 and all("tau" in c for c in calibrated)
+    assert all(c["dev"]["edge_share"] is not None for c in calibrated)

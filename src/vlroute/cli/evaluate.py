@@ -18,6 +18,7 @@ from vlroute.data.bench import Bench
 from vlroute.errors import ParameterError, VlrouteError
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
 from vlroute.evaluation.bundles import decision_rows, score_split
+from vlroute.evaluation.calibrate import Target
 from vlroute.features.store import feature_matrix
 from vlroute.routers import BASELINES, LEARNED, ROUTERS, check_params
 from vlroute.routers.bundle import load_bundle
@@ -129,6 +130,10 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               show_default=True, help="grouped: splits keep a question's variants together; "
                                       "random: VL-RouterBench's per-sample 70/10/20 splits, "
                                       "where they fall on both sides (leakage included).")
+@click.option("--target", default=None,
+              help="Calibrate each quality router's scenario knob (tau or cost_weight) on dev "
+                   "to a target, per seed: apsp_drop<=FRACTION, edge_share>=SHARE or "
+                   "cost_per_request<=USD; test rows then carry edge_share and apsp_drop.")
 @click.option("--labels", type=click.Choice(["sample", "group_mean"]), default="sample",
               show_default=True, help="What learned routers train on: per-sample labels or "
                                       "each training group's mean quality per model.")
@@ -155,7 +160,7 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
                    "decision margin as JSON lines.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
-                 labels: str,
+                 target: str | None, labels: str,
                  seeds: int, splits: tuple[str, ...], models: str | None, all_models: bool,
                  feature_names: str, params: tuple[str, ...], json_out: Path | None,
                  results_out: Path | None, artifact: Path | None,
@@ -183,11 +188,20 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
     if any(n == "auto" or ROUTERS.get(n).needs_features for n in names
            if not n.startswith("single:")):
         X, feature_spec = feature_matrix(bench, *stored)
+    if target:
+        Target.parse(target)                              # fails here, before any fitting
+        if scenarios == (TUNED,):
+            raise click.BadParameter("--target calibrates a scenario's knob: give one, e.g. "
+                                     "--scenario mes=6,edge_first=1.", param_hint="--scenario")
+        # the knob is calibrated: a scenario may leave it out (a threshold one then)
+        scenarios = tuple(s if ("tau=" in s or "cost_weight=" in s or "=" not in s)
+                          else f"{s},tau=0.5" for s in scenarios)
     spec = EvalSpec(routers=tuple(names), scenarios=tuple(parse_scenario(s) for s in scenarios),
                     seeds=seeds, splits=splits,
                     models=tuple(m.strip() for m in models.split(",")) if models else None,
                     all_models=all_models, features=X, feature_spec=feature_spec,
-                    params=router_params, labels=labels, protocol=protocol)
+                    params=router_params, labels=labels, protocol=protocol,
+                    target=target)
     with steps("eval", seeds) as note:
         doc = evaluate_bench(bench, spec, progress=note)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "

@@ -13,8 +13,9 @@ import numpy as np
 from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench, resplit
 from vlroute.data.matrices import RoutingMatrices
-from vlroute.errors import ScenarioMismatchError
+from vlroute.errors import ScenarioError, ScenarioMismatchError
 from vlroute.evaluation.auto import AutoChoice, labelled, select_auto
+from vlroute.evaluation.calibrate import Target, calibrate
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import cost_bounds, gap_closed, pareto_area, pareto_frontier
@@ -58,6 +59,9 @@ class EvalSpec:
     labels: str = "sample"
     #: "grouped" splits (groups kept together) or VL-RouterBench's per-sample "random" ones
     protocol: str = "grouped"
+    #: calibrate each quality router's scenario knob on dev to this target (the syntax of
+    #: ``train --target``: ``apsp_drop<=0.05``, ``edge_share>=0.8``, ``cost_per_request<=X``)
+    target: str | None = None
 
 
 def _seed_matrices(bench: Bench, base: RoutingMatrices, k: int,
@@ -174,7 +178,10 @@ def _for_scenario(  # noqa: PLR0913 - the evaluation loop's state, passed explic
     """
     active, chosen = dict(routers), {name: scenario for name in routers}
     for name, router in routers.items():
-        if name == AUTO and scenario.name == TUNED and auto is not None:
+        if spec.target and scenario.name != TUNED and isinstance(router, QualityRouter):
+            _calibrated(name, router, scenario, parts["dev"], bounds, spec, doc, seed,
+                        active, chosen)
+        elif name == AUTO and scenario.name == TUNED and auto is not None:
             chosen[name] = auto                 # settled on dev with the selection
         elif scenario.name == TUNED and isinstance(router, QualityRouter):
             chosen[name], sweep = _tune(router, parts["dev"], ctx, spec)
@@ -199,6 +206,29 @@ def _for_scenario(  # noqa: PLR0913 - the evaluation loop's state, passed explic
                     doc.setdefault("skipped", []).append(
                         {"router": name, "scenario": scenario.name, "reason": str(exc)})
     return active, chosen
+
+
+def _calibrated(  # noqa: PLR0913 - the evaluation loop's state, passed explicitly
+        name: str, router: QualityRouter, scenario: Scenario, dev: _Split,
+        bounds: tuple[float, float], spec: EvalSpec, doc: dict[str, Any], seed: int,
+        active: dict[str, BaseRouter], chosen: dict[str, Scenario]) -> None:
+    """``scenario`` with its knob calibrated on dev to ``spec.target`` for ``router`` (kept
+    under the scenario's name, so its rows sit beside the baselines'); a router that cannot
+    meet the target on dev sits the scenario out, and the document says so."""
+    assert spec.target is not None and dev.X is not None
+    try:
+        calibrated, values = calibrate(router, dev.data, dev.X, Target.parse(spec.target),
+                                       scenario, bounds)
+    except ScenarioError as exc:
+        del active[name]
+        doc.setdefault("skipped", []).append({"router": name, "scenario": scenario.name,
+                                              "seed": seed, "reason": str(exc)})
+        return
+    chosen[name] = calibrated.with_params(name=scenario.name)
+    knob = "cost_weight" if calibrated.family == "utility" else "tau"
+    doc.setdefault("calibrations", []).append({
+        "router": name, "scenario": scenario.name, "seed": seed, "target": spec.target,
+        knob: getattr(calibrated, knob), "dev": {k: clean(v) for k, v in values.items()}})
 
 
 def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),

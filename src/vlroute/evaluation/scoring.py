@@ -23,7 +23,7 @@ from vlroute.metrics import (
 from vlroute.scenarios import Scenario
 
 METRICS = ("avg_acc", "avg_cost_per_10k", "rank_score", "gap_closed", "apsp", "ca", "ail",
-           "edge_share", "rcs")
+           "edge_share", "rcs", "apsp_drop")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def score(decisions: IntArray, data: RoutingMatrices, scenario: Scenario,
     mes = scenario.solved_mes
     cost_dim = data.matrix(scenario.by)
     apsp_v, ail_v = apsp(decisions, data.quality, mes), ail(decisions, data.latency)
+    apsp_ref = apsp(ref, data.quality, mes)
     ca_v = cost_advantage(decisions, cost_dim, ctx.reference)
     return {
         "n": int(data.n_samples),
@@ -65,8 +66,10 @@ def score(decisions: IntArray, data: RoutingMatrices, scenario: Scenario,
         "ca": ca_v,
         "ail": ail_v,
         "edge_share": edge_share(decisions, data.tiers),
-        "rcs": rcs(apsp_v, ca_v, ail_v, apsp_ref=apsp(ref, data.quality, mes),
+        "rcs": rcs(apsp_v, ca_v, ail_v, apsp_ref=apsp_ref,
                    ail_ref=ail(ref, data.latency), weights=scenario.rcs_weights),
+        # relative APSP drop against the reference model (always-cloud for an edge/cloud pair)
+        "apsp_drop": 1.0 - apsp_v / apsp_ref if apsp_ref else None,
     }
 
 
