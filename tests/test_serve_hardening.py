@@ -219,7 +219,7 @@ def test_reload_swaps_the_bundle_and_refuses_a_broken_one(tmp_path: Path) -> Non
         decision = c.post("/v1/route", json=no_model).json()          # default: auto
         assert decision["scenario_spec"].startswith("tau=0.4")
         health = c.get("/health").json()
-        assert health["reloads"] == 1 and health["reload_error"] is None
+        assert health["reloads"] == 1 and health["reload_refused"] is False
 
 
 def test_a_baseline_or_foreign_artifact_is_refused_at_start_up(tmp_path: Path) -> None:
@@ -273,3 +273,83 @@ def test_a_pin_the_database_cannot_take_does_not_lose_the_answer(
         store.pin = real_pin  # type: ignore[method-assign]
         assert r.status_code == 200, r.text
     assert len(store.rows()) == 2
+
+
+def test_a_budgeted_key_sends_the_cap_its_hold_was_sized_for(tmp_path: Path) -> None:
+    cfg = GatewayConfig.model_validate({
+        **config(tmp_path).model_dump(),
+        "auth_keys": [{"id": "alice", "sha256": hash_key("k1"), "budget_usd_day": 1.0},
+                      {"id": "bob", "sha256": hash_key("k2")}]})
+    up = Upstream(cloud=["ok"])
+    with client(cfg, up) as c:
+        alice, bob = {"authorization": "Bearer k1"}, {"authorization": "Bearer k2"}
+        c.post("/v1/chat/completions", json=ask("cloud"), headers=alice)
+        assert up.seen[-1][1]["max_tokens"] == 256                # the hold's output cap
+        c.post("/v1/chat/completions", json=ask("cloud", max_tokens=4096,
+                                                max_completion_tokens=1), headers=alice)
+        assert up.seen[-1][1]["max_tokens"] == up.seen[-1][1]["max_completion_tokens"] == 1
+        c.post("/v1/chat/completions", json=ask("cloud", stream=True), headers=alice)
+        assert up.seen[-1][1]["stream_options"] == {"include_usage": True}
+        c.post("/v1/chat/completions", json=ask("cloud"), headers=bob)     # no budget
+        assert "max_tokens" not in up.seen[-1][1]
+        bad = c.post("/v1/chat/completions", json=ask("vlroute/tau=0.5,name=x\u0000"),
+                     headers=bob)
+        assert bad.status_code == 400 and envelope(bad)["param"] == "model"
+
+
+def test_sessions_are_pinned_per_api_key(tmp_path: Path) -> None:
+    cfg = GatewayConfig.model_validate({
+        **config(tmp_path).model_dump(),
+        "auth_keys": [{"id": "alice", "sha256": hash_key("k1")},
+                      {"id": "bob", "sha256": hash_key("k2")}]})
+    with client(cfg, Upstream()) as c:
+        session = {"x-vlroute-session": "conv-1"}
+        r = c.post("/v1/chat/completions", json=ask("vlroute/mes=6,tau=0.6"),
+                   headers={**session, "authorization": "Bearer k1"})
+        assert r.headers["x-vlroute-model"] == "edge"
+        r = c.post("/v1/chat/completions", json=ask(),               # quality: the cloud
+                   headers={**session, "authorization": "Bearer k2"})
+        assert r.headers["x-vlroute-model"] == "cloud"
+
+
+def test_one_row_the_database_refuses_does_not_take_its_batch_with_it(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from test_telemetry import row
+
+    from vlroute.serve.telemetry import Recorder
+
+    class Picky(SQLiteStore):
+        def write(self, rows: list[dict[str, Any]]) -> None:
+            if any(r["id"] == "bad" for r in rows):
+                raise sqlite3.IntegrityError("refused")
+            super().write(rows)
+
+    store = Picky(f"sqlite:///{tmp_path / 't.db'}")
+    recorder = Recorder(store, spool=tmp_path / "t.db.spool")
+
+    async def main() -> None:
+        await asyncio.gather(*(recorder.record(row(rid, 1.0)) for rid in ("a", "bad", "b")))
+        await recorder.close()
+
+    asyncio.run(main())
+    assert sorted(r["id"] for r in store.rows()) == ["a", "b"]
+    spooled = list(tmp_path.glob("t.db.spool.*.jsonl"))
+    assert len(spooled) == 1 and json.loads(spooled[0].read_text())["id"] == "bad"
+
+
+def test_an_image_that_opens_but_does_not_decode_is_a_400(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PIL verifies a PNG with a zeroed IDAT (valid CRC) but cannot decode it: the encoders
+    # raise OSError("broken data stream") then, which is the client's image, not a bug
+    from vlroute.serve.routing import RoutingEngine
+
+    def broken(self: Any, prompts: Any, scenarios: Any) -> Any:
+        raise OSError("broken data stream when reading image file")
+
+    with client(served(tmp_path, bundle(tmp_path, "first")), Upstream()) as c:
+        monkeypatch.setattr(RoutingEngine, "router_rows", broken)
+        r = c.post("/v1/chat/completions", json=ask("vlroute/auto"))
+        assert r.status_code == 400, r.text
+        assert envelope(r)["param"] == "image_url"

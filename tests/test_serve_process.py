@@ -54,8 +54,10 @@ def test_workers_share_the_port_and_the_telemetry_file(tmp_path: Path) -> None:
 
 
 def test_a_budget_holds_across_workers(tmp_path: Path) -> None:
-    """40 concurrent streamed requests (a stream books exactly its estimate) over two
-    workers, against a daily budget of 5.5 estimates: 5 are answered, the rest get 429."""
+    """40 concurrent streamed requests over two workers, against a daily budget of 5.5
+    estimates: a budgeted stream asks for its usage event, so it books the backend's count
+    (less than its estimate) and more than 5 fit, but spend never goes over the budget and
+    the rest get 429."""
     key = "s3cret"
     prompt = "x" * 400              # 100 estimated input tokens at $1 per 1M: $0.0001
     keys = f"[{{id: alice, sha256: '{hash_key(key)}', budget_usd_day: 0.00055}}]"
@@ -76,8 +78,8 @@ def test_a_budget_holds_across_workers(tmp_path: Path) -> None:
         costs = [r[0] for r in db.execute("SELECT cost_usd FROM requests WHERE status = 200")]
         spent = db.execute("SELECT spent FROM budget_spend WHERE key_id = 'alice' AND "
                            "length(period) = 10").fetchone()[0]
-    assert codes.count(200) == len(costs) == int(0.00055 / costs[0]) == 5
-    assert codes.count(429) == 35
+    assert codes.count(200) == len(costs) >= 5 and codes.count(429) == 40 - len(costs) > 0
+    assert all(c == pytest.approx(1e-5) for c in costs)         # 10 prompt tokens at $1/1M
     assert sum(costs) == pytest.approx(spent) and spent <= 0.00055
 
 

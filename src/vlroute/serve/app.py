@@ -27,7 +27,7 @@ from vlroute.errors import VlrouteError
 from vlroute.serve.config import GatewayConfig
 from vlroute.serve.gateway import Gateway, ReloadRefused
 from vlroute.serve.openapi import CHAT_BODY, FEEDBACK_BODY
-from vlroute.serve.pipeline import chat, check_headers, decide, error, read_body
+from vlroute.serve.pipeline import chat, check_headers, decide, error, read_body, session_key
 from vlroute.serve.requests import RequestError
 from vlroute.serve.routing import RoutingEngine
 from vlroute.serve.telemetry import TelemetryStore, open_store
@@ -116,8 +116,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
     @app.post("/v1/route", openapi_extra=CHAT_BODY)
     async def route(request: Request) -> JSONResponse:
         g = gw(request)
-        g.key_id(request)
-        session = check_headers(request, config.limits.max_header_bytes)
+        key = g.key_id(request)
+        session = session_key(key, check_headers(request, config.limits.max_header_bytes))
         body = await read_body(request, config.limits.max_body_bytes)
         engine = g.engine
         plan = await decide(g, engine, body, session)
@@ -174,8 +174,10 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         cannot be served is refused (409) and the current one keeps serving."""
         g = gw(request)
         g.admin_id(request)
-        body = await read_body(request, 65536) if request.headers.get("content-length") \
-            not in (None, "0") else {}
+        raw = await request.body()
+        if len(raw) > 65536:
+            raise RequestError("request body is over the limit of 65536 bytes.", status=413)
+        body = await read_body(request, 65536) if raw.strip() else {}
         artifact = body.get("artifact")
         if artifact is not None and not isinstance(artifact, str):
             raise RequestError("'artifact' must be a path (string).", param="artifact")
@@ -197,7 +199,8 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         return JSONResponse({
             "status": "ok" if up else "degraded", "routing": g.engine.describe(),
             "router": type(g.engine.router).__name__ if g.engine.router is not None
-            else "training-free", "reloads": g.reloads, "reload_error": g.reload_error,
+            else "training-free", "reloads": g.reloads,
+            "reload_refused": g.reload_error is not None,
             "backends": {n: {"up": n in up, "breaker": s.breaker.state(),
                              "failures": s.failures, "in_flight": s.in_flight,
                              "latency_s": s.latency_s, "last_error": s.last_error}

@@ -41,16 +41,16 @@ class Breaker:
         state = self.state(now)
         return state == "closed" or (state == "half_open" and not self.probing)
 
-    def admit(self, now: float | None = None) -> bool:
-        """Called just before sending: True when the request may go (closed; or half-open
-        and it takes the probe); False while open or while another request probes."""
+    def admit(self, now: float | None = None) -> str | None:
+        """Called just before sending: "closed" or "probe" (half-open: this request takes
+        the probe) when the request may go; None while open or another request probes."""
         state = self.state(now)
         if state == "closed":
-            return True
+            return "closed"
         if state == "half_open" and not self.probing:
             self.probing = True
-            return True
-        return False
+            return "probe"
+        return None
 
     def success(self) -> None:
         """The backend answered: closed again."""

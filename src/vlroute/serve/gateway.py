@@ -57,7 +57,8 @@ class Gateway:
         self.tasks: set[asyncio.Task[None]] = set()
         self.reload_error: str | None = None
         self._reload_lock = asyncio.Lock()
-        self._generation_seen = self._generation()
+        # 0: a worker (re)started after a reload follows it at its first background tick
+        self._generation_seen = 0
 
     # -- routing state ---------------------------------------------------------------------
 

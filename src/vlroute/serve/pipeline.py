@@ -102,6 +102,31 @@ def check_headers(request: Request, limit: int) -> str | None:
     return session
 
 
+def session_key(key: str | None, session: str | None) -> str | None:
+    """Conversations are pinned per API key: another key's session of the same name is
+    another conversation."""
+    if session is None or key is None:
+        return session
+    return f"{key}\x1f{session}"
+
+
+def capped(body: dict[str, Any], out_tokens: int, budgeted: bool) -> dict[str, Any]:
+    """The body sent on. For a key with a budget, the output cap the hold was sized for is
+    what the backend gets (``max_tokens`` and ``max_completion_tokens`` alike, so a backend
+    reading either cannot run past the hold), and a stream asks for its usage event, so its
+    cost is the backend's count, not an estimate."""
+    if not budgeted:
+        return body
+    out = {**body, "max_tokens": out_tokens}
+    if "max_completion_tokens" in body:
+        out["max_completion_tokens"] = out_tokens
+    if body.get("stream"):
+        options = body.get("stream_options")
+        out["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                 "include_usage": True}
+    return out
+
+
 async def read_body(request: Request, limit: int) -> dict[str, Any]:
     """The JSON object of the body, read up to ``limit`` bytes (413 beyond)."""
     declared = request.headers.get("content-length")
@@ -142,10 +167,11 @@ async def decide(g: Gateway, engine: RoutingEngine, body: dict[str, Any],
     else is a scenario (``vlroute/auto``: the bundle's) decided among the backends that can
     take the request and are up."""
     model = body.get("model") or g.config.default_scenario
-    if not isinstance(model, str) or len(model) > MAX_MODEL_CHARS:
+    if not isinstance(model, str) or len(model) > MAX_MODEL_CHARS \
+            or any(ord(c) < 32 or ord(c) == 127 for c in model):
         raise RequestError(f"'model' must be a string of at most {MAX_MODEL_CHARS} "
-                           "characters: a scenario (vlroute/auto, vlroute/quality) or a "
-                           "backend name.", param="model")
+                           "printable characters: a scenario (vlroute/auto, vlroute/quality) "
+                           "or a backend name.", param="model")
     prompt, body = await _prompt(g, body)
     if model in g.states:
         if prompt.images and not engine.backends[model].vision:
@@ -162,7 +188,7 @@ async def decide(g: Gateway, engine: RoutingEngine, body: dict[str, Any],
                                "; ".join(f"{n}: {why}" for n, why in left_out.items()) + ".",
                                param="messages")
     up = [n for n in g.available() if n not in left_out]
-    pinned = await g.pinned(session) if session else None
+    pinned = await g.pinned(session) if session else None     # (keyed by the API key)
     if pinned in up:
         up = [pinned]
     if not up:
@@ -173,7 +199,11 @@ async def decide(g: Gateway, engine: RoutingEngine, body: dict[str, Any],
     start = time.perf_counter()
     row = None
     if engine.needs_router(up):     # encoders + router: batched with concurrent requests
-        row = await g.batcher.predict(engine, prompt, scenario)
+        try:
+            row = await g.batcher.predict(engine, prompt, scenario)
+        except (OSError, SyntaxError) as exc:    # an image PIL opened but cannot decode
+            raise RequestError(f"an image of this request could not be decoded "
+                               f"({type(exc).__name__}).", param="image_url") from None
     decision = engine.decide(prompt, scenario, up, latency, row)
     decision.left_out = left_out
     decision.route_ms = (time.perf_counter() - start) * 1e3
@@ -268,7 +298,7 @@ async def chat(g: Gateway, request: Request) -> Response:
     """``POST /v1/chat/completions``."""
     start = time.perf_counter()
     key = g.key_id(request)                               # auth before the body is read
-    session = check_headers(request, g.config.limits.max_header_bytes)
+    session = session_key(key, check_headers(request, g.config.limits.max_header_bytes))
     body = await read_body(request, g.config.limits.max_body_bytes)
     engine = g.engine                        # this request's bundle, even across a reload
     plan = await decide(g, engine, body, session)
@@ -288,9 +318,10 @@ async def chat(g: Gateway, request: Request) -> Response:
     attempt: Attempt | None = None
     handed_over = False
     await booking.reserve(order)
+    sent = capped(plan.body, booking.out_tokens, booking.held)
     try:
         attempt = await _unless_client_leaves(request, call(
-            g.transport, [engine.backends[n] for n in order], plan.body, g.states,
+            g.transport, [engine.backends[n] for n in order], sent, g.states,
             stream=stream, retries_429=g.config.limits.max_retries_429,
             max_wait_429_s=g.config.limits.max_wait_429_s))
         if attempt is None:         # nobody to answer: record it (and drop the hold)

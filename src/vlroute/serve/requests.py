@@ -159,10 +159,9 @@ def prompt_tokens(prompt: Prompt, backend: Backend | None = None) -> int:
 
 
 def max_output(body: dict[str, Any]) -> int | None:
-    """The client's cap on output tokens (``max_completion_tokens``, else ``max_tokens``);
-    None when it sets none (a malformed one is the backend's to refuse)."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    """The client's cap on output tokens: the smaller of ``max_completion_tokens`` and
+    ``max_tokens`` when both are set (a backend may read either); None when it sets none (a
+    malformed one is the backend's to refuse)."""
+    caps = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(caps) if caps else None

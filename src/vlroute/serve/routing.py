@@ -135,7 +135,8 @@ class RoutingEngine:
             return {"mode": "priors", "note": "no serving bundle loaded: each backend's "
                     "prior_quality and the config's prices decide; vlroute/auto is the "
                     "quality preset"}
-        return {"mode": "bundle", **self.bundle.describe(),
+        described = {k: v for k, v in self.bundle.describe().items() if k != "path"}
+        return {"mode": "bundle", **described,
                 "backends": {n: self.bundle.models[k] for n, k in self.column.items()}}
 
     def scenario(self, name: str) -> Scenario:
@@ -154,7 +155,12 @@ class RoutingEngine:
             return
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), "white").save(buf, format="PNG")
-        self.features([Prompt("warm up", (buf.getvalue(),)), Prompt("text only")])
+        prompts = [Prompt("warm up", (buf.getvalue(),)), Prompt("text only")]
+        auto = self.scenario(AUTO)
+        # a whole decision, so that a bundle whose arrays load but cannot predict is
+        # refused here (at start-up, or by a reload) and not by every request
+        for row in self.router_rows(prompts, [auto, auto]):
+            self.bundle.decide(row[None, :], auto)
 
     def features(self, prompts: list[Prompt]) -> np.ndarray:
         """The fused feature rows of ``prompts``: from the cache (a hash of text and images),

@@ -62,7 +62,12 @@ def schema(real: str) -> list[str]:
 
 
 def _values(row: dict[str, Any]) -> list[Any]:
-    return [json.dumps(row.get(c)) if c in JSON_COLUMNS else row.get(c) for c in COLUMNS]
+    """A row's column values; text without NUL characters (PostgreSQL refuses them)."""
+    out = []
+    for c in COLUMNS:
+        value = json.dumps(row.get(c)) if c in JSON_COLUMNS else row.get(c)
+        out.append(value.replace("\x00", "") if isinstance(value, str) else value)
+    return out
 
 
 def _spend(rows: Sequence[tuple[Any, Any, Any]]) -> list[tuple[str, str, float]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,17 @@ __all__ = ["PostgresStore", "Recorder", "SQLiteStore", "Spool", "StoreUnavailabl
            "TelemetryStore", "open_store", "sqlite_path"]
 
 
+#: spooled rows are offered to the database again at most this often
+REPLAY_EVERY_S = 5.0
+
+
 class StoreUnavailable(RequestError):
     """The telemetry database did not answer in time (locked, or down): a 503 for a request
     that needs it before its call (budget hold, session pin); rows are spooled instead."""
 
     def __init__(self, exc: Exception) -> None:
-        super().__init__(f"the gateway's database is unavailable ({type(exc).__name__}: "
-                         f"{str(exc)[:200]}); try again shortly.", status=503, param="database")
+        super().__init__(f"the gateway's database is unavailable ({type(exc).__name__}); "
+                         "try again shortly.", status=503, param="database")
 
 
 class Spool:
@@ -106,6 +111,7 @@ class Recorder:
         self.spooled = 0
         # spool files of this process or of exited ones: replayed with the first write
         self._spooled_here = self.spool is not None and bool(self.spool.files())
+        self._next_replay = 0.0
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlroute-telemetry")
@@ -118,19 +124,39 @@ class Recorder:
         await asyncio.shield(future)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        """On the writer thread: spooled rows first, then these; into the spool when the
-        database fails (the store has retried for its busy timeout)."""
-        try:
-            if self.spool is not None and self._spooled_here:
+        """On the writer thread: spooled rows first (at most every REPLAY_EVERY_S, and never
+        in the way of new rows), then these; a batch the database refuses is retried row by
+        row, so one bad row cannot take its neighbours with it, and what still fails goes to
+        the spool (the store has waited its busy timeout)."""
+        if self.spool is None:
+            self.store.write(rows)
+            return
+        now = time.monotonic()
+        if self._spooled_here and now >= self._next_replay:
+            self._next_replay = now + REPLAY_EVERY_S
+            try:
                 self.spool.replay(self.store)
                 self._spooled_here = False
+            except Exception:       # still unavailable: the spool waits
+                pass
+        try:
             self.store.write(rows)
+            return
         except Exception:
-            if self.spool is None:
-                raise
-            self.spool.add(rows)
-            self.spooled += len(rows)
+            if len(rows) == 1:
+                failed = rows
+            else:
+                failed = []
+                for row in rows:
+                    try:
+                        self.store.write([row])
+                    except Exception:
+                        failed.append(row)
+        if failed:
+            self.spool.add(failed)
+            self.spooled += len(failed)
             self._spooled_here = True
+            self._next_replay = min(self._next_replay, now + REPLAY_EVERY_S)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

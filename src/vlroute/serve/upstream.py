@@ -203,11 +203,20 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
     attempt = Attempt()
     for n, backend in enumerate(backends):
         state = states[backend.name]
-        if not state.breaker.admit():
+        admitted = state.breaker.admit()
+        if admitted is None:
             attempt.path.append({"backend": backend.name, "error": "circuit open"})
             continue
-        if not await _slot(state, n == len(backends) - 1, backend.timeout_s):
-            state.breaker.abandon()
+        probe = admitted == "probe"
+        try:
+            got = await _slot(state, n == len(backends) - 1, backend.timeout_s)
+        except BaseException:              # cancelled while waiting: free the probe
+            if probe:
+                state.breaker.abandon()
+            raise
+        if not got:
+            if probe:
+                state.breaker.abandon()
             attempt.path.append({"backend": backend.name, "error": "busy"})
             continue
         payload = encode(body, backend.model)
@@ -291,7 +300,7 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                 attempt.headers = response.headers
                 return attempt
         finally:
-            if not outcome:          # cancelled, or a 400 passed on: free a probe it took
+            if probe and not outcome:    # cancelled, or a 400 passed on: free its probe
                 state.breaker.abandon()
             if not keep:
                 state.slots.release()
