@@ -755,7 +755,10 @@ def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviou
         assert scrape(c.get("/metrics").text)["vlroute_client_disconnects_total", ()] == 1
         assert c.post("/v1/chat/completions", json=ask("edge")).status_code == 200
     assert sent[0]["status"] == 499
-    assert [r["status"] for r in store.rows()] == [499, 200]
+    rows = store.rows()
+    assert [r["status"] for r in rows] == [499, 200]
+    # the edge had the request (its prompt is read): its row names it; the edge is free
+    assert rows[0]["chosen"] == "edge" and rows[0]["cost_usd"] == 0.0
 
 
 def test_a_stream_cleans_up_when_the_client_leaves_before_the_first_chunk() -> None:

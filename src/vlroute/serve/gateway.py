@@ -4,6 +4,7 @@ states, telemetry recorder, budgets, session pins, metrics and the prediction ba
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import time
@@ -183,14 +184,16 @@ def request_reload(shared_dir: Path, artifact: Path | None) -> int:
     """Ask every worker sharing ``shared_dir`` to reload (``artifact``, or its configured
     bundle); the new generation number."""
     path = shared_dir / RELOAD_FILE
-    try:
-        generation = int(json.loads(path.read_text())["generation"]) + 1
-    except (OSError, ValueError, KeyError, TypeError):
-        generation = 1
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"generation": generation,
-                               "artifact": str(artifact) if artifact else None}))
-    os.replace(tmp, path)
+    with (shared_dir / "reload.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # two reloads at once get two generations
+        try:
+            generation = int(json.loads(path.read_text())["generation"]) + 1
+        except (OSError, ValueError, KeyError, TypeError):
+            generation = 1
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"generation": generation,
+                                   "artifact": str(artifact) if artifact else None}))
+        os.replace(tmp, path)
     return generation
 
 

@@ -319,14 +319,20 @@ async def chat(g: Gateway, request: Request) -> Response:
     handed_over = False
     await booking.reserve(order)
     sent = capped(plan.body, booking.out_tokens, booking.held)
+    progress = Attempt()
     try:
         attempt = await _unless_client_leaves(request, call(
             g.transport, [engine.backends[n] for n in order], sent, g.states,
             stream=stream, retries_429=g.config.limits.max_retries_429,
-            max_wait_429_s=g.config.limits.max_wait_429_s))
+            max_wait_429_s=g.config.limits.max_wait_429_s, attempt=progress))
         if attempt is None:         # nobody to answer: record it (and drop the hold)
             g.metrics.counters["client_disconnects"] += 1
-            row.update(status=CLIENT_CLOSED, total_ms=(time.perf_counter() - start) * 1e3)
+            # a backend that got the request has read its prompt: that much is booked
+            cost = booking.cost(progress.sent[-1], 200, None, relayed=0) if progress.sent \
+                else 0.0
+            row.update(status=CLIENT_CLOSED, chosen=progress.sent[-1] if progress.sent
+                       else None, cost_usd=cost, fallback_path=progress.path,
+                       total_ms=(time.perf_counter() - start) * 1e3)
             await booking.record(row)
             return Response(status_code=CLIENT_CLOSED)
         g.metrics.counters["requests"] += 1

@@ -165,6 +165,8 @@ class Attempt:
     broken: str | None = None
     #: chunks relayed to the client (a stream's partial cost when it breaks)
     relayed: int = 0
+    #: the backends the request was posted to, in order (retries included)
+    sent: list[str] = field(default_factory=list)
 
 
 def encode(body: dict[str, Any], model: str) -> bytes:
@@ -198,9 +200,10 @@ async def _slot(state: BackendState, last: bool, timeout_s: float) -> bool:
 
 async def call(transport: Transport, backends: list[Backend], body: dict[str, Any],
                states: dict[str, BackendState], *, stream: bool, retries_429: int,
-               max_wait_429_s: float = 2.0) -> Attempt:
-    """Send ``body`` to the first backend that answers."""
-    attempt = Attempt()
+               max_wait_429_s: float = 2.0, attempt: Attempt | None = None) -> Attempt:
+    """Send ``body`` to the first backend that answers; ``attempt`` (optional) is filled in
+    as it goes, so a caller that cancels the call still sees where the request was sent."""
+    attempt = attempt if attempt is not None else Attempt()
     for n, backend in enumerate(backends):
         state = states[backend.name]
         admitted = state.breaker.admit()
@@ -226,6 +229,7 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
         try:
             for retry in range(retries_429 + 1):
                 start = time.perf_counter()
+                attempt.sent.append(backend.name)
                 try:
                     response = await transport.post(url, payload, _headers(backend),
                                                     backend.timeout_s)
