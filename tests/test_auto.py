@@ -146,3 +146,11 @@ def test_eval_target_calibrates_the_pair_on_dev(bench_dir: Path, tmp_path: Path)
     calibrated = [c for c in doc["calibrations"] if c["router"] in ("auto", "knn")]
     assert len(calibrated) == 4 and all("tau" in c for c in calibrated)
     assert all(c["dev"]["edge_share"] is not None for c in calibrated)
+
+
+def test_eval_reports_hinted_rows_beside_the_others(bench_dir: Path, tmp_path: Path) -> None:
+    run("eval", bench_dir, "--features", "hashing-text,hashing-image", "--routers",
+        "prior,knn", "--hints", "task", "--json", tmp_path / "h.json")
+    rows = {r["router"]: r for r in json.loads((tmp_path / "h.json").read_text())}
+    assert {"prior", "prior+task", "knn"} <= set(rows) and "knn+task" not in rows
+    assert rows["prior+task"]["rank_score"] is not None

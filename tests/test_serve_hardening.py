@@ -386,3 +386,37 @@ def test_a_client_that_leaves_after_the_backend_got_the_prompt_pays_for_it(
     row = store.rows()[0]
     assert row["status"] == 499 and row["chosen"] == "cloud"
     assert row["cost_usd"] == pytest.approx(100 * 2.0 / 1e6)      # 400 chars: 100 tokens in
+
+
+def test_a_task_hint_reaches_the_router_and_never_the_backend(tmp_path: Path) -> None:
+    prior = bundle(tmp_path, "prior-bundle")                 # the bench, then a prior over it
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "prior", str(tmp_path / "bench"), "--features",
+                                 "hashing-text,hashing-image", "--out",
+                                 str(tmp_path / "prior"), "--scenario", "cost_weight=0"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    up = Upstream()
+    with client(served(tmp_path, tmp_path / "prior"), up) as c:
+        assert c.get("/health").json()["routing"]["hints"] == ["task"]
+        by_task = {}
+        for task in ("algebra", "geometry"):
+            body = ask("vlroute/auto", metadata={"task": task, "user": "u1"})
+            by_task[task] = c.post("/v1/route", json=body).json()["predicted"]
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+            assert up.seen[-1][1]["metadata"] == {"user": "u1"}       # the hint is stripped
+        from vlroute.routers.bundle import load_bundle
+
+        state = load_bundle(tmp_path / "prior").router.state_
+        for task, predicted in by_task.items():     # each task's own prior row, no mixture
+            row = state["prior"][[str(n) for n in state["names"]].index(task)]
+            assert [predicted["edge"], predicted["cloud"]] == pytest.approx(list(row))
+        header = c.post("/v1/route", json=ask("vlroute/auto"),
+                        headers={"x-vlroute-task": "geometry"}).json()["predicted"]
+        assert header == by_task["geometry"]
+        c.post("/v1/chat/completions", json=ask("vlroute/auto", metadata={"task": "algebra"}))
+        assert "metadata" not in up.seen[-1][1]
+        bad = c.post("/v1/route", json=ask("vlroute/auto", metadata={"task": 5}))
+        assert bad.status_code == 400 and envelope(bad)["param"] == "x-vlroute-task"
+    del prior

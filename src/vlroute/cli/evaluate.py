@@ -134,6 +134,11 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               help="Calibrate each quality router's scenario knob (tau or cost_weight) on dev "
                    "to a target, per seed: apsp_drop<=FRACTION, edge_share>=SHARE or "
                    "cost_per_request<=USD; test rows then carry edge_share and apsp_drop.")
+@click.option("--hints", type=click.Choice(["none", "task"]), default="none",
+              show_default=True, help="task: also report each router that reads a task hint "
+                                      "(prior, blend; auto when it chose one) as ROUTER+task, "
+                                      "given the bench's task as a client would send it in "
+                                      "x-vlroute-task.")
 @click.option("--labels", type=click.Choice(["sample", "group_mean"]), default="sample",
               show_default=True, help="What learned routers train on: per-sample labels or "
                                       "each training group's mean quality per model.")
@@ -160,7 +165,7 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
                    "decision margin as JSON lines.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
-                 target: str | None, labels: str,
+                 target: str | None, hints: str, labels: str,
                  seeds: int, splits: tuple[str, ...], models: str | None, all_models: bool,
                  feature_names: str, params: tuple[str, ...], json_out: Path | None,
                  results_out: Path | None, artifact: Path | None,
@@ -201,7 +206,7 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
                     models=tuple(m.strip() for m in models.split(",")) if models else None,
                     all_models=all_models, features=X, feature_spec=feature_spec,
                     params=router_params, labels=labels, protocol=protocol,
-                    target=target)
+                    target=target, hints=() if hints == "none" else (hints,))
     with steps("eval", seeds) as note:
         doc = evaluate_bench(bench, spec, progress=note)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "

@@ -59,6 +59,9 @@ class EvalSpec:
     labels: str = "sample"
     #: "grouped" splits (groups kept together) or VL-RouterBench's per-sample "random" ones
     protocol: str = "grouped"
+    #: request hints given to the routers that read them, reported as extra rows
+    #: ("ROUTER+task"): the bench's task column as the ``x-vlroute-task`` a client would send
+    hints: tuple[str, ...] = ()
     #: calibrate each quality router's scenario knob on dev to this target (the syntax of
     #: ``train --target``: ``apsp_drop<=0.05``, ``edge_share>=0.8``, ``cost_per_request<=X``)
     target: str | None = None
@@ -312,13 +315,22 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
             scored[name]["cost_axis"] = scenario.cost_axis
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
+        if "task" in spec.hints and isinstance(router, QualityRouter) \
+                and "task" in router.hints and part.X is not None:
+            hinted = router.decide(router.predictions_for(part.X, scenario, part.data.tasks),
+                                   scenario)
+            scored[f"{name}+task"] = {**score(hinted, part.data, scenario, ctx),
+                                      **{k: v for k, v in scored[name].items()
+                                         if k in ("cost_weight", "cost_axis")}}
     ref_rs, orc_rs = (scored["best_single_by_rank"]["rank_score"],
                       scored["oracle"]["rank_score"])
     out = []
     for name, values in scored.items():
+        base = name.removesuffix("+task")
         values["gap_closed"] = gap_closed(values["rank_score"], ref_rs, orc_rs)
-        out.append({"router": name, "kind": _kind(routers[name]),
-                    "scenario": chosen[name].name, "split": split, "seed": seed, **values})
+        out.append({"router": name, "kind": _kind(routers[base]),
+                    "scenario": chosen[base].name, "split": split, "seed": seed,
+                    "hints": "task" if name != base else None, **values})
     return out
 
 

@@ -60,8 +60,17 @@ class Bundle:
             return self.scenario.with_params(name=AUTO)
         return scenario
 
-    def predictions(self, X: FloatArray, scenario: Scenario) -> FloatArray:
-        """(n, n_models) what ``scenario`` decides on: quality, P(solved) or policy scores."""
+    @property
+    def hints(self) -> tuple[str, ...]:
+        """The request hints the router reads (``("task",)`` for the task-prior routers)."""
+        return tuple(getattr(self.router, "hints", ()))
+
+    def predictions(self, X: FloatArray, scenario: Scenario,
+                    tasks: np.ndarray | None = None) -> FloatArray:
+        """(n, n_models) what ``scenario`` decides on: quality, P(solved) or policy scores;
+        ``tasks``: the requests' task hints, for a router that reads them."""
+        if isinstance(self.router, QualityRouter):
+            return self.router.predictions_for(X, self.resolve(scenario), tasks)
         return self.router.predictions_for(X, self.resolve(scenario))
 
     def mask(self, available: np.ndarray | None = None) -> np.ndarray:
@@ -96,6 +105,7 @@ class Bundle:
                 "scenario": self.scenario.spec(), "chosen_by": self.section["scenario_name"],
                 "candidates": list(self.candidates), "models": list(self.models),
                 "cost_bounds_usd": self.section["cost_bounds_usd"],
+                "hints": list(self.hints),
                 "path": str(self.path) if self.path else None}
 
 

@@ -54,6 +54,8 @@ class TaskPriorRouter(QualityRouter):
         self.C = C
         self.candidates = candidates
 
+    hints: ClassVar[tuple[str, ...]] = ("task",)
+
     def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
         self._codes, self._task_names = task_codes(train.tasks)
         super()._fit(train, X)
@@ -70,7 +72,8 @@ class TaskPriorRouter(QualityRouter):
         np.add.at(sums, codes, q)
         np.add.at(counts, codes, finite)
         prior = (sums + self.smoothing * overall) / (counts + self.smoothing)
-        state: dict[str, Any] = {"prior": prior, "codes": codes}
+        state: dict[str, Any] = {"prior": prior, "codes": codes,
+                                 "names": np.array(self._task_names, dtype=str)}
         if n_tasks > 1:
             scaler = StandardScaler().fit(X)
             model = LogisticRegression(C=self.C, max_iter=500).fit(scaler.transform(X), codes)
@@ -94,9 +97,23 @@ class TaskPriorRouter(QualityRouter):
         out: FloatArray = p @ prior[state["classes"].astype(np.int64)]
         return out
 
+    def _predict_hinted(self, state: Any, X: FloatArray, tasks: np.ndarray | None) -> FloatArray:
+        """With a task hint the request sends (``x-vlroute-task``), that task's prior; without
+        one, or for a task the train split did not have, the predicted mix."""
+        out = self._predict(state, X)
+        if tasks is None:
+            return out
+        index = {str(n): k for k, n in enumerate(state["names"]) if str(n)}
+        for i, task in enumerate(tasks):
+            k = index.get(str(task)) if task is not None else None
+            if k is not None:
+                out[i] = state["prior"][k]
+        return out
+
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         state = dict(arrays)
         self._codes = state["codes"]
+        self._task_names = [str(n) for n in state["names"]]
         return state
 
 
@@ -128,27 +145,34 @@ class BlendRouter(QualityRouter):
         return (KNNRouter(n_neighbors=self.n_neighbors, candidates="all"),
                 TaskPriorRouter(smoothing=self.smoothing, C=self.C))
 
+    hints: ClassVar[tuple[str, ...]] = ("task",)
+
     def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
-        self._codes = task_codes(train.tasks)[0]
+        self._codes, self._task_names = task_codes(train.tasks)
         super()._fit(train, X)
 
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
         knn, prior = self._members()
-        prior._codes = self._codes
+        prior._codes, prior._task_names = self._codes, self._task_names
         return {**{f"knn.{k}": v for k, v in knn._fit_estimator(X, quality).items()},
                 **{f"prior.{k}": v for k, v in prior._fit_estimator(X, quality).items()}}
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
+        return self._predict_hinted(state, X, None)
+
+    def _predict_hinted(self, state: Any, X: FloatArray, tasks: np.ndarray | None) -> FloatArray:
         knn, prior = self._members()
         part = {name: {k.removeprefix(f"{name}."): v for k, v in state.items()
                        if k.startswith(f"{name}.")} for name in ("knn", "prior")}
         out: FloatArray = ((1 - self.prior_weight) * knn._predict(part["knn"], X)
-                           + self.prior_weight * prior._predict(part["prior"], X))
+                           + self.prior_weight * prior._predict_hinted(part["prior"], X,
+                                                                        tasks))
         return out
 
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         state = dict(arrays)
         self._codes = state["prior.codes"]
+        self._task_names = [str(n) for n in state["prior.names"]]
         return state
 
 

@@ -60,31 +60,41 @@ class QualityRouter(LearnedRouter):
         self.state_ = self._fit_estimator(X, q)
         self._by_mes: dict[float, Any] = {}
 
-    def predict_quality(self, X: FloatArray) -> FloatArray:
-        """(n_samples, n_models) estimated quality in [0, 1]."""
+    #: the request hints the router reads (e.g. ("task",)); others ignore hints
+    hints: ClassVar[tuple[str, ...]] = ()
+
+    def predict_quality(self, X: FloatArray, tasks: np.ndarray | None = None) -> FloatArray:
+        """(n_samples, n_models) estimated quality in [0, 1]; ``tasks``: each request's task
+        hint (None where it sends none), read by routers whose ``hints`` name it."""
         if not hasattr(self, "state_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first.")
         self._check_features(X, X.shape[0])
-        return np.clip(self._predict(self.state_, X), 0.0, 1.0)
+        return np.clip(self._predict_hinted(self.state_, X, tasks), 0.0, 1.0)
 
-    def predict_solved(self, X: FloatArray, mes: float) -> FloatArray:
+    def predict_solved(self, X: FloatArray, mes: float,
+                       tasks: np.ndarray | None = None) -> FloatArray:
         """(n_samples, n_models) estimated P(10 q >= mes)."""
         if self.binary_:
-            return self.predict_quality(X)
+            return self.predict_quality(X, tasks)
         if mes not in self._by_mes:
             labels = solved(self._quality_train, mes)
             self._by_mes[mes] = self._fit_estimator(self._X_train, labels)
-        return np.clip(self._predict(self._by_mes[mes], X), 0.0, 1.0)
+        return np.clip(self._predict_hinted(self._by_mes[mes], X, tasks), 0.0, 1.0)
+
+    def _predict_hinted(self, state: Any, X: FloatArray, tasks: np.ndarray | None) -> FloatArray:
+        """Predictions with request hints; the default ignores them."""
+        return self._predict(state, X)
 
     def _route(self, data: RoutingMatrices, scenario: Scenario,
                X: FloatArray | None) -> IntArray:
         assert X is not None
         return self.decide(self.predictions_for(X, scenario), scenario)
 
-    def predictions_for(self, X: FloatArray, scenario: Scenario) -> FloatArray:
+    def predictions_for(self, X: FloatArray, scenario: Scenario,
+                        tasks: np.ndarray | None = None) -> FloatArray:
         """What ``scenario`` decides on: quality (utility) or P(solved) (threshold)."""
-        return (self.predict_quality(X) if scenario.family == "utility"
-                else self.predict_solved(X, scenario.solved_mes))
+        return (self.predict_quality(X, tasks) if scenario.family == "utility"
+                else self.predict_solved(X, scenario.solved_mes, tasks))
 
     def decide(self, predictions: FloatArray, scenario: Scenario,
                available: np.ndarray | None = None) -> IntArray:

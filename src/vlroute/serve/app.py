@@ -120,7 +120,7 @@ def create_app(config: GatewayConfig, *, engine: RoutingEngine | None = None,
         session = session_key(key, check_headers(request, config.limits.max_header_bytes))
         body = await read_body(request, config.limits.max_body_bytes)
         engine = g.engine
-        plan = await decide(g, engine, body, session)
+        plan = await decide(g, engine, body, session, request.headers.get("x-vlroute-task"))
         decision = plan.decision
         if decision is None:
             return JSONResponse({"model": plan.model, "scenario": "direct",

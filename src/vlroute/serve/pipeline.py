@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +33,7 @@ from vlroute.serve.requests import (
     decode_image,
     max_output,
     read_messages,
+    task_hint,
 )
 from vlroute.serve.routing import Decision, RoutingEngine
 from vlroute.serve.upstream import Attempt, call, release, stream_usage, token_counts
@@ -162,17 +163,21 @@ async def _prompt(g: Gateway, body: dict[str, Any]) -> tuple[Prompt, dict[str, A
 
 
 async def decide(g: Gateway, engine: RoutingEngine, body: dict[str, Any],
-                 session: str | None) -> Plan:
+                 session: str | None, hint: str | None = None) -> Plan:
     """Read the request and choose: a backend named in ``model`` is taken as is; anything
     else is a scenario (``vlroute/auto``: the bundle's) decided among the backends that can
-    take the request and are up."""
+    take the request and are up. ``hint``: the ``x-vlroute-task`` header (``metadata.task``
+    in the body works too); hints reach the router and are stripped from the body sent on."""
     model = body.get("model") or g.config.default_scenario
     if not isinstance(model, str) or len(model) > MAX_MODEL_CHARS \
             or any(ord(c) < 32 or ord(c) == 127 for c in model):
         raise RequestError(f"'model' must be a string of at most {MAX_MODEL_CHARS} "
                            "printable characters: a scenario (vlroute/auto, vlroute/quality) "
                            "or a backend name.", param="model")
+    task, body = task_hint(hint, body)
     prompt, body = await _prompt(g, body)
+    if task is not None:
+        prompt = replace(prompt, task=task)
     if model in g.states:
         if prompt.images and not engine.backends[model].vision:
             raise RequestError(f"backend {model!r} is text-only, and the request has "
@@ -301,7 +306,7 @@ async def chat(g: Gateway, request: Request) -> Response:
     session = session_key(key, check_headers(request, g.config.limits.max_header_bytes))
     body = await read_body(request, g.config.limits.max_body_bytes)
     engine = g.engine                        # this request's bundle, even across a reload
-    plan = await decide(g, engine, body, session)
+    plan = await decide(g, engine, body, session, request.headers.get("x-vlroute-task"))
     decision = plan.decision
     order = decision.order if decision else [plan.model]
     for name in decision.left_out if decision else ():

@@ -44,6 +44,8 @@ class Prompt:
     images: tuple[bytes, ...] = ()
     #: (width, height) of each image, when known (for token estimates)
     sizes: tuple[tuple[int, int], ...] = ()
+    #: the client's task hint (``x-vlroute-task`` or ``metadata.task``), if any
+    task: str | None = None
 
 
 def _text_of(content: Any, where: str) -> tuple[str, list[str]]:
@@ -165,3 +167,27 @@ def max_output(body: dict[str, Any]) -> int | None:
     caps = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
             if isinstance(v, int) and not isinstance(v, bool) and v > 0]
     return min(caps) if caps else None
+
+
+#: the longest task hint taken
+MAX_HINT_CHARS = 128
+
+
+def task_hint(header: str | None, body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The request's task hint, from the ``x-vlroute-task`` header or ``metadata.task`` in the
+    body, and the body without it (hints are for the router, never for the backend)."""
+    metadata = body.get("metadata")
+    task: Any = header
+    if isinstance(metadata, dict) and "task" in metadata:
+        task = metadata["task"] if header is None else header
+        rest = {k: v for k, v in metadata.items() if k != "task"}
+        body = {k: v for k, v in body.items() if k != "metadata"}
+        if rest:
+            body["metadata"] = rest
+    if task is None:
+        return None, body
+    if not isinstance(task, str) or not 0 < len(task) <= MAX_HINT_CHARS \
+            or any(ord(c) < 32 or ord(c) == 127 for c in task):
+        raise RequestError(f"the task hint must be 1 to {MAX_HINT_CHARS} printable "
+                           "characters.", param="x-vlroute-task")
+    return task, body

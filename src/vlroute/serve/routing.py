@@ -221,8 +221,9 @@ class RoutingEngine:
             key = (scenario.family, scenario.solved_mes if scenario.family != "utility"
                    else None)
             groups.setdefault(key, []).append(i)
+        tasks = np.array([p.task for p in prompts], dtype=object)
         for idx in groups.values():
-            preds = self.bundle.predictions(X[idx], resolved[idx[0]])
+            preds = self.bundle.predictions(X[idx], resolved[idx[0]], tasks[idx])
             for j, i in enumerate(idx):
                 rows[i] = np.asarray(preds[j], dtype=float)
         return rows
