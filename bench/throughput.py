@@ -5,8 +5,8 @@
 BENCH_DIR needs stored MiniLM + EfficientNet-Lite0 features (`vlroute features BENCH_DIR`).
 Routers are fitted on the train split and timed on test requests: batches 1 / 16 / 64, 3
 warm-up and 20 timed runs, with features precomputed and with the offline encoders run inside
-the timed region (question text + one image per request). Prints a table, writes
-``throughput.json``.
+the timed region (question text + one image per request). Reports requests/s and, as
+VL-RouterBench does, routed prompt K tokens/s. Prints a table, writes ``throughput.json``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def main() -> None:
             rows.append({"router": name, **r})
             print(f"{name:22} encoders={r['with_encoders']!s:5} batch={r['batch']:3} "
                   f"p50 {r['ms_p50']:8.3f} ms  p99 {r['ms_p99']:8.3f} ms  "
-                  f"{r['requests_per_s']:10.1f} req/s", flush=True)
+                  f"{r['requests_per_s']:10.1f} req/s  "
+                  f"{r['prompt_ktokens_per_s']:10.1f} K prompt tokens/s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"bench": bench.name, "machine": {"cpus": os.cpu_count(),
                                             "python": platform.python_version()}, "rows": rows}

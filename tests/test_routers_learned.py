@@ -147,6 +147,9 @@ def test_throughput_harness_times_every_router_the_same_way() -> None:
         expected = 4 if router.needs_features else 2
         assert [r["batch"] for r in rows] == [1, 8, 1, 8][:expected]
         assert all(r["ms_p50"] > 0 and r["requests_per_s"] > 0 for r in rows)
+        # routed prompt tokens per second: one prompt token per request here
+        assert all(r["prompt_ktokens_per_s"] == pytest.approx(r["requests_per_s"] / 1e3)
+                   for r in rows)
         assert calls == ([1] * 5 + [8] * 5 if router.needs_features else [])
 
 

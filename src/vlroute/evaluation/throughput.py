@@ -1,8 +1,10 @@
 """One throughput harness for every router: the routing step timed the same way for all.
 
 Each measurement routes ``batch`` requests at a time, after ``warmup`` untimed runs, ``runs``
-times; it reports the per-request time (p50 / p99 over runs) and requests per second. With
-encoders, the features of the batch are computed inside the timed region (no cache).
+times; it reports the per-request time (p50 / p99 over runs), requests per second, and, as
+VL-RouterBench reports throughput, the routed prompt tokens per second (thousands: the
+prompt tokens of the routed requests, each request's mean over models, per second of routing).
+With encoders, the features of the batch are computed inside the timed region (no cache).
 """
 
 from __future__ import annotations
@@ -69,9 +71,12 @@ def measure(router: BaseRouter, data: RoutingMatrices, scenario: Scenario, *,
                 return router.route(part, scenario, feats)
 
             seconds = np.array(_time(step, warmup, runs)) / len(rows)
+            with np.errstate(all="ignore"):
+                tokens = float(np.nansum(np.nanmean(part.tokens_in, axis=1)))
             rows_out.append({
                 "with_encoders": with_encoders, "batch": len(rows),
                 "ms_p50": float(np.percentile(seconds, 50) * 1e3),
                 "ms_p99": float(np.percentile(seconds, 99) * 1e3),
-                "requests_per_s": float(1.0 / np.median(seconds))})
+                "requests_per_s": float(1.0 / np.median(seconds)),
+                "prompt_ktokens_per_s": tokens / (float(np.median(seconds)) * len(rows)) / 1e3})
     return rows_out
