@@ -48,11 +48,11 @@ def start_gateway(config: Path, port: int, log: IO[bytes], *args: str
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate ``proc``; kill it if it has not exited 10 s later."""
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """Terminate ``proc``; kill it if it has not exited ``timeout_s`` later."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

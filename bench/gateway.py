@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import _procs
 import httpx
 import numpy as np
 from _procs import CLI, free_port, wait_for
@@ -100,12 +101,7 @@ def start(cmd: list[str], core: int, log: Any, env: dict[str, str] | None = None
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    _procs.stop(proc, timeout_s=20)
 
 
 def litellm_bin(venv: Path) -> str:

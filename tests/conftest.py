@@ -72,3 +72,14 @@ def needs_shared(name: str) -> Path:
     if not (path / "samples.jsonl").is_file():
         pytest.skip(f"shared data {name} not available")
     return path
+
+
+def run_cli(*args: object) -> str:
+    """``vlroute ARGS`` in-process; its output, after asserting it succeeded."""
+    from click.testing import CliRunner
+
+    from vlroute.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli as run
 
-from vlroute.cli import cli
 from vlroute.data import load_bench
 from vlroute.data.bench import resplit
 from vlroute.demo_data import demo_set_path
@@ -21,12 +20,6 @@ from vlroute.routers import make_router
 from vlroute.routers.bundle import load_bundle
 from vlroute.routers.priors import task_codes
 from vlroute.scenarios import TUNED, parse_scenario
-
-
-def run(*args: object) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli as run
 from fastapi.testclient import TestClient
 
-from vlroute.cli import cli
 from vlroute.data import load_bench
 from vlroute.demo_data import demo_set_path
 from vlroute.routers.bundle import load_bundle
@@ -24,12 +23,6 @@ from vlroute.serve.config import GatewayConfig
 from vlroute.serve.replay import compare, read_decisions, replay_config, replay_requests
 
 PAIR = "Qwen2-VL-7B-Instruct,Qwen2-VL-72B-Instruct"
-
-
-def run(*args: object) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

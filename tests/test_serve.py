@@ -720,21 +720,16 @@ def test_budgets_reserve_before_and_book_the_cost_after(tmp_path: Path) -> None:
         assert c.get("/v1/budget").status_code == 404
 
 
-@pytest.mark.parametrize("behaviour", ["hold", "sse-slow"])
-def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviour: str) -> None:
-    """The client disconnects while the edge is still working (before its answer, or before
-    a stream's first chunk): the upstream call is cancelled, its response closed and the
-    backend's slot free at once; the request is recorded with status 499."""
-    store = SQLiteStore(f"sqlite:///{tmp_path / 'gone.db'}")
-    up = Upstream(edge=[behaviour, "ok"])
-    payload = json.dumps(ask("edge", stream=behaviour == "sse-slow")).encode()
+def leave_once_sent(c: TestClient, up: Upstream, payload: bytes) -> list[dict[str, Any]]:
+    """POST ``payload`` to /v1/chat/completions as a client that disconnects once a backend
+    has the request; the ASGI messages the gateway sent back."""
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": payload, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
         if messages:
             return messages.pop()
-        while not up.seen:                    # the edge has the request: now leave
+        while not up.seen:                    # the backend has the request: now leave
             await asyncio.sleep(0.01)
         return {"type": "http.disconnect"}
 
@@ -747,8 +742,20 @@ def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviou
              "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
              "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"application/json"),
                                                      (b"content-length", b"%d" % len(payload))]}
+    c.portal.call(c.app, scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("behaviour", ["hold", "sse-slow"])
+def test_a_client_that_leaves_cancels_the_upstream_call(tmp_path: Path, behaviour: str) -> None:
+    """The client disconnects while the edge is still working (before its answer, or before
+    a stream's first chunk): the upstream call is cancelled, its response closed and the
+    backend's slot free at once; the request is recorded with status 499."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'gone.db'}")
+    up = Upstream(edge=[behaviour, "ok"])
+    payload = json.dumps(ask("edge", stream=behaviour == "sse-slow")).encode()
     with client(config(tmp_path), up, store) as c:
-        c.portal.call(c.app, scope, receive, send)
+        sent = leave_once_sent(c, up, payload)
         assert up.cancelled == ["edge"]
         assert all(reply.released for reply in up.replies)
         assert c.get("/health").json()["backends"]["edge"]["in_flight"] == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import make_set
-from test_serve import Upstream, ask, client, config
+from test_serve import Upstream, ask, client, config, leave_once_sent
 
 from vlroute.cli import cli
 from vlroute.serve.config import GatewayConfig, hash_key
@@ -357,32 +357,12 @@ def test_an_image_that_opens_but_does_not_decode_is_a_400(
 
 def test_a_client_that_leaves_after_the_backend_got_the_prompt_pays_for_it(
         tmp_path: Path) -> None:
-    import asyncio
-
     store = SQLiteStore(f"sqlite:///{tmp_path / 't.db'}")
     up = Upstream(cloud=["hold", "ok"])
     payload = json.dumps(ask("cloud", messages=[{"role": "user", "content": "x" * 400}])
                          ).encode()
-    messages = [{"type": "http.request", "body": payload, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        while not up.seen:
-            await asyncio.sleep(0.01)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
-             "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"application/json"),
-                                                     (b"content-length", b"%d" % len(payload))]}
     with client(config(tmp_path), up, store) as c:
-        c.portal.call(c.app, scope, receive, send)
+        leave_once_sent(c, up, payload)
     row = store.rows()[0]
     assert row["status"] == 499 and row["chosen"] == "cloud"
     assert row["cost_usd"] == pytest.approx(100 * 2.0 / 1e6)      # 400 chars: 100 tokens in

@@ -135,26 +135,14 @@ class Gateway:
 
     def key_id(self, request: Request) -> str | None:
         """The calling API key's id (None with auth off); a 401 when missing or wrong."""
-        if not self.keys:
-            return None
-        token = _bearer(request)
-        found = self.keys.get(hash_key(token)) if token else None
-        if found is None:
-            raise RequestError("missing or invalid API key (Authorization: Bearer <key>).",
-                               status=401)
-        return found
+        return _lookup(self.keys, request, "API key") if self.keys else None
 
     def admin_id(self, request: Request) -> str:
         """The admin key's id; 403 when no admin key is configured, 401 when wrong."""
         if not self.admin:
             raise RequestError("admin endpoints are off: no admin_keys in the gateway config "
                                "(SIGHUP to `vlroute serve` reloads too).", status=403)
-        token = _bearer(request)
-        found = self.admin.get(hash_key(token)) if token else None
-        if found is None:
-            raise RequestError("missing or invalid admin key (Authorization: Bearer <key>).",
-                               status=401)
-        return found
+        return _lookup(self.admin, request, "admin key")
 
     async def pinned(self, session: str) -> str | None:
         """The backend ``session`` is pinned to (by any worker), if any."""
@@ -195,6 +183,16 @@ def request_reload(shared_dir: Path, artifact: Path | None) -> int:
                                    "artifact": str(artifact) if artifact else None}))
         os.replace(tmp, path)
     return generation
+
+
+def _lookup(keys: dict[str, str], request: Request, kind: str) -> str:
+    """The id of the bearer token's key among ``keys`` (SHA-256 -> id); a 401 otherwise."""
+    token = _bearer(request)
+    found = keys.get(hash_key(token)) if token else None
+    if found is None:
+        raise RequestError(f"missing or invalid {kind} (Authorization: Bearer <key>).",
+                           status=401)
+    return found
 
 
 def _bearer(request: Request) -> str:

@@ -187,13 +187,14 @@ class SharedMetrics:
                 snap = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue                              # a file being replaced: next time
-            if snap["pid"] != os.getpid() and not _alive(snap["pid"]):
+            if snap["pid"] != os.getpid() and not process_alive(snap["pid"]):
                 snap["in_flight"], snap["up"] = {}, list(self.metrics.backends)
             snapshots.append(snap)
         return render(self.metrics.backends, merge(snapshots))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (its owner may be another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

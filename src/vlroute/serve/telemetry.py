@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from vlroute.serve.metrics import process_alive
 from vlroute.serve.requests import RequestError
 from vlroute.serve.stores import (
     PostgresStore,
@@ -72,7 +73,7 @@ class Spool:
         out = []
         for path in self.base.parent.glob(f"{self.base.name}.*.jsonl"):
             pid = path.name.removeprefix(f"{self.base.name}.").removesuffix(".jsonl")
-            if path == self.path or (pid.isdigit() and not _alive(int(pid))):
+            if path == self.path or (pid.isdigit() and not process_alive(int(pid))):
                 out.append(path)
         return out
 
@@ -88,16 +89,6 @@ class Spool:
             path.unlink()
             done += len(rows)
         return done
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Recorder:
