@@ -113,6 +113,7 @@ class TaskPriorRouter(QualityRouter):
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         state = dict(arrays)
         self._codes = state["codes"]
+        state.setdefault("names", np.array([], dtype=str))     # bundles from before hints
         self._task_names = [str(n) for n in state["names"]]
         return state
 
@@ -172,6 +173,7 @@ class BlendRouter(QualityRouter):
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         state = dict(arrays)
         self._codes = state["prior.codes"]
+        state.setdefault("prior.names", np.array([], dtype=str))
         self._task_names = [str(n) for n in state["prior.names"]]
         return state
 
