@@ -114,8 +114,8 @@ def test_admin_faults_changes_the_fault_at_run_time() -> None:
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ([1], "expected a mapping of backend names (edge, cloud) to faults, got list"),
-    ({"gpu": {}}, "unknown backend 'gpu'; the stand-ins are edge, cloud"),
+    ([1], "expected a mapping of backend names (edge, cloud, judge) to faults, got list"),
+    ({"gpu": {}}, "unknown backend 'gpu'; the stand-ins are edge, cloud, judge"),
     ({"edge": 3}, "edge: a fault is a mapping"),
     ({"edge": {"status": 200}}, "edge: status: Input should be greater than or equal to 400"),
     ({"edge": {"mode": "status"}}, "edge: mode status needs a status (400-599)"),

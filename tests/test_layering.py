@@ -24,7 +24,9 @@ FORBIDDEN = {
     # the report draws from results documents only: it never recomputes a metric
     "report": ("data", "features", "routers", "scenarios", "metrics", "cli"),
     # the gateway sits on top: it may use everything but the CLI and the evaluation
-    "serve": ("cli", "evaluation", "report"),
+    "serve": ("cli", "evaluation", "report", "collect"),
+    # collect, judge and the loop use data, costs, serve and evaluation; never the CLI
+    "collect": ("cli", "report"),
 }
 
 

@@ -55,6 +55,7 @@ def cli(debug: bool) -> None:
 
 def _register() -> None:
     from vlroute.cli.bench import bench
+    from vlroute.cli.collect import collect_command
     from vlroute.cli.demo import demo
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
@@ -72,6 +73,7 @@ def _register() -> None:
     cli.add_command(train)
     cli.add_command(routers)
     cli.add_command(demo)
+    cli.add_command(collect_command)
 
 
 _register()

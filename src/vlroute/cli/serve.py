@@ -97,8 +97,14 @@ def _reloading_workers(config: object, shared: Path, **kwargs: object) -> Any:
 @click.option("--faults", "faults_file", type=click.File("r", encoding="utf-8"), default=None,
               metavar="FILE", help="Fault config, YAML or JSON ('-': standard input): "
                    "backend name -> fault (see below).")
-def dev_backends(host: str, ports: str, faults_file: IO[str] | None) -> None:
-    """Start two instant OpenAI-compatible stand-ins ("edge" and "cloud") until Ctrl-C.
+@click.option("--answers", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, metavar="SET", help="A set folder with known answers: the "
+              "stand-ins answer its samples right with probability `accuracy`, and the "
+              "judge stand-in scores against them.")
+def dev_backends(host: str, ports: str, faults_file: IO[str] | None,
+                 answers: Path | None) -> None:
+    """Start two instant OpenAI-compatible stand-ins ("edge" and "cloud") until Ctrl-C;
+    judge=PORT in --ports also starts a stub judge.
 
     --faults FILE makes them misbehave. It maps a backend name to one fault:
 
@@ -111,13 +117,22 @@ def dev_backends(host: str, ports: str, faults_file: IO[str] | None) -> None:
                                                  0.5 s before the answer, 0.1 s between
                                                  stream chunks
       edge: {mode: no_usage}                     answers without usage
+      edge: {mode: bad_usage}                    usage with unbelievable counts
+      judge: {mode: malformed, every: 2}         no SCORE line (a model: not JSON)
+      edge: {accuracy: 0.6, latency: {median_s: 0.2, sigma: 0.5}}
+                                                 with --answers: right on 60% of the
+                                                 set's samples (fixed per sample), after
+                                                 a log-normal delay (fixed per sample)
 
-    mode is status (the default when status is given), slow, cut_stream, no_usage or ok;
+    mode is status (the default when status is given), slow, cut_stream, no_usage,
+    bad_usage, malformed or ok; a timeout is slow with a delay_s longer than the client
+    waits;
     status (400-599) may come with a message; delay_s defaults to 1, chunk_delay_s to 0,
     after_chunks to 1; every N (default 1) makes only every N-th request faulty.
     POST /admin/faults on a stand-in, with one fault as JSON ({} for none), changes it
     while it runs; GET /admin/faults shows it.
     """
+    from vlroute.serve.dev_answers import load_answers
     from vlroute.serve.dev_backends import describe, load_faults, parse_ports, serve
 
     try:
@@ -135,8 +150,9 @@ def dev_backends(host: str, ports: str, faults_file: IO[str] | None) -> None:
                             numbers.items()) + " (Ctrl-C stops)")
     if describe(faults):
         console.print(f"faults: {describe(faults)}")
+    known = load_answers(answers) if answers is not None else None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, numbers, faults))
+        asyncio.run(serve(host, numbers, faults, known))
 
 
 @click.group("logs")

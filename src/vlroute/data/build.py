@@ -184,6 +184,8 @@ def _records_table(t: SourceTables, samples: pd.DataFrame, models: pd.DataFrame,
     for name in TEXT_COLUMNS:
         columns[name] = _text_column(t.outcomes[name])
     columns.update({k: pa.array(v) for k, v in economics.items()})
+    if "ttft_s" in t.outcomes and t.outcomes["ttft_s"].notna().any():   # measured only
+        columns["ttft_s"] = pa.array(t.outcomes["ttft_s"].to_numpy(dtype=float))
     return pa.table(columns)
 
 

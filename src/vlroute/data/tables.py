@@ -18,7 +18,7 @@ import pandas as pd
 SAMPLE_COLUMNS = ("sample_id", "dataset", "group", "task", "question", "images", "answer", "meta")
 OUTCOME_COLUMNS = ("sample_id", "model", "score", "raw_score", "response", "prediction")
 #: optional measured quantities an outcome may carry; measured values win over estimates
-MEASURED_COLUMNS = ("tokens_in", "tokens_out", "cost_usd", "latency_s", "energy_j")
+MEASURED_COLUMNS = ("tokens_in", "tokens_out", "cost_usd", "latency_s", "energy_j", "ttft_s")
 MODEL_COLUMNS = ("model", "display_name", "family", "params_b", "open_weights", "modality",
                  "notes")
 MODALITIES = ("vision-language", "text-only", "baseline")

@@ -42,6 +42,9 @@ class Backend(_Strict):
     price_out_per_1m: float = Field(0.0, ge=0, description="USD per 1M output tokens.")
     latency_s: float = Field(2.0, gt=0, description="Expected latency before measurements.")
     energy_j: float = Field(0.0, ge=0, description="Expected energy per request.")
+    power_w: float | None = Field(None, gt=0, description="Power drawn while answering "
+                                  "(W): `vlroute collect` measures energy per request as "
+                                  "this x the measured latency.")
     prior_quality: float = Field(0.7, ge=0, le=1, description="Quality used when no router "
                                  "artifact is loaded or the router does not know the model.")
     timeout_s: float = Field(60.0, gt=0)

@@ -16,12 +16,18 @@ A fault config (``vlroute dev-backends --faults FILE``, YAML or JSON) maps a sta
     edge: {mode: cut_stream, after_chunks: 2}    # the connection drops after 2 SSE chunks
     edge: {mode: slow, delay_s: 0.5}             # 0.5 s before the answer starts
     edge: {mode: no_usage}                       # answers without usage
+    edge: {mode: bad_usage}                      # usage with unbelievable counts
+    judge: {mode: malformed, every: 2}           # the judge forgets its SCORE line
+    edge: {accuracy: 0.6, latency: {median_s: 0.2, sigma: 0.5}, status: 429, every: 5}
+
+A timeout is ``{mode: slow, delay_s: 30}`` against a client that waits less.
 
 The keys of one fault:
 
 ``mode``
-    ``status``, ``slow``, ``cut_stream``, ``no_usage`` or ``ok``; default ``status`` when
-    ``status`` is given, else ``ok``.
+    ``status``, ``slow``, ``cut_stream``, ``no_usage``, ``bad_usage``, ``malformed`` or
+    ``ok``; default ``status`` when ``status`` is given, else ``ok``. ``malformed``: a
+    model's 200 answer is not JSON; the judge's answer has no ``SCORE:`` line.
 ``status`` (400-599), ``message``
     Mode ``status``: the reply's status (required) and its error message.
 ``every`` (>= 1, default 1)
@@ -33,6 +39,17 @@ The keys of one fault:
     Mode ``cut_stream``: SSE chunks sent before the connection is dropped. A non-streamed
     answer is cut half-way through its body (the connection drops short of its
     Content-Length).
+``accuracy`` (0-1), ``latency`` (``{median_s, sigma}``)
+    Apply to every request, faulty or not, of a stand-in started with a set of known answers
+    (``--answers SET``, :mod:`vlroute.serve.dev_answers`): it answers a sample of the set
+    correctly with probability ``accuracy``, fixed per sample by a hash (default 1), and
+    starts its answer after a log-normal delay around ``median_s``, also fixed per sample.
+
+The stand-in named ``judge`` is a stub judge: it reads a judge prompt (the rubric's
+``[Question]``, ``[Reference answer]`` and ``[Response]`` sections), compares the response
+with the reference (from the prompt, else from ``--answers``) and answers with a line
+``SCORE: n`` (0-10). ``GET /admin/calls`` counts each stand-in's answered requests per
+request key (a 200 each), so a test can see whether a sample was called twice.
 
 A key that another mode uses, an unknown key or an out-of-range value is refused with a
 one-line :class:`FaultConfigError`. While a stand-in runs, ``POST /admin/faults`` with one
@@ -43,12 +60,14 @@ it. :func:`spawn` runs one stand-in with a fault in a subprocess (through the CL
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import IO, Any, Literal
 
 import yaml
@@ -57,9 +76,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlroute.errors import VlrouteError
+from vlroute.serve.dev_answers import (
+    Latency,
+    judge_reply,
+    model_answer,
+    prompt_of,
+    request_key,
+)
 
 #: the stand-ins ``vlroute dev-backends`` starts, in the order of ``--ports EDGE,CLOUD``
-NAMES = ("edge", "cloud")
+NAMES = ("edge", "cloud", "judge")
 #: prompt tokens every answer reports (the gateway's estimate for a 40-character prompt)
 PROMPT_TOKENS = 10
 #: the keys only one mode uses
@@ -78,13 +104,16 @@ class Fault(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["ok", "status", "slow", "cut_stream", "no_usage"] = "ok"
+    mode: Literal["ok", "status", "slow", "cut_stream", "no_usage", "bad_usage",
+                  "malformed"] = "ok"
     status: int | None = Field(None, ge=400, le=599)
     message: str | None = None
     every: int = Field(1, ge=1)
     delay_s: float = Field(1.0, ge=0, le=600)
     chunk_delay_s: float = Field(0.0, ge=0, le=60)
     after_chunks: int = Field(1, ge=0)
+    accuracy: float = Field(1.0, ge=0, le=1)
+    latency: Latency | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -182,16 +211,19 @@ class CutResponse(Response):
 class _Reply:
     """The answer of stand-in ``name`` to one request body."""
 
-    def __init__(self, name: str, body: dict[str, Any]) -> None:
-        self.name, self.body = name, body
+    def __init__(self, name: str, body: dict[str, Any], text: str | None = None,
+                 bad_usage: bool = False) -> None:
+        self.name, self.body, self.bad_usage = name, body, bad_usage
         self.model = body.get("model") if isinstance(body.get("model"), str) else name
         messages = body.get("messages")
-        self.text = (f"[{name}] got {len(messages) if isinstance(messages, list) else 0} "
-                     f"message(s), {_images(body)} image(s).")
+        self.text = text or (f"[{name}] got {len(messages) if isinstance(messages, list) else 0}"
+                             f" message(s), {_images(body)} image(s).")
         self.rid, self.created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         words = len(self.text.split())
+        if self.bad_usage:
+            return {"prompt_tokens": "ten", "completion_tokens": -words}
         return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
                 "total_tokens": PROMPT_TOKENS + words}
 
@@ -211,9 +243,10 @@ class _Reply:
 
         head = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model}
-        out = [event({**head, "choices": [{"index": 0, "delta": {"content": piece + " "},
-                                           "finish_reason": None}]})
-               for piece in self.text.split(" ")]
+        pieces = self.text.split(" ")
+        out = [event({**head, "choices": [{"index": 0, "delta": {
+            "content": piece + (" " if n < len(pieces) - 1 else "")}, "finish_reason": None}]})
+            for n, piece in enumerate(pieces)]
         options = self.body.get("stream_options")
         if usage and isinstance(options, dict) and options.get("include_usage"):
             out.append(event({**head, "choices": [], "usage": self.usage()}))
@@ -229,6 +262,8 @@ async def _answer(reply: _Reply, fault: Fault, hit: bool) -> Response:
         return _error(fault.status, fault.message or f"injected fault: HTTP {fault.status}")
     if mode == "slow":
         await asyncio.sleep(fault.delay_s)
+    if mode == "malformed" and reply.name != "judge":
+        return Response(b"<html>upstream hiccup</html>", media_type="application/json")
     if mode == "cut_stream":
         if stream:
             return CutResponse(reply.events(True)[:fault.after_chunks], "text/event-stream",
@@ -247,11 +282,37 @@ async def _answer(reply: _Reply, fault: Fault, hit: bool) -> Response:
     return StreamingResponse(relay(), media_type="text/event-stream")
 
 
-def stub_app(name: str, fault: Fault | None = None) -> FastAPI:
+def _reply(name: str, body: dict[str, Any], fault: Fault, hit: bool,
+           answers: Mapping[str, str]) -> tuple[_Reply, str]:
+    """The reply to ``body`` (a model's answer from the set, or the stub judge's) and the
+    request's key."""
+    text, images = prompt_of(body)
+    key = request_key(text, images)
+    said: str | None = None
+    if name == "judge":
+        said = judge_reply(text, dict(answers))
+        if hit and fault.mode == "malformed":
+            said = said.rpartition("SCORE:")[0].strip() + " I would call it good overall."
+    elif answers:
+        said = model_answer(name, key, dict(answers), fault.accuracy)
+    return _Reply(name, body, said, bad_usage=hit and fault.mode == "bad_usage"), key
+
+
+def stub_app(name: str, fault: Fault | None = None,
+             answers: Mapping[str, str] | None = None) -> FastAPI:
     """An OpenAI-compatible backend called ``name``: instant, or misbehaving as ``fault``
-    says (changed at run time through ``POST /admin/faults``)."""
+    says (changed at run time through ``POST /admin/faults``); with ``answers`` (key ->
+    reference, :func:`vlroute.serve.dev_answers.load_answers`) it answers the set's samples
+    right or wrong as the fault's ``accuracy`` says, and the ``judge`` stand-in scores."""
     app = FastAPI(title=f"vlroute dev backend {name}")
     app.state.fault, app.state.requests = fault or Fault(), 0
+    app.state.answered = collections.Counter()
+    known = dict(answers or {})
+
+    @app.get("/admin/calls")
+    async def calls() -> JSONResponse:
+        return JSONResponse({"backend": name, "requests": app.state.requests,
+                             "answered": dict(app.state.answered)})
 
     def faults() -> JSONResponse:
         return JSONResponse({"backend": name, "fault": app.state.fault.model_dump(
@@ -286,21 +347,30 @@ def stub_app(name: str, fault: Fault | None = None) -> FastAPI:
             return _error(400, "the body must be a JSON object.")
         app.state.requests += 1
         fault: Fault = app.state.fault
-        return await _answer(_Reply(name, body), fault, fault.hits(app.state.requests))
+        hit = fault.hits(app.state.requests)
+        reply, key = _reply(name, body, fault, hit, known)
+        if fault.latency is not None:
+            await asyncio.sleep(fault.latency.draw(name, key))
+        response = await _answer(reply, fault, hit)
+        if response.status_code == 200:
+            app.state.answered[key] += 1
+        return response
 
     return app
 
 
 def spawn(name: str, port: int, fault: Mapping[str, Any] | Fault | None = None, *,
-          host: str = "127.0.0.1", log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    """Run stand-in ``name`` on ``port`` with ``fault`` in a subprocess (``vlroute
-    dev-backends``, the fault given on its standard input); returns without waiting for it
-    to listen. Stop it with ``terminate()``."""
+          host: str = "127.0.0.1", log: IO[bytes] | None = None,
+          answers: Path | None = None) -> subprocess.Popen[bytes]:
+    """Run stand-in ``name`` on ``port`` with ``fault`` (and the set of known ``answers``)
+    in a subprocess (``vlroute dev-backends``, the fault given on its standard input);
+    returns without waiting for it to listen. Stop it with ``terminate()``."""
     if isinstance(fault, Fault):
         fault = fault.model_dump(exclude_defaults=True)
     parse_faults({name: dict(fault or {})}, "spawn")           # refuse it here, not there
     command = [sys.executable, "-c", "from vlroute.cli import main; main()", "dev-backends",
-               "--host", host, "--ports", f"{name}={port}", "--faults", "-"]
+               "--host", host, "--ports", f"{name}={port}", "--faults", "-",
+               *(["--answers", str(answers)] if answers is not None else [])]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=log)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({name: dict(fault or {})}).encode())
@@ -312,9 +382,9 @@ def parse_ports(spec: str) -> dict[str, int]:
     """``EDGE,CLOUD`` or ``NAME=PORT[,NAME=PORT]`` -> {name: port}; ValueError when not."""
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if parts and all("=" not in p for p in parts):
-        if len(parts) != len(NAMES):
+        if len(parts) != 2:
             raise ValueError("give two ports, EDGE,CLOUD, or NAME=PORT pairs (edge=18001).")
-        parts = [f"{n}={p}" for n, p in zip(NAMES, parts, strict=True)]
+        parts = [f"{n}={p}" for n, p in zip(NAMES[:2], parts, strict=True)]
     out: dict[str, int] = {}
     for part in parts:
         name, _, port = part.partition("=")
@@ -339,12 +409,14 @@ def _quiet_cuts() -> None:
     logging.getLogger("uvicorn.error").addFilter(CutFilter())
 
 
-async def serve(host: str, ports: Mapping[str, int], faults: Mapping[str, Fault]) -> None:
+async def serve(host: str, ports: Mapping[str, int], faults: Mapping[str, Fault],
+                answers: Mapping[str, str] | None = None) -> None:
     """Serve the stand-ins named in ``ports`` until cancelled."""
     import uvicorn
 
     _quiet_cuts()
-    servers = [uvicorn.Server(uvicorn.Config(stub_app(name, faults.get(name)), host=host,
+    servers = [uvicorn.Server(uvicorn.Config(stub_app(name, faults.get(name), answers),
+                                             host=host,
                                              port=port, log_level="warning", backlog=4096))
                for name, port in ports.items()]
     await asyncio.gather(*(s.serve() for s in servers))

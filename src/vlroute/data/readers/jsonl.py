@@ -40,12 +40,15 @@ def read_jsonl_set(src: Path, staging: Path) -> SourceTables:
     info = _read_info(src / "set.json")
     models = _read_models(files["models"])
     samples = _read_samples(files["samples"])
-    outcomes = _read_outcomes(files["outcomes"], set(samples["sample_id"]), set(models["model"]))
+    outcomes, unscored = _read_outcomes(files["outcomes"], set(samples["sample_id"]),
+                                        set(models["model"]))
     sources = [{"path": p.name, "sha256": sha256_file(p)}
                for p in [*files.values(), src / "set.json"] if p.is_file()]
+    report = [f"outcomes.jsonl: {unscored} unscored outcome(s) (score null: not judged yet, "
+              "or a failed call) left out"] if unscored else []
     return SourceTables(name=str(info.get("name") or src.name), reader="jsonl", samples=samples,
                         outcomes=outcomes, models=models, info=info, image_root=src,
-                        sources=sources)
+                        sources=sources, report=report)
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -118,10 +121,14 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]) -> pd.DataFrame:
+def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]
+                   ) -> tuple[pd.DataFrame, int]:
+    """The scored outcomes, and how many were unscored (``score: null``: collected but not
+    judged yet, or a failed call); those are left out."""
     cols: dict[str, list[Any]] = {k: [] for k in ("sample_id", "model", "score", "raw_score",
                                                   "response", "prediction", *MEASURED_COLUMNS)}
     seen: set[tuple[str, str]] = set()
+    unscored = 0
     for number, obj in iter_jsonl(path):
         where = f"line {number}"
         sid = field(obj, "sample_id", (str,), path=path, where=where)
@@ -135,6 +142,9 @@ def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]) -> pd.
         if (sid, model) in seen:
             raise ReaderError(path, where, f"duplicate outcome for ({sid!r}, {model!r})")
         seen.add((sid, model))
+        if "score" in obj and obj["score"] is None:
+            unscored += 1
+            continue
         cols["sample_id"].append(sid)
         cols["model"].append(model)
         cols["score"].append(score_value(obj, path=path, where=where))
@@ -150,5 +160,8 @@ def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]) -> pd.
                                                "non-negative number")
             cols[key].append(np.nan if value is None else float(value))
     if not cols["sample_id"]:
+        if unscored:
+            raise ReaderError(path, None, f"all {unscored} outcomes are unscored (score "
+                                          "null); score them first (`vlroute judge run`)")
         raise ReaderError(path, None, "no outcomes; expected at least one JSON object")
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols), unscored

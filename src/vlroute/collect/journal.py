@@ -1,0 +1,117 @@
+"""An append-only journal of calls, fsynced in groups: what makes collect and judge resumable.
+
+Each line is one JSON object: ``{"event": "start", "key": K}`` when a call is sent, and
+``{"event": "done", "key": K, ...result}`` once its result is known. A result counts as
+recorded once its line is fsynced (:meth:`Journal.commit`, which batches the fsyncs of all
+the lines written meanwhile, so concurrency does not multiply them). Lines are written with one
+``write`` each to a file opened for appending, so a killed process loses none it wrote; an OS
+crash may lose the lines after the last fsync. A line torn by a crash is cut off when the
+journal is opened again. A ``start`` without its ``done`` is a call that was in flight when the
+run stopped: it is made again, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vlroute.errors import DataError
+
+
+class JournalError(DataError):
+    """A journal line that is not a JSON object (other than a torn last line)."""
+
+
+class Journal:
+    """The journal at ``path`` (created if absent): what is done, what was in flight.
+
+    Attributes
+    ----------
+    done : dict[str, dict]
+        The last ``done`` entry of each key.
+    in_flight : set[str]
+        Keys started but never done in earlier runs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.done: dict[str, dict[str, Any]] = {}
+        self.in_flight: set[str] = set()
+        self._read()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._written = self._synced = 0
+        self._syncing: asyncio.Future[None] | None = None
+
+    def _read(self) -> None:
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):                      # a torn last line: cut it off
+            with self.path.open("r+b") as handle:
+                handle.truncate(end)
+        for number, raw in enumerate(data[:end].splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                entry = json.loads(raw)
+                key, event = entry["key"], entry["event"]
+            except (ValueError, KeyError, TypeError):
+                raise JournalError(f"{self.path}, line {number}: not a journal entry; "
+                                   "expected a JSON object with 'event' and 'key'.") from None
+            if event == "start":
+                self.in_flight.add(key)
+            elif event == "done":
+                self.done[key] = entry
+                self.in_flight.discard(key)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Append one entry (one ``write``; durable once :meth:`commit` returns)."""
+        line = json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+        self._written += 1
+
+    def start(self, key: str) -> None:
+        """Note that the call ``key`` is being sent."""
+        self.write({"event": "start", "key": key})
+
+    async def finish(self, key: str, result: dict[str, Any]) -> None:
+        """Record the result of ``key`` and wait until it is on disk."""
+        entry = {"event": "done", "key": key, **result}
+        self.write(entry)
+        self.done[key] = entry
+        await self.commit()
+
+    async def commit(self) -> None:
+        """Wait until every line written so far is fsynced (one fsync serves many)."""
+        target = self._written
+        while self._synced < target:
+            if self._syncing is None:
+                upto = self._written
+                self._syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._fd))
+                try:
+                    await self._syncing
+                finally:
+                    self._syncing = None
+                self._synced = max(self._synced, upto)
+            else:
+                await asyncio.shield(self._syncing)
+
+    def sync(self) -> None:
+        """fsync now (outside an event loop)."""
+        os.fsync(self._fd)
+        self._synced = self._written
+
+    def close(self) -> None:
+        """fsync and close."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+__all__ = ["Journal", "JournalError"]

@@ -1,0 +1,247 @@
+"""``vlroute collect``: send every sample of a set to every backend and record what each
+answered, measured (tokens, time to first token, latency, cost, energy), into a run folder
+that is itself a set in the shared contract.
+
+Per backend, at most ``concurrency`` calls are in flight (default: the backend's
+``max_concurrency``). Each call is journalled (:mod:`.journal`) before it is sent and when its
+result is known, so a run killed at any point and started again repeats no recorded call and
+loses no finished one; the calls in flight at the kill are made again, and the report counts
+them. A spend cap stops new calls once the money spent plus the estimates of the calls in
+flight would pass it; a later run with a higher cap goes on where this one stopped.
+
+Cost is priced from the answer's ``usage`` at the backend's configured prices
+(``price_in_per_1m``, ``price_out_per_1m``); an answer without believable usage has no
+measured cost (the bench estimates it from the catalog) and counts against the cap at its
+estimate: the question at 4 characters a token, each image at the backend's ``image_tokens``
+(765 when unset or a rule), and ``max_tokens`` out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlroute.collect.calls import CallResult, RetryPolicy, chat, headers_for
+from vlroute.collect.journal import Journal
+from vlroute.collect.outputs import write_run
+from vlroute.collect.samples import Sample, SampleSet, chat_body
+from vlroute.errors import VlrouteError
+from vlroute.serve.config import Backend
+from vlroute.serve.upstream import AiohttpTransport, Transport
+
+#: progress(done, total): calls finished (or skipped as recorded) out of the plan
+Progress = Callable[[int, int], None]
+JOURNAL = "journal.jsonl"
+
+
+class CollectError(VlrouteError):
+    """Collect cannot run as asked (no backends, a bad option)."""
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """How to collect (see the module docstring)."""
+
+    max_tokens: int = 512
+    stream: bool = True
+    spend_cap_usd: float | None = None
+    concurrency: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_errors: bool = False
+    limit: int | None = None
+    share: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class CollectReport:
+    """What a run did; ``stopped`` says why it ended early (None: it did all it planned)."""
+
+    planned: int = 0
+    recorded_before: int = 0
+    made: int = 0
+    failed: int = 0
+    in_flight_repeated: int = 0
+    spent_usd: float = 0.0
+    stopped: str | None = None
+    out: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def key_of(backend: str, sample_id: str) -> str:
+    """The journal key of one (backend, sample) call."""
+    return f"{backend}\t{sample_id}"
+
+
+def estimate_usd(sample: Sample, backend: Backend, max_tokens: int) -> float:
+    """The cost a call is held at against the spend cap (see the module docstring)."""
+    per_image = backend.image_tokens if isinstance(backend.image_tokens, int) else 765
+    tokens_in = math.ceil(len(sample.question) / 4) + per_image * len(sample.images)
+    return (tokens_in * backend.price_in_per_1m + max_tokens * backend.price_out_per_1m) / 1e6
+
+
+def plan(samples: SampleSet, options: CollectOptions) -> list[Sample]:
+    """The samples to send: the first ``limit``, or a seeded ``share``."""
+    chosen = list(samples.samples)
+    if options.share is not None:
+        if not 0 < options.share <= 1:
+            raise CollectError(f"share is {options.share}; expected a fraction in (0, 1].")
+        rng = random.Random(options.seed)
+        chosen = sorted(rng.sample(chosen, max(1, round(len(chosen) * options.share))),
+                        key=lambda s: s.sample_id)
+    return chosen[:options.limit] if options.limit is not None else chosen
+
+
+class _Budget:
+    def __init__(self, cap: float | None, spent: float) -> None:
+        self.cap, self.spent, self.held = cap, spent, 0.0
+
+    def hold(self, usd: float) -> bool:
+        if self.cap is not None and self.spent + self.held + usd > self.cap:
+            return False
+        self.held += usd
+        return True
+
+    def settle(self, held: float, spent: float) -> None:
+        self.held -= held
+        self.spent += spent
+
+
+@dataclass
+class _Run:
+    journal: Journal
+    transport: Transport
+    options: CollectOptions
+    budget: _Budget
+    report: CollectReport
+    total: int
+    progress: Progress
+    done: int = 0
+
+
+def collect(samples: SampleSet, backends: Sequence[Backend], out: Path, *,
+            options: CollectOptions | None = None, progress: Progress | None = None,
+            transport: Transport | None = None) -> CollectReport:
+    """Collect every planned (sample, backend) pair into the run folder ``out``."""
+    return asyncio.run(collect_async(samples, backends, out, options=options,
+                                     progress=progress, transport=transport))
+
+
+async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Path, *,
+                        options: CollectOptions | None = None,
+                        progress: Progress | None = None,
+                        transport: Transport | None = None) -> CollectReport:
+    """:func:`collect` inside a running event loop."""
+    options = options or CollectOptions()
+    if not backends:
+        raise CollectError("no backends to collect from; the config needs at least one.")
+    chosen = plan(samples, options)
+    journal = Journal(Path(out) / JOURNAL)
+    report = CollectReport(out=Path(out))
+    spent = sum(float(e.get("spend_usd") or 0.0) for e in journal.done.values())
+    todo: dict[str, list[Sample]] = {}
+    for backend in backends:
+        todo[backend.name] = []
+        for sample in chosen:
+            key = key_of(backend.name, sample.sample_id)
+            entry = journal.done.get(key)
+            if entry is not None and not (options.retry_errors and entry.get("error")):
+                report.recorded_before += 1
+            else:
+                todo[backend.name].append(sample)
+                report.in_flight_repeated += key in journal.in_flight
+    report.planned = len(chosen) * len(backends)
+    own = transport is None
+    run = _Run(journal, transport or AiohttpTransport(), options, _Budget(
+        options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
+        done=report.recorded_before)
+    run.progress(run.done, run.total)
+    try:
+        await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in backends))
+    finally:
+        if own:
+            await run.transport.close()
+        journal.close()
+        report.spent_usd = run.budget.spent
+        report.summary = write_run(Path(out), samples, chosen, backends, journal.done,
+                                   report_fields(report))
+    return report
+
+
+def report_fields(report: CollectReport) -> dict[str, Any]:
+    """The report as JSON fields (for run.json)."""
+    return {"planned": report.planned, "recorded_before": report.recorded_before,
+            "made": report.made, "failed": report.failed,
+            "in_flight_repeated": report.in_flight_repeated,
+            "spent_usd": round(report.spent_usd, 9), "stopped": report.stopped}
+
+
+async def _backend_workers(run: _Run, backend: Backend, samples: list[Sample]) -> None:
+    queue = list(reversed(samples))
+    width = run.options.concurrency or backend.max_concurrency
+    headers = headers_for(backend)
+    await asyncio.gather(*(_worker(run, backend, queue, headers)
+                           for _ in range(min(width, len(samples)))))
+
+
+async def _worker(run: _Run, backend: Backend, queue: list[Sample],
+                  headers: dict[str, str]) -> None:
+    import orjson
+
+    options = run.options
+    while queue and run.report.stopped is None:
+        sample = queue.pop()
+        held = estimate_usd(sample, backend, options.max_tokens)
+        if not run.budget.hold(held):
+            run.report.stopped = (f"spend cap ${options.spend_cap_usd:g} reached "
+                                  f"(${run.budget.spent:.6f} spent)")
+            return
+        key = key_of(backend.name, sample.sample_id)
+        run.journal.start(key)
+        payload = orjson.dumps(chat_body(sample, backend.model, max_tokens=options.max_tokens,
+                                         stream=options.stream))
+        result = await chat(run.transport, backend, payload, stream=options.stream,
+                            policy=options.retry, headers=headers)
+        entry = outcome_entry(sample, backend, result, held)
+        run.budget.settle(held, entry["spend_usd"])
+        await run.journal.finish(key, entry)
+        run.report.made += 1
+        run.report.failed += not result.ok
+        run.done += 1
+        run.progress(run.done, run.total)
+
+
+def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate: float
+                  ) -> dict[str, Any]:
+    """The journal's record of one call: measured values, or None where not measured."""
+    cost = None
+    if result.tokens is not None:
+        cost = (result.tokens[0] * backend.price_in_per_1m
+                + result.tokens[1] * backend.price_out_per_1m) / 1e6
+    energy = None
+    if backend.power_w is not None and result.latency_s is not None and result.ok:
+        energy = backend.power_w * result.latency_s
+    return {
+        "sample_id": sample.sample_id, "backend": backend.name,
+        "model": backend.router_model or backend.name, "status": result.status,
+        "error": result.error, "response": result.text if result.ok else None,
+        "tokens_in": result.tokens[0] if result.tokens else None,
+        "tokens_out": result.tokens[1] if result.tokens else None,
+        "ttft_s": _round(result.ttft_s), "latency_s": _round(result.latency_s),
+        "cost_usd": cost, "energy_j": _round(energy),
+        "spend_usd": cost if cost is not None else (estimate if result.ok else 0.0),
+        "attempts": result.attempts, "retried": result.retried, "ts": time.time()}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+__all__ = ["JOURNAL", "CollectError", "CollectOptions", "CollectReport", "collect",
+           "collect_async", "estimate_usd", "key_of", "outcome_entry", "plan"]
