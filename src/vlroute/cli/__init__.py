@@ -59,6 +59,8 @@ def _register() -> None:
     from vlroute.cli.demo import demo
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
+    from vlroute.cli.judge import judge
+    from vlroute.cli.models import models
     from vlroute.cli.report import report
     from vlroute.cli.serve import dev_backends, logs, serve
     from vlroute.cli.train import train
@@ -73,7 +75,9 @@ def _register() -> None:
     cli.add_command(train)
     cli.add_command(routers)
     cli.add_command(demo)
+    cli.add_command(models)
     cli.add_command(collect_command)
+    cli.add_command(judge)
 
 
 _register()

@@ -51,6 +51,10 @@ def build(src: Path, reader_name: str, out: Path, seed: int, fractions: str, str
     """Build a bench from SRC (a set folder, a run directory or a file)."""
     train, dev, test = _fractions(fractions)
     reader = READERS.get(reader_name)
+    if costs is None and (src / "costs.yaml").is_file():
+        costs = src / "costs.yaml"          # a collected run's backend prices and tiers
+        console.print(f"Using {costs} (the prices and tiers the set was collected with) "
+                      "over the default catalog.")
     catalog = Catalog.load(costs)
     with steps("build", 6) as note:
         note("reading")
@@ -117,6 +121,34 @@ def describe_rows(b: Bench, all_models: bool) -> tuple[list[list[str]], dict[str
     return rows, summary
 
 
+def _source(flags: np.ndarray) -> str:
+    if not len(flags) or flags.all():
+        return "estimated"
+    return "measured" if not flags.any() else f"measured {100 * (1 - flags.mean()):.0f}%"
+
+
+def economics_rows(b: Bench, models: list[str]) -> list[dict[str, object]]:
+    """Per model: latency percentiles, time to first token, energy per request, and whether
+    each is measured (collect, records) or estimated (the catalog)."""
+    records = b.records
+    out: list[dict[str, object]] = []
+    for name in models:
+        mine = records[records["model"].astype(str) == name]
+        latency = mine["latency_s"].to_numpy(dtype=float)
+        ttft = mine["ttft_s"].to_numpy(dtype=float) if "ttft_s" in mine else np.array([])
+        ttft = ttft[np.isfinite(ttft)]
+        p50, p90, p99 = (np.percentile(latency, [50, 90, 99]) if len(latency)
+                         else (np.nan, np.nan, np.nan))
+        out.append({"model": name, "latency_p50": float(p50), "latency_p90": float(p90),
+                    "latency_p99": float(p99),
+                    "ttft_p50": float(np.median(ttft)) if len(ttft) else None,
+                    "energy_mean": float(mine["energy_j"].mean()) if len(mine) else None,
+                    **{f"{q}_source": _source(mine[f"{c}_estimated"].to_numpy(dtype=bool))
+                       for q, c in (("latency", "latency_s"), ("energy", "energy_j"),
+                                    ("cost", "cost_usd"))}})
+    return out
+
+
 @bench.command("describe")
 @click.argument("directory", type=click.Path(exists=True, path_type=Path))
 @click.option("--all-models", is_flag=True,
@@ -129,14 +161,28 @@ def describe(directory: Path, all_models: bool, json_out: Path | None) -> None:
     console.print(table(f"{b.name}: {len(b.samples)} samples ({b.label} labels)",
                         ["model", "tier", "quality", "$/10K", "tokens in", "tokens out",
                          "price"], rows))
+    economics = economics_rows(b, [r[0] for r in rows])
+    console.print(table("latency, time to first token and energy: measured or estimated",
+                        ["model", "latency p50 s", "p90 s", "p99 s", "ttft p50 s",
+                         "J / request", "latency", "energy", "cost"],
+                        [[e["model"], fmt(e["latency_p50"]), fmt(e["latency_p90"]),
+                          fmt(e["latency_p99"]), fmt(e["ttft_p50"]), fmt(e["energy_mean"], 1),
+                          e["latency_source"], e["energy_source"], e["cost_source"]]
+                         for e in economics]))
+    share = {q: 1 - float(v) for q, v in b.manifest["economics"]["estimated_share"].items()}
+    measured = ", ".join(f"{q} {100 * v:.0f}%" for q, v in share.items() if v > 0)
     console.print(f"Oracle quality {summary['oracle']:.3f} at "
                   f"{summary['oracle_cost_per_10k']:.3f} $/10K; best single model "
-                  f"{summary['best_single']:.3f}. Cost, latency and energy are estimates "
-                  f"(catalog: {b.manifest['economics']['catalog']}).")
+                  f"{summary['best_single']:.3f}. "
+                  + (f"Measured share of pairs: {measured}; the rest are estimates"
+                     if measured else "Cost, latency and energy are estimates")
+                  + f" (catalog: {b.manifest['economics']['catalog']}).")
     if json_out:
-        write_json_atomic(json_out, {"bench": b.name, "summary": summary, "models": [
-            dict(zip(["model", "tier", "quality", "cost_per_10k", "tokens_in", "tokens_out",
-                      "price_status"], r, strict=True)) for r in rows]})
+        write_json_atomic(json_out, {"bench": b.name, "summary": summary,
+                                     "measured_share": share, "models": [
+            {**dict(zip(["model", "tier", "quality", "cost_per_10k", "tokens_in", "tokens_out",
+                         "price_status"], r, strict=True)), **e}
+            for r, e in zip(rows, economics, strict=True)]})
 
 
 __all__ = ["bench"]

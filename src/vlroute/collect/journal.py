@@ -90,16 +90,26 @@ class Journal:
         """Wait until every line written so far is fsynced (one fsync serves many)."""
         target = self._written
         while self._synced < target:
-            if self._syncing is None:
-                upto = self._written
-                self._syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._fd))
-                try:
-                    await self._syncing
-                finally:
-                    self._syncing = None
+            sync = self._syncing or self._start_sync()
+            if sync.done():
+                if sync.exception() is not None:
+                    raise sync.exception()  # type: ignore[misc]
+                await asyncio.sleep(0)             # let its bookkeeping callback run
+                continue
+            await asyncio.shield(sync)
+
+    def _start_sync(self) -> asyncio.Future[None]:
+        upto = self._written
+        sync = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._fd))
+
+        def settle(done: asyncio.Future[None]) -> None:
+            self._syncing = None
+            if not done.cancelled() and done.exception() is None:
                 self._synced = max(self._synced, upto)
-            else:
-                await asyncio.shield(self._syncing)
+
+        sync.add_done_callback(settle)
+        self._syncing = sync
+        return sync
 
     def sync(self) -> None:
         """fsync now (outside an event loop)."""

@@ -335,6 +335,7 @@ def stub_app(name: str, fault: Fault | None = None,
         except FaultConfigError as exc:
             return _error(400, str(exc))
         app.state.fault, app.state.requests = new, 0
+        app.state.answered.clear()
         return faults()
 
     @app.post("/v1/chat/completions")

@@ -1,0 +1,184 @@
+"""``vlroute collect`` against the dev stand-ins on a real DynaMath subset: measured fields,
+retries, a spend cap, failures, resuming after a real kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import run_cli
+
+from tests._collect_env import (
+    answered,
+    backends_yaml,
+    dynamath_subset,
+    outcomes,
+    set_fault,
+    stand_ins,
+)
+from tests._process import CLI
+from vlroute.cli import cli
+from vlroute.serve.dev_answers import WRONG, request_key
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("collect")
+    subset = dynamath_subset(root / "set")
+    with stand_ins(subset, root / "stand-ins.log") as ports:
+        yield {"set": subset, "ports": ports, "config": backends_yaml(root / "b.yaml", ports)}
+
+
+def keys(subset: Path) -> dict[str, str]:
+    """sample_id -> request key, as the stand-ins count them."""
+    out = {}
+    for line in (subset / "samples.jsonl").read_text("utf-8").splitlines():
+        row = json.loads(line)
+        out[row["sample_id"]] = request_key(row["question"], [
+            (subset / p).read_bytes() for p in row["images"]])
+    return out
+
+
+def test_collect_records_measured_answers_with_retries(env: dict, tmp_path: Path) -> None:
+    ports = env["ports"]
+    set_fault(ports["edge"], status=429, every=4, accuracy=0.25)
+    set_fault(ports["cloud"], mode="bad_usage", every=5, accuracy=0.9,
+              latency={"median_s": 0.01, "sigma": 0.5})
+    run = tmp_path / "run"
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run)
+    assert "48 call(s) made, 0 failed" in out
+    rows = outcomes(run)
+    assert len(rows) == 48 and all(r["score"] is None and r["error"] is None for r in rows)
+    by_model = {m: [r for r in rows if r["model"] == m] for m in ("edge-2b", "cloud-72b")}
+    assert sum(r["attempts"] > 1 for r in by_model["edge-2b"]) >= 5       # its 429s, retried
+    assert all(r["response"] and r["latency_s"] > 0 and r["ttft_s"] is not None for r in rows)
+    edge = by_model["edge-2b"]
+    assert all(r["cost_usd"] == 0 and r["energy_j"] == pytest.approx(20 * r["latency_s"],
+                                                                     rel=1e-3) for r in edge)
+    cloud = by_model["cloud-72b"]
+    priced = [r for r in cloud if r["tokens_in"] is not None]
+    assert 0 < len(priced) < len(cloud)                    # bad usage: no measured cost
+    assert all(r["cost_usd"] == pytest.approx((r["tokens_in"] + 4 * r["tokens_out"]) / 1e6)
+               for r in priced)
+    assert all(r["cost_usd"] is None for r in cloud if r["tokens_in"] is None)
+    right = {m: sum(r["response"] != WRONG for r in rs) for m, rs in by_model.items()}
+    assert right["cloud-72b"] > right["edge-2b"]
+    for name in ("edge", "cloud"):                         # each sample answered once
+        assert sorted(answered(ports[name]).values()) == [1] * 24
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["backends"]["edge"]["energy_from"] == "power_w 20 W x measured latency"
+    assert summary["backends"]["cloud"]["latency_s"]["p50"] > 0
+    again = run_cli("collect", env["set"], "--backends", env["config"], "--out", run)
+    assert "0 call(s) made" in again and "48 already recorded" in again
+    assert outcomes(run) == rows
+    refused = CliRunner().invoke(cli, ["bench", "build", str(run), "--out",
+                                       str(tmp_path / "bench")])
+    assert refused.exit_code == 1 and "all 48 outcomes are unscored (score null); score " \
+        "them first (`vlroute judge run`)" in refused.output
+
+
+def test_a_killed_run_resumes_without_repeating_recorded_calls(env: dict,
+                                                               tmp_path: Path) -> None:
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name], latency={"median_s": 0.15})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "collect", str(env["set"]), "--backends",
+                             str(env["config"]), "--out", str(run), "--concurrency", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = run / "journal.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if journal.is_file() and journal.read_text().count('"event": "done"') >= 16:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    done_before = {e["key"] for e in lines if e["event"] == "done"}
+    in_flight = {e["key"] for e in lines if e["event"] == "start"} - done_before
+    assert 16 <= len(done_before) < 48 and in_flight
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run)
+    assert f"{len(in_flight)} in flight when the last run stopped" in out
+    assert f"{len(done_before)} already recorded" in out
+    rows = outcomes(run)
+    assert len(rows) == 48 and all(r["response"] for r in rows)
+    ids = keys(env["set"])
+    for name, model in (("edge", "edge-2b"), ("cloud", "cloud-72b")):
+        counts = answered(ports[name])
+        assert set(counts) == set(ids.values())            # nothing lost
+        for sid, key in ids.items():
+            if f"{name}\t{sid}" in done_before:
+                assert counts[key] == 1, (name, sid)       # recorded: never called again
+            else:
+                assert counts[key] <= 1 + (f"{name}\t{sid}" in in_flight)
+        assert {r["sample_id"] for r in rows if r["model"] == model} == set(ids)
+
+
+def test_a_spend_cap_stops_cleanly_and_a_higher_one_goes_on(env: dict, tmp_path: Path) -> None:
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    run = tmp_path / "run"
+    # a cloud call is held at (~40 + 765 image tokens) x $1 + 16 x $4 per 1M, ~$0.00087,
+    # and costs (10 x $1 + ~10 x $4) per 1M: the cap lets a few calls through
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+                  "--only", "cloud", "--max-tokens", "16", "--spend-cap", "0.0012",
+                  "--concurrency", "1")
+    assert "Stopped early: spend cap $0.0012 reached" in out
+    first = outcomes(run)
+    assert 1 <= len(first) < 24
+    assert sum(r["cost_usd"] for r in first) <= 0.0012
+    run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--only",
+            "cloud", "--max-tokens", "16")
+    assert len(outcomes(run)) == 24
+    assert sorted(answered(ports["cloud"]).values()) == [1] * 24
+
+
+def test_failed_calls_are_recorded_and_retried_only_when_asked(env: dict,
+                                                               tmp_path: Path) -> None:
+    ports = env["ports"]
+    set_fault(ports["edge"], status=500)
+    set_fault(ports["cloud"], mode="slow", delay_s=5)     # past the config's 2 s timeout
+    run = tmp_path / "run"
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+                  "--limit", "2", "--retries", "1")
+    assert "4 call(s) made, 4 failed" in out
+    rows = outcomes(run)
+    assert {(r["status"], r["attempts"]) for r in rows if r["model"] == "edge-2b"} == {(500, 2)}
+    assert all(r["error"].startswith("HTTP 500") for r in rows if r["model"] == "edge-2b")
+    assert all(r["status"] is None and "no answer" in r["error"]
+               for r in rows if r["model"] == "cloud-72b")
+    assert all(r["response"] is None and r["score"] is None for r in rows)
+    set_fault(ports["edge"])
+    again = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+                    "--limit", "2", "--only", "edge")
+    assert "0 call(s) made" in again
+    run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--limit", "2",
+            "--only", "edge", "--retry-errors")
+    assert all(r["response"] for r in outcomes(run) if r["model"] == "edge-2b")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["collect", "{tmp}", "--backends", "{config}", "--out", "{tmp}/run"],
+     "expected a set folder holding samples.jsonl"),
+    (["collect", "{set}", "--backends", "{tmp}/bad.yaml", "--out", "{tmp}/run"],
+     "backends.0.base_url"),
+    (["collect", "{set}", "--backends", "{config}", "--out", "{tmp}/run", "--only", "gpu"],
+     "unknown backend 'gpu'; the config has edge, cloud"),
+])
+def test_bad_input_is_one_line_naming_it(env: dict, tmp_path: Path, args: list[str],
+                                         message: str) -> None:
+    (tmp_path / "bad.yaml").write_text("backends: [{name: x, base_url: ftp://h, model: m}]\n")
+    filled = [a.format(tmp=tmp_path, set=env["set"], config=env["config"]) for a in args]
+    result = CliRunner().invoke(cli, filled)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code != 0 and len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output
