@@ -98,10 +98,10 @@ backends:
     return path
 
 
-def judge_yaml(path: Path, ports: dict[str, int], **extra: Any) -> Path:
+def judge_yaml(path: Path, ports: dict[str, int], concurrency: int = 4, **extra: Any) -> Path:
     """A judge config for the stub judge stand-in."""
     doc = {"judge": {"name": "judge", "base_url": f"http://127.0.0.1:{ports['judge']}/v1",
-                     "model": "stub-judge", "vision": False, "max_concurrency": 4,
+                     "model": "stub-judge", "vision": False, "max_concurrency": concurrency,
                      "timeout_s": 5}, **extra}
     path.write_text(json.dumps(doc))
     return path

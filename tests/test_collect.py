@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli
+from conftest import run_cli as _run_cli
 
 from tests._collect_env import (
     answered,
@@ -26,6 +26,11 @@ from tests._collect_env import (
 from tests._process import CLI
 from vlroute.cli import cli
 from vlroute.serve.dev_answers import WRONG, request_key
+
+
+def run_cli(*args: object) -> str:
+    """The CLI's output with its lines joined (the console wraps long lines)."""
+    return " ".join(_run_cli(*args).split())
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,137 @@
+"""Judge-human agreement: the statistics on hand-checkable fixtures and against scipy /
+scikit-learn, ``vlroute judge agree`` on a labelled fixture, and on Vibe-Eval's graded
+scores (the reference labels) against the stub judge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import run_cli as _run_cli
+from conftest import write_jsonl
+from scipy.stats import spearmanr
+from sklearn.metrics import cohen_kappa_score
+
+from tests._collect_env import judge_yaml, stand_ins, vibe_subset
+from vlroute.cli import cli
+from vlroute.metrics.agreement import (
+    agreement,
+    bootstrap_interval,
+    confusion_at_mes,
+    mae,
+    quadratic_kappa,
+    spearman,
+)
+
+
+def run_cli(*args: object) -> str:
+    """The CLI's output with its lines joined (the console wraps long lines)."""
+    return " ".join(_run_cli(*args).split())
+
+
+JUDGE = np.array([0, 5, 10, 10.0])
+HUMAN = np.array([0, 5, 5, 10.0])
+
+
+def test_the_statistics_by_hand() -> None:
+    assert mae(JUDGE, HUMAN) == 1.25
+    # observed mean squared difference 25/4; expected over independent pairs 31.25
+    assert quadratic_kappa(JUDGE, HUMAN) == pytest.approx(1 - 6.25 / 31.25)
+    assert confusion_at_mes(JUDGE, HUMAN, 6) == {"both": 1, "judge_only": 1, "human_only": 0,
+                                                 "neither": 2}
+    assert spearman(JUDGE, HUMAN) == pytest.approx(spearmanr(JUDGE, HUMAN).statistic)
+    assert np.isnan(spearman(JUDGE, np.full(4, 3.0)))
+    assert np.isnan(quadratic_kappa(np.full(4, 3.0), np.full(4, 3.0)))
+
+
+def test_the_statistics_match_scipy_and_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    human = rng.integers(0, 11, 300)
+    judge = np.clip(human + rng.integers(-3, 4, 300), 0, 10)
+    assert spearman(judge, human) == pytest.approx(spearmanr(judge, human).statistic)
+    assert quadratic_kappa(judge, human) == pytest.approx(cohen_kappa_score(
+        judge, human, weights="quadratic", labels=list(range(11))))
+
+
+def test_bootstrap_intervals_are_seeded_and_hold_the_value() -> None:
+    rng = np.random.default_rng(2)
+    human = rng.integers(0, 11, 80).astype(float)
+    judge = np.clip(human + rng.normal(0, 2, 80), 0, 10)
+    first = bootstrap_interval(spearman, judge, human, n_boot=200, seed=3)
+    assert first == bootstrap_interval(spearman, judge, human, n_boot=200, seed=3)
+    assert first[0] is not None and first[1] is not None
+    assert first[0] < spearman(judge, human) < first[1]
+    doc = agreement(judge, human, mes=6, n_boot=200)
+    assert set(doc["metrics"]) == {"spearman", "quadratic_kappa", "mae", "solved_agreement"}
+    assert sum(doc["confusion"].values()) == doc["n"] == 80
+    with pytest.raises(ValueError, match="at least 2 scored pairs"):
+        agreement(judge[:1], human[:1])
+
+
+def judged_run(root: Path, scores: list[int]) -> Path:
+    root.mkdir()
+    write_jsonl(root / "outcomes.jsonl", [
+        {"sample_id": f"s{i}", "model": "m", "score": s / 10, "raw_score": s,
+         "response": "r", "judge": {"model": "j", "rubric": "vlroute-rubric/1"}}
+        for i, s in enumerate(scores)])
+    return root
+
+
+def test_agree_maps_the_human_scale_explicitly_and_stores_it(tmp_path: Path) -> None:
+    run = judged_run(tmp_path / "run", [0, 5, 10, 10, 2])
+    human = tmp_path / "human.jsonl"
+    write_jsonl(human, [{"sample_id": f"s{i}", "model": "m", "rating": r}
+                        for i, r in enumerate([1, 3, 3, 5, None])])
+    out = run_cli("judge", "agree", run, "--human", human, "--field", "rating", "--scale",
+                  "1,5", "--mes", "6", "--bootstrap", "50")
+    assert "(s - 1) * 2.5" in out
+    doc = json.loads((run / "agreement.json").read_text())
+    assert doc["mapping"] == {"from": [1.0, 5.0], "to": [0, 10], "formula": "(s - 1) * 2.5"}
+    assert doc["n"] == 4 and doc["unmatched"] == {"judged": 1, "human": 0}
+    assert doc["metrics"]["mae"]["value"] == 1.25            # the fixture above, mapped
+    assert doc["judge"] == {"models": ["j"], "rubrics": ["vlroute-rubric/1"]}
+    assert doc["confusion"] == {"both": 1, "judge_only": 1, "human_only": 0, "neither": 2}
+
+
+@pytest.mark.parametrize(("rows", "args", "message"), [
+    ([{"sample_id": "s0", "model": "m", "score": 7}], ["--scale", "1,5"],
+     "'score' is 7, 15 on 0-10 after the mapping; check --scale"),
+    ([{"sample_id": "s0", "model": "m", "score": "high"}], [],
+     "'score' is 'high'; expected a number or null"),
+    ([{"sample_id": "x", "model": "m", "score": 3}], [],
+     "only 0 (sample_id, model) pair(s) in common"),
+    ([], ["--scale", "5,1"], "HI must be greater than LO"),
+])
+def test_bad_human_labels_are_one_line(tmp_path: Path, rows: list[dict[str, object]],
+                                       args: list[str], message: str) -> None:
+    run = judged_run(tmp_path / "run", [0, 5])
+    human = tmp_path / "human.jsonl"
+    write_jsonl(human, rows)
+    result = CliRunner().invoke(cli, ["judge", "agree", str(run), "--human", str(human),
+                                      *args])
+    assert result.exit_code != 0 and message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_the_stub_judge_against_vibe_eval_graded_scores(tmp_path: Path) -> None:
+    run = vibe_subset(tmp_path / "vibe", n=30)
+    human = tmp_path / "human.jsonl"
+    human.write_bytes((run / "outcomes.jsonl").read_bytes())     # the original 1-5 scores
+    with stand_ins(run, tmp_path / "stand-ins.log") as ports:
+        run_cli("judge", "run", run, "--judge", judge_yaml(tmp_path / "j.json", ports,
+                                                           concurrency=8))
+    out = run_cli("judge", "agree", run, "--human", human, "--field", "raw_score",
+                  "--scale", "1,5", "--bootstrap", "200", "--out", tmp_path / "agree.json")
+    assert "spearman" in out
+    doc = json.loads((tmp_path / "agree.json").read_text())
+    n_outcomes = len((run / "outcomes.jsonl").read_text().splitlines())
+    assert doc["n"] == n_outcomes > 300 and doc["mapping"]["formula"] == "(s - 1) * 2.5"
+    for stat in doc["metrics"].values():
+        low, high = stat["ci"]
+        assert low <= stat["value"] <= high
+    # word overlap with one reference answer is a weak judge of free-form answers: it ranks
+    # the responses in the humans' order a little better than chance, and no more
+    assert 0 < doc["metrics"]["spearman"]["value"] < 0.6
