@@ -60,6 +60,7 @@ def _register() -> None:
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
     from vlroute.cli.judge import judge
+    from vlroute.cli.loop import loop
     from vlroute.cli.models import models
     from vlroute.cli.report import report
     from vlroute.cli.serve import dev_backends, logs, serve
@@ -78,6 +79,7 @@ def _register() -> None:
     cli.add_command(models)
     cli.add_command(collect_command)
     cli.add_command(judge)
+    cli.add_command(loop)
 
 
 _register()
