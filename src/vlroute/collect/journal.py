@@ -79,11 +79,16 @@ class Journal:
         """Note that the call ``key`` is being sent."""
         self.write({"event": "start", "key": key})
 
-    async def finish(self, key: str, result: dict[str, Any]) -> None:
-        """Record the result of ``key`` and wait until it is on disk."""
+    def record(self, key: str, result: dict[str, Any]) -> None:
+        """Write the result of ``key`` (a killed process keeps it; durable once
+        :meth:`commit` returns)."""
         entry = {"event": "done", "key": key, **result}
         self.write(entry)
         self.done[key] = entry
+
+    async def finish(self, key: str, result: dict[str, Any]) -> None:
+        """Record the result of ``key`` and wait until it is on disk."""
+        self.record(key, result)
         await self.commit()
 
     async def commit(self) -> None:

@@ -95,14 +95,15 @@ def _sample_row(sample: Sample) -> dict[str, Any]:
 
 
 def _copy_images(samples: Sequence[Sample], out: Path) -> None:
+    done: set[str] = set()
     for sample in samples:
+        if sample.root.resolve() == out.resolve():
+            continue                                 # collecting a run folder again
         for rel in sample.images:
-            dst = out / rel
-            src = sample.root / rel
-            if dst.resolve() == src.resolve():
+            dst, src = out / rel, sample.root / rel
+            if rel in done or (dst.is_file() and dst.stat().st_size == src.stat().st_size):
                 continue
-            if dst.is_file() and dst.stat().st_size == src.stat().st_size:
-                continue
+            done.add(rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
 

@@ -123,6 +123,7 @@ class _Run:
     total: int
     progress: Progress
     done: int = 0
+    syncing: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def collect(samples: SampleSet, backends: Sequence[Backend], out: Path, *,
@@ -164,6 +165,7 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     run.progress(run.done, run.total)
     try:
         await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in backends))
+        await asyncio.gather(*run.syncing)
     finally:
         if own:
             await run.transport.close()
@@ -210,11 +212,20 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
                             policy=options.retry, headers=headers)
         entry = outcome_entry(sample, backend, result, held)
         run.budget.settle(held, entry["spend_usd"])
-        await run.journal.finish(key, entry)
-        run.report.made += 1
-        run.report.failed += not result.ok
-        run.done += 1
-        run.progress(run.done, run.total)
+        run.journal.record(key, entry)
+        # the next call goes out while this result's fsync (shared with others) runs; it
+        # is counted once it is on disk
+        task = asyncio.ensure_future(_counted(run, result.ok))
+        run.syncing.add(task)
+        task.add_done_callback(run.syncing.discard)
+
+
+async def _counted(run: _Run, ok: bool) -> None:
+    await run.journal.commit()
+    run.report.made += 1
+    run.report.failed += not ok
+    run.done += 1
+    run.progress(run.done, run.total)
 
 
 def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate: float
