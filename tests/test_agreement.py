@@ -135,3 +135,31 @@ def test_the_stub_judge_against_vibe_eval_graded_scores(tmp_path: Path) -> None:
     # word overlap with one reference answer is a weak judge of free-form answers: it ranks
     # the responses in the humans' order a little better than chance, and no more
     assert 0 < doc["metrics"]["spearman"]["value"] < 0.6
+
+
+def test_the_report_shows_an_agreement_attached_to_a_results_document(tmp_path: Path) -> None:
+    from conftest import make_set
+
+    from vlroute.data import READERS, build_bench
+    from vlroute.evaluation.results import save_results
+    from vlroute.evaluation.runner import EvalSpec, evaluate_bench
+    from vlroute.scenarios import PRESETS
+
+    root = make_set(tmp_path / "set", n_groups=8)
+    bench = build_bench(READERS.get("jsonl")(root, tmp_path / ".w"), tmp_path / "bench")
+    doc = evaluate_bench(bench, EvalSpec(routers=("oracle", "best_single_by_rank"),
+                                         scenarios=(PRESETS["quality"],), seeds=1))
+    results = tmp_path / "results.json"
+    save_results(doc, results)
+    run = judged_run(tmp_path / "run", [0, 5, 10, 10])
+    human = tmp_path / "human.jsonl"
+    write_jsonl(human, [{"sample_id": f"s{i}", "model": "m", "score": r}
+                        for i, r in enumerate([1, 3, 3, 5])])
+    for _ in range(2):                       # attached again: replaced, not repeated
+        run_cli("judge", "agree", run, "--human", human, "--scale", "1,5", "--bootstrap",
+                "50", "--results", results)
+    assert len(json.loads(results.read_text())["agreement"]) == 1
+    run_cli("report", results, "--out", tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "Judge agreement with human labels" in html and "(s - 1) * 2.5" in html
+    assert "data-statistic='mae'" in html and "data-value='1.25'" in html

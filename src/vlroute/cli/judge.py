@@ -54,12 +54,16 @@ def run_command(run: Path, config_path: Path, cache: Path | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Results JSON (default RUN/agreement.json).")
-def agree_command(run: Path, human: Path, field: str, scale: str, mes: float, n_boot: int,
-                  seed: int, out: Path | None) -> None:
+@click.option("--results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Also add it to this results document (`vlroute eval "
+              "--results`), so that `vlroute report` shows it.")
+def agree_command(  # noqa: PLR0913 - one parameter per CLI option
+        run: Path, human: Path, field: str, scale: str, mes: float, n_boot: int, seed: int,
+        out: Path | None, results: Path | None) -> None:
     """Agreement of RUN's judge scores with human labels: Spearman, quadratic weighted kappa,
     MAE and solved at MES, with bootstrap intervals."""
     from vlroute._io import write_json_atomic
-    from vlroute.collect.agree import ScaleMapping, agree
+    from vlroute.collect.agree import ScaleMapping, agree, attach_to_results
 
     try:
         mapping = ScaleMapping.parse(scale)
@@ -68,11 +72,13 @@ def agree_command(run: Path, human: Path, field: str, scale: str, mes: float, n_
     doc = agree(run, human, field=field, scale=mapping, mes=mes, n_boot=n_boot, seed=seed)
     target = out or run / "agreement.json"
     write_json_atomic(target, doc)
+    if results is not None:
+        attach_to_results(results, doc)
     rows = [[name, fmt(m["value"]), f"[{fmt(m['ci'][0])}, {fmt(m['ci'][1])}]"]
             for name, m in doc["metrics"].items()]
-    console.print(table(f"judge {', '.join(doc['judge']['models'])} vs {human.name} "
-                        f"(n={doc['n']}, human {doc['mapping']['formula']})",
-                        ["statistic", "value", f"{int(100 * 0.95)}% bootstrap"], rows))
+    console.print(f"judge {', '.join(doc['judge']['models'])} vs {human} (n={doc['n']} "
+                  f"pairs; human scale mapped to 0-10 as {doc['mapping']['formula']})")
+    console.print(table("", ["statistic", "value", "95% bootstrap"], rows))
     c = doc["confusion"]
     console.print(f"Solved at MES {mes:g}: both {c['both']}, judge only {c['judge_only']}, "
                   f"human only {c['human_only']}, neither {c['neither']}. Written to "

@@ -10,6 +10,7 @@ the bootstrap settings.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,4 +107,19 @@ def agree(run: Path, human: Path, *, field: str = "score", scale: ScaleMapping |
                                           "human": len(labels) - len(pairs)}, **stats}
 
 
-__all__ = ["SCHEMA", "ScaleMapping", "agree", "judge_scores", "read_scores"]
+def attach_to_results(results: Path, doc: dict[str, Any]) -> None:
+    """Add ``doc`` to the ``agreement`` list of the results document ``results`` (replacing
+    an entry for the same run and human file), rewritten atomically; the report shows it."""
+    from vlroute._io import write_json_atomic
+    from vlroute.evaluation.results import load_results
+
+    load_results(results)                    # one readable results document, or an error
+    raw = json.loads(Path(results).read_text("utf-8"))
+    kept = [e for e in raw.get("agreement") or []
+            if (e.get("run"), e.get("human")) != (doc["run"], doc["human"])]
+    raw["agreement"] = [*kept, doc]
+    write_json_atomic(Path(results), raw)
+
+
+__all__ = ["SCHEMA", "ScaleMapping", "agree", "attach_to_results", "judge_scores",
+           "read_scores"]

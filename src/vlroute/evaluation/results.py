@@ -16,7 +16,9 @@ Top-level keys:
 - ``breakdown``: router, scenario, by (dataset | task), key, n, avg_acc, avg_cost_per_10k;
 - ``timings``: router, with_encoders, batch, ms per request p50 / p99, requests per second;
 - ``tau_curves``: per edge/cloud pair, the threshold curve (:mod:`vlroute.evaluation.tau`);
-- ``skipped``: policy routers that sat out a scenario, and why.
+- ``skipped``: policy routers that sat out a scenario, and why;
+- ``agreement`` (optional): judge-human agreement documents (``vlroute-agreement/1``) that
+  ``vlroute judge agree --results`` attached; the report shows them.
 
 A file may also hold several documents keyed by set name (``bench/results/routers.json``).
 """

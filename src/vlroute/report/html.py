@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from vlroute import __version__
+from vlroute.report.agreement import agreement_section
 from vlroute.report.displays import CostAccuracyDisplay, TauCurveDisplay, to_svg
 from vlroute.report.headline import Headline, headline
 from vlroute.report.tables import (
@@ -85,7 +86,7 @@ def _section(name: str, doc: dict[str, Any]) -> str:
         out.append(_figure(f"tau-{name}-{i}", to_svg(TauCurveDisplay.from_curve(curve).plot()),
                            _tau_caption(curve)))
     out += [_singles(doc), _breakdowns(doc), _timings(doc), _skipped(doc),
-            _provenance(doc), "</section>"]
+            agreement_section(doc), _provenance(doc), "</section>"]
     return "\n".join(out)
 
 
