@@ -86,15 +86,16 @@ def answered(port: int) -> dict[str, int]:
         "answered"])
 
 
-def backends_yaml(path: Path, ports: dict[str, int], **extra: str) -> Path:
+def backends_yaml(path: Path, ports: dict[str, int], timeout_s: float = 2.0) -> Path:
     """A gateway-style config with the edge (free, 20 W) and cloud (priced) stand-ins."""
     path.write_text(f"""
 backends:
   - {{name: edge, base_url: "http://127.0.0.1:{ports['edge']}/v1", model: small, tier: edge,
-     router_model: edge-2b, power_w: 20, max_concurrency: 4, timeout_s: 2}}
+     router_model: edge-2b, power_w: 20, max_concurrency: 4, timeout_s: {timeout_s}}}
   - {{name: cloud, base_url: "http://127.0.0.1:{ports['cloud']}/v1", model: big, tier: cloud,
-     router_model: cloud-72b, price_in_per_1m: 1.0, price_out_per_1m: 4.0, timeout_s: 2}}
-""" + "".join(f"{k}: {v}\n" for k, v in extra.items()))
+     router_model: cloud-72b, price_in_per_1m: 1.0, price_out_per_1m: 4.0,
+     timeout_s: {timeout_s}}}
+""")
     return path
 
 

@@ -151,9 +151,10 @@ def test_failed_calls_are_recorded_and_retried_only_when_asked(env: dict,
                                                                tmp_path: Path) -> None:
     ports = env["ports"]
     set_fault(ports["edge"], status=500)
-    set_fault(ports["cloud"], mode="slow", delay_s=5)     # past the config's 2 s timeout
+    set_fault(ports["cloud"], mode="slow", delay_s=3)     # past the config's 0.4 s timeout
     run = tmp_path / "run"
-    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+    config = backends_yaml(tmp_path / "b.yaml", ports, timeout_s=0.4)
+    out = run_cli("collect", env["set"], "--backends", config, "--out", run,
                   "--limit", "2", "--retries", "1")
     assert "4 call(s) made, 4 failed" in out
     rows = outcomes(run)
@@ -163,10 +164,10 @@ def test_failed_calls_are_recorded_and_retried_only_when_asked(env: dict,
                for r in rows if r["model"] == "cloud-72b")
     assert all(r["response"] is None and r["score"] is None for r in rows)
     set_fault(ports["edge"])
-    again = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+    again = run_cli("collect", env["set"], "--backends", config, "--out", run,
                     "--limit", "2", "--only", "edge")
     assert "0 call(s) made" in again
-    run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--limit", "2",
+    run_cli("collect", env["set"], "--backends", config, "--out", run, "--limit", "2",
             "--only", "edge", "--retry-errors")
     assert all(r["response"] for r in outcomes(run) if r["model"] == "edge-2b")
 
@@ -187,3 +188,19 @@ def test_bad_input_is_one_line_naming_it(env: dict, tmp_path: Path, args: list[s
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert result.exit_code != 0 and len(errors) == 1 and message in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_a_bench_is_a_source_too(env: dict, tmp_path: Path) -> None:
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    from conftest import make_set
+
+    run_cli("bench", "build", make_set(tmp_path / "toy"), "--out", tmp_path / "bench")
+    run = tmp_path / "run"
+    run_cli("collect", tmp_path / "bench", "--backends", env["config"], "--out", run,
+            "--limit", "3")
+    rows = outcomes(run)
+    assert len(rows) == 6 and all(r["response"] for r in rows)
+    samples = (run / "samples.jsonl").read_text().splitlines()
+    assert all((run / json.loads(s)["images"][0]).is_file() for s in samples)

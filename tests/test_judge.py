@@ -137,3 +137,22 @@ def test_a_bad_judge_config_is_one_line(collected: dict, tmp_path: Path, config:
                                       str(path)])
     assert result.exit_code == 1 and message in result.output
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+
+
+def test_a_judge_that_takes_images_is_shown_them(tmp_path: Path) -> None:
+    from vlroute.collect.judge import JudgeConfig, cache_key, judge_body
+    from vlroute.collect.samples import read_samples
+
+    subset = dynamath_subset(tmp_path / "set", n=2)
+    sample = read_samples(subset).samples[0]
+    seeing = JudgeConfig.model_validate({"judge": {
+        "name": "j", "base_url": "http://127.0.0.1:1/v1", "model": "vl", "vision": True}})
+    blind = seeing.model_copy(update={"judge": seeing.judge.model_copy(
+        update={"vision": False})})
+    parts = judge_body(seeing, sample, "It is 3.")["messages"][1]["content"]
+    assert parts[0]["type"] == "text" and "[Reference answer]" in parts[0]["text"]
+    assert parts[1]["image_url"]["url"].startswith("data:image/webp;base64,")
+    text = judge_body(blind, sample, "It is 3.")["messages"][1]["content"]
+    assert isinstance(text, str) and "image that is not shown to you" in text
+    assert cache_key(seeing, sample, "It is 3.") != cache_key(blind, sample, "It is 3.")
+    assert cache_key(seeing, sample, "It is 3.") != cache_key(seeing, sample, "It is 4.")

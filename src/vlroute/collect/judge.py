@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlroute._io import write_json_atomic
+from vlroute._optional import require
 from vlroute.collect.calls import RetryPolicy, chat, headers_for
 from vlroute.collect.journal import Journal
 from vlroute.collect.outputs import write_jsonl
@@ -131,6 +132,8 @@ def judge_run(run: Path, config: JudgeConfig, *, progress: Callable[[int, int], 
 
 async def _judge(run: Path, config: JudgeConfig, progress: Callable[[int, int], None],
                  transport: Transport | None, cache: Path | None) -> JudgeReport:
+    require("aiohttp", extra="serve")
+    require("orjson", extra="serve")
     samples = {s.sample_id: s for s in read_samples(run).samples}
     path = run / "outcomes.jsonl"
     rows = [row for _, row in iter_jsonl(path)]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlroute._optional import require
 from vlroute.collect.calls import CallResult, RetryPolicy, chat, headers_for
 from vlroute.collect.journal import Journal
 from vlroute.collect.outputs import write_run
@@ -139,6 +140,8 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
                         progress: Progress | None = None,
                         transport: Transport | None = None) -> CollectReport:
     """:func:`collect` inside a running event loop."""
+    require("aiohttp", extra="serve")
+    require("orjson", extra="serve")
     options = options or CollectOptions()
     if not backends:
         raise CollectError("no backends to collect from; the config needs at least one.")

@@ -64,15 +64,13 @@ import collections
 import json
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlroute.errors import VlrouteError
@@ -83,16 +81,13 @@ from vlroute.serve.dev_answers import (
     prompt_of,
     request_key,
 )
+from vlroute.serve.dev_replies import Reply, answer, error_reply
 
 #: the stand-ins ``vlroute dev-backends`` starts, in the order of ``--ports EDGE,CLOUD``
 NAMES = ("edge", "cloud", "judge")
-#: prompt tokens every answer reports (the gateway's estimate for a 40-character prompt)
-PROMPT_TOKENS = 10
 #: the keys only one mode uses
 _MODE_KEYS = {"status": "status", "message": "status", "delay_s": "slow",
               "chunk_delay_s": "slow", "after_chunks": "cut_stream"}
-_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          429: "rate_limit_error"}
 
 
 class FaultConfigError(VlrouteError):
@@ -175,115 +170,8 @@ def load_faults(handle: IO[str], source: str) -> dict[str, Fault]:
     return parse_faults(raw, source)
 
 
-def _images(body: dict[str, Any]) -> int:
-    count = 0
-    for message in body.get("messages") or []:
-        parts = message.get("content") if isinstance(message, dict) else None
-        if isinstance(parts, list):
-            count += sum(isinstance(p, dict) and p.get("type") == "image_url" for p in parts)
-    return count
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    kind = _KINDS.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                   "code": None}}, status)
-
-
-class CutResponse(Response):
-    """Status, headers and ``parts``, then the connection drops (the body never completes:
-    the server closes the connection, which the client sees as a broken transfer)."""
-
-    def __init__(self, parts: list[bytes], media_type: str, length: int | None) -> None:
-        super().__init__(media_type=media_type)
-        self.parts = parts
-        self.raw_headers = [(b"content-type", media_type.encode())]
-        if length is not None:
-            self.raw_headers.append((b"content-length", str(length).encode()))
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self.raw_headers})
-        for part in self.parts:
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-
-
-class _Reply:
-    """The answer of stand-in ``name`` to one request body."""
-
-    def __init__(self, name: str, body: dict[str, Any], text: str | None = None,
-                 bad_usage: bool = False) -> None:
-        self.name, self.body, self.bad_usage = name, body, bad_usage
-        self.model = body.get("model") if isinstance(body.get("model"), str) else name
-        messages = body.get("messages")
-        self.text = text or (f"[{name}] got {len(messages) if isinstance(messages, list) else 0}"
-                             f" message(s), {_images(body)} image(s).")
-        self.rid, self.created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
-
-    def usage(self) -> dict[str, Any]:
-        words = len(self.text.split())
-        if self.bad_usage:
-            return {"prompt_tokens": "ten", "completion_tokens": -words}
-        return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
-                "total_tokens": PROMPT_TOKENS + words}
-
-    def json(self, usage: bool) -> bytes:
-        doc: dict[str, Any] = {
-            "id": self.rid, "object": "chat.completion", "created": self.created,
-            "model": self.model, "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": self.text}}]}
-        if usage:
-            doc["usage"] = self.usage()
-        return json.dumps(doc).encode()
-
-    def events(self, usage: bool) -> list[bytes]:
-        """The SSE events of the streamed answer, [DONE] included."""
-        def event(doc: dict[str, Any]) -> bytes:
-            return f"data: {json.dumps(doc)}\n\n".encode()
-
-        head = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model}
-        pieces = self.text.split(" ")
-        out = [event({**head, "choices": [{"index": 0, "delta": {
-            "content": piece + (" " if n < len(pieces) - 1 else "")}, "finish_reason": None}]})
-            for n, piece in enumerate(pieces)]
-        options = self.body.get("stream_options")
-        if usage and isinstance(options, dict) and options.get("include_usage"):
-            out.append(event({**head, "choices": [], "usage": self.usage()}))
-        return [*out, b"data: [DONE]\n\n"]
-
-
-async def _answer(reply: _Reply, fault: Fault, hit: bool) -> Response:
-    """The reply as ``fault`` (when it ``hit`` this request) makes it."""
-    mode = fault.mode if hit else "ok"
-    stream = bool(reply.body.get("stream"))
-    if mode == "status":
-        assert fault.status is not None
-        return _error(fault.status, fault.message or f"injected fault: HTTP {fault.status}")
-    if mode == "slow":
-        await asyncio.sleep(fault.delay_s)
-    if mode == "malformed" and reply.name != "judge":
-        return Response(b"<html>upstream hiccup</html>", media_type="application/json")
-    if mode == "cut_stream":
-        if stream:
-            return CutResponse(reply.events(True)[:fault.after_chunks], "text/event-stream",
-                               None)
-        content = reply.json(True)
-        return CutResponse([content[:len(content) // 2]], "application/json", len(content))
-    if not stream:
-        return Response(reply.json(mode != "no_usage"), media_type="application/json")
-    events, pause = reply.events(mode != "no_usage"), fault.chunk_delay_s if hit else 0.0
-
-    async def relay() -> AsyncIterator[bytes]:
-        for n, chunk in enumerate(events):
-            if pause and n:
-                await asyncio.sleep(pause)
-            yield chunk
-    return StreamingResponse(relay(), media_type="text/event-stream")
-
-
 def _reply(name: str, body: dict[str, Any], fault: Fault, hit: bool,
-           answers: Mapping[str, str]) -> tuple[_Reply, str]:
+           answers: Mapping[str, str]) -> tuple[Reply, str]:
     """The reply to ``body`` (a model's answer from the set, or the stub judge's) and the
     request's key."""
     text, images = prompt_of(body)
@@ -295,7 +183,7 @@ def _reply(name: str, body: dict[str, Any], fault: Fault, hit: bool,
             said = said.rpartition("SCORE:")[0].strip() + " I would call it good overall."
     elif answers:
         said = model_answer(name, key, dict(answers), fault.accuracy)
-    return _Reply(name, body, said, bad_usage=hit and fault.mode == "bad_usage"), key
+    return Reply(name, body, said, bad_usage=hit and fault.mode == "bad_usage"), key
 
 
 def stub_app(name: str, fault: Fault | None = None,
@@ -331,9 +219,9 @@ def stub_app(name: str, fault: Fault | None = None,
         try:
             new = parse_fault(json.loads(await request.body() or b"{}"), name)
         except ValueError:
-            return _error(400, "the body must be one fault as JSON, e.g. {\"status\": 401}.")
+            return error_reply(400, "the body must be one fault as JSON, e.g. {\"status\": 401}.")
         except FaultConfigError as exc:
-            return _error(400, str(exc))
+            return error_reply(400, str(exc))
         app.state.fault, app.state.requests = new, 0
         app.state.answered.clear()
         return faults()
@@ -345,14 +233,14 @@ def stub_app(name: str, fault: Fault | None = None,
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object.")
+            return error_reply(400, "the body must be a JSON object.")
         app.state.requests += 1
         fault: Fault = app.state.fault
         hit = fault.hits(app.state.requests)
         reply, key = _reply(name, body, fault, hit, known)
         if fault.latency is not None:
             await asyncio.sleep(fault.latency.draw(name, key))
-        response = await _answer(reply, fault, hit)
+        response = await answer(reply, fault, hit)
         if response.status_code == 200:
             app.state.answered[key] += 1
         return response
