@@ -204,3 +204,20 @@ def test_a_bench_is_a_source_too(env: dict, tmp_path: Path) -> None:
     assert len(rows) == 6 and all(r["response"] for r in rows)
     samples = (run / "samples.jsonl").read_text().splitlines()
     assert all((run / json.loads(s)["images"][0]).is_file() for s in samples)
+
+
+def test_the_journal_cuts_a_torn_line_and_has_one_writer(tmp_path: Path) -> None:
+    from vlroute.collect.journal import Journal, JournalError
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"event": "start", "key": "a"}\n{"event": "done", "key": "a", "x": 1}\n'
+                    '{"event": "start", "key": "b"}\n{"event": "done", "ke')
+    journal = Journal(path)
+    assert set(journal.done) == {"a"} and journal.in_flight == {"b"}
+    assert path.read_text().endswith('"key": "b"}\n')                # the torn line is gone
+    with pytest.raises(JournalError, match="another process is writing this journal"):
+        Journal(path)
+    journal.close()
+    path.write_text("[1]\n")
+    with pytest.raises(JournalError, match="line 1: not a journal entry"):
+        Journal(path)

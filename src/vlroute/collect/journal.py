@@ -13,6 +13,7 @@ run stopped: it is made again, and counted.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,8 @@ from vlroute.errors import DataError
 
 
 class JournalError(DataError):
-    """A journal line that is not a JSON object (other than a torn last line)."""
+    """A journal line that is not a JSON object (other than a torn last line), or a journal
+    another process is writing."""
 
 
 class Journal:
@@ -40,9 +42,16 @@ class Journal:
         self.path = Path(path)
         self.done: dict[str, dict[str, Any]] = {}
         self.in_flight: set[str] = set()
-        self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:                     # one writer at a time: a second run would repeat calls
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise JournalError(f"{self.path}: another process is writing this journal (a "
+                               "run of the same folder still going); wait for it or stop "
+                               "it.") from None
+        self._read()
         self._written = self._synced = 0
         self._syncing: asyncio.Future[None] | None = None
 
