@@ -18,7 +18,13 @@ from vlroute.evaluation.auto import AutoChoice, labelled, select_auto
 from vlroute.evaluation.calibrate import Target, calibrate
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
-from vlroute.metrics import cost_bounds, gap_closed, pareto_area, pareto_frontier
+from vlroute.metrics import (
+    cost_bounds,
+    expected_calibration_error,
+    gap_closed,
+    pareto_area,
+    pareto_frontier,
+)
 from vlroute.routers import BASELINES, BaseRouter, make_router
 from vlroute.routers.labels import LABEL_LAMBDAS
 from vlroute.routers.policy import PolicyRouter
@@ -313,6 +319,9 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
         elif scenario.cost_weight is not None and scenario.name == TUNED:
             scored[name]["cost_weight"] = scenario.cost_weight
             scored[name]["cost_axis"] = scenario.cost_axis
+        if isinstance(router, QualityRouter) and part.X is not None:
+            scored[name]["ece"] = expected_calibration_error(router.predict_quality(part.X),
+                                                             part.data.quality)
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
         if "task" in spec.hints and isinstance(router, QualityRouter) \

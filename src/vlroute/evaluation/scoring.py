@@ -23,7 +23,7 @@ from vlroute.metrics import (
 from vlroute.scenarios import Scenario
 
 METRICS = ("avg_acc", "avg_cost_per_10k", "rank_score", "gap_closed", "apsp", "ca", "ail",
-           "edge_share", "rcs", "apsp_drop")
+           "edge_share", "rcs", "apsp_drop", "ece")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ def score(decisions: IntArray, data: RoutingMatrices, scenario: Scenario,
                    ail_ref=ail(ref, data.latency), weights=scenario.rcs_weights),
         # relative APSP drop against the reference model (always-cloud for an edge/cloud pair)
         "apsp_drop": 1.0 - apsp_v / apsp_ref if apsp_ref else None,
+        # calibration of a quality router's predictions (filled in by the caller)
+        "ece": None,
     }
 
 

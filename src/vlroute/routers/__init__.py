@@ -5,7 +5,9 @@ Names: the training-free baselines ``oracle``, ``strongest_global``, ``cheapest_
 fixed single-model router. Quality routers (estimate each model's quality, so every scenario
 applies): ``knn``, ``linear``, ``gbdt``, ``ovr``, ``mlp``, ``mf``, ``prior`` (the task predicted
 from the request, times each task's prior), ``blend`` (kNN and prior), ``constant`` (one
-model). Policy routers (trained for
+model), ``irt`` (item response theory: models share the requests' difficulty), ``stack``
+(a logistic combiner over members' out-of-fold predictions), ``calibrated`` (a router's
+predictions mapped by isotonic or Platt calibration fitted out of fold). Policy routers (trained for
 one trade-off, utility family only): ``prknn``, ``prototype``, ``linear_soft``, ``mlp_soft``.
 """
 
@@ -26,7 +28,8 @@ for _name, _cls in zip(BASELINES, ("OracleRouter", "StrongestGlobalRouter",
                                    "CheapestGlobalRouter", "StrongestPerDatasetRouter",
                                    "RandomRouter", "BestSingleByRankRouter"), strict=True):
     ROUTERS.register(_name, f"{_MODULE}:{_cls}")
-QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf", "prior", "blend")
+QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf", "prior", "blend", "irt", "stack",
+           "calibrated")
 POLICY = ("prknn", "prototype", "linear_soft", "mlp_soft")
 LEARNED = QUALITY + POLICY
 #: the router `vlroute demo` trains and the gateway will serve: kNN supports both scenario
@@ -41,6 +44,9 @@ ROUTERS.register("mlp", "vlroute.routers.mlp:MLPRouter")
 ROUTERS.register("mf", "vlroute.routers.mf:MFRouter")
 ROUTERS.register("prior", "vlroute.routers.priors:TaskPriorRouter")
 ROUTERS.register("blend", "vlroute.routers.priors:BlendRouter")
+ROUTERS.register("irt", "vlroute.routers.irt:IRTRouter")
+ROUTERS.register("stack", "vlroute.routers.stacking:StackRouter")
+ROUTERS.register("calibrated", "vlroute.routers.stacking:CalibratedRouter")
 #: one model always (a dev-selected single model, served as a bundle)
 ROUTERS.register("constant", "vlroute.routers.priors:ConstantRouter")
 ROUTERS.register("prknn", "vlroute.routers.neighbours:PRkNNRouter")

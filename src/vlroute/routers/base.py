@@ -103,14 +103,7 @@ class LearnedRouter(BaseRouter):
     def _holdout(self, train: RoutingMatrices) -> np.ndarray:
         """A seeded, grouped hold-out of the train split: variants of one question stay on
         one side, so early stopping sees unseen questions."""
-        codes = np.unique(train.groups.astype(str), return_inverse=True)[1]
-        n_groups = int(codes.max()) + 1 if len(codes) else 0
-        if n_groups < 10:
-            return np.zeros(len(codes), dtype=bool)
-        held = np.random.default_rng(0).permutation(n_groups)[
-            :max(1, round(n_groups * self.holdout_fraction))]
-        out: np.ndarray = np.isin(codes, held)
-        return out
+        return grouped_holdout(train.groups, self.holdout_fraction)
 
     def export_state(self, state: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """A fitted state as JSON-able metadata and named arrays (default: a dict of arrays)."""
@@ -119,6 +112,18 @@ class LearnedRouter(BaseRouter):
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         """Inverse of :meth:`export_state`."""
         return dict(arrays)
+
+
+def grouped_holdout(groups: np.ndarray, fraction: float) -> np.ndarray:
+    """A seeded hold-out of about ``fraction`` of the groups (row labels or codes): rows of one
+    group stay on one side; none with fewer than 10 groups."""
+    codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    if n_groups < 10:
+        return np.zeros(len(codes), dtype=bool)
+    held = np.random.default_rng(0).permutation(n_groups)[:max(1, round(n_groups * fraction))]
+    out: np.ndarray = np.isin(codes, held)
+    return out
 
 
 def argbest(values: FloatArray, tie_cost: FloatArray) -> int:
