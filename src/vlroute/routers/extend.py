@@ -56,6 +56,8 @@ def add_model(router: QualityRouter, model: str, X: FloatArray, quality: FloatAr
     """A copy of ``router`` that also routes to ``model``, fitted from its outcomes
     ``quality`` (n,) in [0, 1] on requests with features ``X`` (n, n_features); ``tier``
     and ``mean_cost`` (usd, latency, energy per request) are the new model's."""
+    if not isinstance(router, EXTENSIBLE):
+        _request_side(router, X[:0])                          # raises NotExtensibleError
     if model in router.models_:
         raise ValueError(f"model {model!r} is already one of the router's models.")
     quality = np.asarray(quality, dtype=float)
