@@ -80,8 +80,7 @@ class Journal:
 
     def write(self, entry: dict[str, Any]) -> None:
         """Append one entry (one ``write``; durable once :meth:`commit` returns)."""
-        line = json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
+        os.write(self._fd, _dumps(entry) + b"\n")
         self._written += 1
 
     def start(self, key: str) -> None:
@@ -136,6 +135,14 @@ class Journal:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+def _dumps(entry: dict[str, Any]) -> bytes:
+    try:
+        import orjson  # several times faster, and on the hot path
+    except ImportError:                       # pragma: no cover - orjson ships with [serve]
+        return json.dumps(entry, ensure_ascii=False).encode("utf-8")
+    return orjson.dumps(entry)
 
 
 __all__ = ["Journal", "JournalError"]

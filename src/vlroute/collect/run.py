@@ -70,6 +70,7 @@ class CollectReport:
     failed: int = 0
     in_flight_repeated: int = 0
     spent_usd: float = 0.0
+    calls_s: float = 0.0
     stopped: str | None = None
     out: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -166,10 +167,12 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
         options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
         done=report.recorded_before)
     run.progress(run.done, run.total)
+    start = time.perf_counter()
     try:
         await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in backends))
         await asyncio.gather(*run.syncing)
     finally:
+        report.calls_s = time.perf_counter() - start
         if own:
             await run.transport.close()
         journal.close()
@@ -184,7 +187,8 @@ def report_fields(report: CollectReport) -> dict[str, Any]:
     return {"planned": report.planned, "recorded_before": report.recorded_before,
             "made": report.made, "failed": report.failed,
             "in_flight_repeated": report.in_flight_repeated,
-            "spent_usd": round(report.spent_usd, 9), "stopped": report.stopped}
+            "spent_usd": round(report.spent_usd, 9), "calls_s": round(report.calls_s, 6),
+            "stopped": report.stopped}
 
 
 async def _backend_workers(run: _Run, backend: Backend, samples: list[Sample]) -> None:
