@@ -2,8 +2,8 @@
 tau curve. Run by hand:
 
     python bench/routers.py [--shared ../shared/data] [--work /tmp/vlroute-benches] \
-        [--seeds 5] [--routers auto,knn,prior,blend,mf] [--protocols grouped,random] \
-        [--out bench/results]
+        [--seeds 5] [--routers auto,knn,prior,blend,mf,irt,stack,calibrated] \
+        [--protocols grouped,random] [--out bench/results] [--keep]
 
 For each set: build the bench, compute features (MiniLM text; EfficientNet-Lite0 image where the
 set has images), evaluate the baselines and the routers with cost_weight chosen on dev
@@ -12,7 +12,9 @@ each protocol (``grouped``: a question's variants stay on one side; ``random``:
 VL-RouterBench's per-sample splits, leakage included), and, for one edge/cloud pair per image
 set, sweep tau of the threshold rule (kNN P(solved), edge model first: ECVL's rule) on dev and
 test.
-``--tau-only`` recomputes just the tau curves of an existing ``routers.json``. Writes
+``--tau-only`` recomputes just the tau curves of an existing ``routers.json``; ``--keep`` keeps
+the documents of an existing ``routers.json`` that this run does not recompute (e.g. the
+random protocol's, when only ``--protocols grouped`` runs). Writes
 ``routers.json`` (a vlroute-results/2 document per set) and ``routers.md``.
 """
 
@@ -61,8 +63,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--routers", default="auto,knn,prior,blend,mf")
+    parser.add_argument("--routers", default="auto,knn,prior,blend,mf,irt,stack,calibrated")
     parser.add_argument("--protocols", default="grouped,random")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep the sets and protocols of routers.json not run now.")
     parser.add_argument("--tau-only", action="store_true",
                         help="Recompute only the tau curves of an existing routers.json.")
     args = parser.parse_args()
@@ -85,6 +89,12 @@ def main() -> None:
             docs[key] = doc
             lines += table(key, doc)
             print("\n".join(lines[-(len(flat_rows(doc)) + 12):]), flush=True)
+    if args.keep and (args.out / "routers.json").is_file():
+        kept = load_result_set(args.out / "routers.json")
+        docs = {k: docs.get(k, kept.get(k)) for k in [*kept, *docs] if k in docs or k in kept}
+        lines = ["# Routers on the shared sets", ""]
+        for key, doc in docs.items():
+            lines += table(key, doc)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routers.json").write_text(json.dumps(json_safe(docs), indent=1) + "\n")
     (args.out / "routers.md").write_text("\n".join(lines) + "\n")
@@ -94,13 +104,14 @@ def main() -> None:
 def table(name: str, doc: dict[str, Any]) -> list[str]:
     out = [f"## {name} (test split, mean ± std over {len(doc['seeds'])} seeds; "
            f"cost estimated; {doc.get('seconds', '?')} s)", "",
-           "| router | Avg Acc | Avg Cost ($/10K) | Rank Score | gap closed |",
-           "|---|---|---|---|---|"]
+           "| router | Avg Acc | Avg Cost ($/10K) | Rank Score | gap closed | ECE |",
+           "|---|---|---|---|---|---|"]
     for r in flat_rows(doc):
         gap = "-" if r["gap_closed"] is None else f"{r['gap_closed']:.3f}"
+        ece = "-" if r.get("ece") is None else f"{r['ece']:.3f}"
         out.append(f"| {r['router']} | {r['avg_acc']:.3f} ± {r['avg_acc_std']:.3f} | "
                    f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
-                   f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} |")
+                   f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} | {ece} |")
     for seed in doc.get("auto", []):
         out.append(f"\nauto, seed {seed['seed']}: {seed['router']} ({seed['labels']} labels, "
                    f"{seed['scenario']}), dev Rank Score {seed['dev']['rank_score']:.2f}")

@@ -185,12 +185,13 @@ def _rank_table(doc: dict[str, Any]) -> str:
             "and the Oracle closed; dev choice: what each seed's dev split chose (hover for "
             "every digit).</p><div class='scroll'><table data-table='rank'><tr>"
             "<th>router</th><th>acc</th><th>$/10K</th><th>Rank Score</th><th>gap</th>"
-            "<th>APSP</th><th>edge share</th><th>RCS</th><th class='text'>dev choice</th></tr>")
+            "<th>APSP</th><th>edge share</th><th>RCS</th><th title='expected calibration error of "
+            "the predicted quality (10 bins)'>ECE</th><th class='text'>dev choice</th></tr>")
     body, group = [], None
     for row in rank_rows(doc):
         if (row.scenario, row.split) != group:
             group = (row.scenario, row.split)
-            body.append(f"<tr class='group'><th colspan='9'>{escape(row.scenario)} · "
+            body.append(f"<tr class='group'><th colspan='10'>{escape(row.scenario)} · "
                         f"{escape(row.split)}</th></tr>")
         v = row.values
         body.append(
@@ -200,7 +201,7 @@ def _rank_table(doc: dict[str, Any]) -> str:
             + f"><td>{escape(row.router)}</td>" + _num(v, "avg_acc")
             + _num(v, "avg_cost_per_10k") + _num(v, "rank_score", 2)
             + _num(v, "gap_closed", percent=True) + _num(v, "apsp") + _num(v, "edge_share")
-            + _num(v, "rcs") + f"<td class='setting' title='{escape(row.setting_full)}'>"
+            + _num(v, "rcs") + _num(v, "ece") + f"<td class='setting' title='{escape(row.setting_full)}'>"
             f"{escape(row.setting)}</td></tr>")
     return head + "".join(body) + "</table></div>"
 
