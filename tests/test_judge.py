@@ -22,7 +22,8 @@ from tests._collect_env import (
 from vlroute.cli import cli
 from vlroute.collect.rubric import RUBRIC_VERSION, judge_prompt, parse_score
 from vlroute.data import load_bench
-from vlroute.serve.dev_answers import compare, sections
+from vlroute.data.answers import match_score
+from vlroute.serve.dev_answers import sections
 
 
 def run_cli(*args: object) -> str:
@@ -54,9 +55,37 @@ def test_the_prompt_carries_the_sections_the_stub_judge_reads() -> None:
                                 "[Response]": "It is 4."}
     assert "not shown to you" in prompt and prompt.endswith("SCORE: <integer from 0 to 10>.")
     assert "[Reference answer]" not in judge_prompt("Q?", "A", None, image_hidden=False)
-    assert compare("2.0944", "The answer is 2.0944") == 10
-    assert compare("Sep", "It is September") == 0 and compare("Sep", "in Sep.") == 10
-    assert compare("a cat on a mat", "a cat on a mat") == 10
+
+
+
+@pytest.mark.parametrize(("reference", "response", "score"), [
+    ("2.0944", "The answer is 2.0944", 10),
+    ("2.0944", "2.0944 is wrong; it is 6.2832", 0),        # the last number counts
+    ("1,000", "About 1000.", 10),
+    ("5.0", "5", 10),
+    ("B", "A is a trap, so (B)", 10),
+    ("B", "B? No: a bigger one, D.", 0),
+    ("A", "This is a triangle.", 0),                        # not the article
+    ("Sep", "It is September", 0),
+    ("Sep", "in Sep.", 10),
+    ("right angle", "It is a right angle.", 10),
+    ("a cat sits on a mat", "a cat sits on a mat", 10),
+    ("a cat sits on a mat", "the dog runs", 0),
+    ("a cat sits on a mat", "a dog runs", 2),               # F1 of one shared word
+    ("4", "", 0),
+])
+def test_matching_the_reference_answer(reference: str, response: str, score: int) -> None:
+    assert match_score(reference, response) == score
+
+
+def test_the_doctests_hold() -> None:
+    import doctest
+
+    import vlroute.data.answers
+    import vlroute.metrics.agreement
+
+    for module in (vlroute.data.answers, vlroute.metrics.agreement):
+        assert doctest.testmod(module).failed == 0
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +150,17 @@ def test_a_judge_that_never_gives_a_score_leaves_responses_unscored(collected: d
                for r in rows)
     set_fault(ports["judge"])                          # unscored is not cached: asked again
     assert "32 of 32 outcome(s) scored" in run_cli("judge", "run", run, "--judge", config)
+
+
+def test_scoring_against_the_reference_needs_no_judge(collected: dict, tmp_path: Path) -> None:
+    run = copy_run(collected["run"], tmp_path / "run")
+    out = run_cli("judge", "reference", run)
+    assert "32 of 32 outcome(s) scored against the reference answer" in out
+    rows = outcomes(run)
+    assert all(r["judge"] == {"model": "reference-match", "rubric": "vlroute-reference/1"}
+               for r in rows)
+    for r in rows:
+        assert (r["raw_score"] == 10) == r["response"].startswith("The answer is")
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -38,6 +38,20 @@ def run_command(run: Path, config_path: Path, cache: Path | None) -> None:
                   f"{report.no_response} without a response.")
 
 
+@judge.command("reference")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def reference_command(run: Path) -> None:
+    """Score every response of RUN against its sample's reference answer by rule, no judge
+    model: a number must be the response's last one (within 0.1%), a choice letter its last
+    capital A-H, a short answer must appear in it; a long one scores by word overlap."""
+    from vlroute.collect.judge import REFERENCE_VERSION, reference_run
+
+    report = reference_run(run)
+    console.print(f"{run}: {report.scored} of {report.outcomes} outcome(s) scored against "
+                  f"the reference answer ({REFERENCE_VERSION}); {report.unscored} without a "
+                  f"reference left unscored, {report.no_response} without a response.")
+
+
 @judge.command("agree")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--human", required=True, type=click.Path(exists=True, dir_okay=False,

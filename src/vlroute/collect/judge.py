@@ -42,12 +42,15 @@ from vlroute.collect.journal import Journal
 from vlroute.collect.outputs import write_jsonl
 from vlroute.collect.rubric import RUBRIC_VERSION, SYSTEM, judge_prompt, parse_score
 from vlroute.collect.samples import Sample, data_url, read_samples
+from vlroute.data.answers import match_score
 from vlroute.data.readers._checks import iter_jsonl, read_json_object
 from vlroute.errors import VlrouteError
 from vlroute.serve.config import Backend
 from vlroute.serve.upstream import AiohttpTransport, Transport
 
 CACHE = "judge.jsonl"
+#: the "judge" of rule-based scoring against the reference answer, and its version
+REFERENCE, REFERENCE_VERSION = "reference-match", "vlroute-reference/1"
 
 
 class JudgeConfigError(VlrouteError):
@@ -176,7 +179,8 @@ async def _judge(run: Path, config: JudgeConfig, progress: Callable[[int, int], 
         if own:
             await wire.close()
         journal.close()
-    _write(run, config, keyed, journal.done, report)
+    _write(run, {"model": config.judge.model, "rubric": RUBRIC_VERSION,
+                 "endpoint": config.judge.base_url}, keyed, journal.done, report)
     return report
 
 
@@ -204,7 +208,31 @@ async def _ask(wire: Transport, config: JudgeConfig, sample: Sample, response: s
             "rubric": RUBRIC_VERSION}
 
 
-def _write(run: Path, config: JudgeConfig, keyed: list[tuple[dict[str, Any], str | None]],
+def reference_run(run: Path) -> JudgeReport:
+    """Score every response of ``run`` against its sample's reference answer by rule
+    (:func:`vlroute.data.answers.match_score`), no judge model; a sample without a reference
+    leaves its responses unscored."""
+    samples = {s.sample_id: s for s in read_samples(run).samples}
+    rows = [row for _, row in iter_jsonl(Path(run) / "outcomes.jsonl")]
+    report = JudgeReport(outcomes=len(rows))
+    keyed: list[tuple[dict[str, Any], str | None]] = []
+    scores: dict[str, dict[str, Any]] = {}
+    for n, row in enumerate(rows):
+        sample, response = samples.get(str(row.get("sample_id"))), row.get("response")
+        if sample is None or not isinstance(response, str):
+            report.no_response += 1
+            keyed.append((row, None))
+            continue
+        key = str(n)
+        keyed.append((row, key))
+        scores[key] = ({"score": match_score(sample.answer, response), "model": REFERENCE,
+                        "rubric": REFERENCE_VERSION} if sample.answer is not None else
+                       {"score": None, "error": "the sample has no reference answer"})
+    _write(Path(run), {"model": REFERENCE, "rubric": REFERENCE_VERSION}, keyed, scores, report)
+    return report
+
+
+def _write(run: Path, judge: dict[str, Any], keyed: list[tuple[dict[str, Any], str | None]],
            cache: dict[str, dict[str, Any]], report: JudgeReport) -> None:
     out = []
     for row, key in keyed:
@@ -212,7 +240,8 @@ def _write(run: Path, config: JudgeConfig, keyed: list[tuple[dict[str, Any], str
         entry = cache.get(key) if key is not None else None
         if entry is not None and entry.get("score") is not None:
             row.update(score=entry["score"] / 10, raw_score=entry["score"],
-                       judge={"model": entry["model"], "rubric": entry["rubric"], "key": key})
+                       judge={"model": entry["model"], "rubric": entry["rubric"],
+                              **({"key": key} if judge["model"] != REFERENCE else {})})
             report.scored += 1
         elif key is not None:
             row.update(score=None, raw_score=None,
@@ -221,11 +250,10 @@ def _write(run: Path, config: JudgeConfig, keyed: list[tuple[dict[str, Any], str
         out.append(row)
     write_jsonl(run / "outcomes.jsonl", out)
     info = read_json_object(run / "set.json", missing_ok=True)
-    info.update(label="graded", raw_scale=[0, 10],
-                judge={"model": config.judge.model, "rubric": RUBRIC_VERSION,
-                       "endpoint": config.judge.base_url})
+    info.update(label="graded", raw_scale=[0, 10], judge=judge)
     write_json_atomic(run / "set.json", info)
 
 
-__all__ = ["CACHE", "JudgeConfig", "JudgeConfigError", "JudgeReport", "cache_key",
-           "judge_body", "judge_run", "load_judge_config"]
+__all__ = ["CACHE", "REFERENCE", "REFERENCE_VERSION", "JudgeConfig", "JudgeConfigError",
+           "JudgeReport", "cache_key", "judge_body", "judge_run", "load_judge_config",
+           "reference_run"]

@@ -1,6 +1,7 @@
 """What the dev stand-ins answer when they are given a set with known answers: a model that
 is right with a set probability, deterministically per sample, and a stub judge that scores a
-response by comparing it with the reference answer.
+response by comparing it with the reference answer
+(:func:`vlroute.data.answers.match_score`).
 
 A request is known by its **key**: the SHA-256 of its last user turn's text and of the bytes
 of each of its images (decoded from their data URLs), so the same sample gets the same draw
@@ -15,7 +16,6 @@ import base64
 import hashlib
 import json
 import math
-import re
 from collections import Counter
 from pathlib import Path
 from statistics import NormalDist
@@ -23,13 +23,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vlroute.data.answers import match_score
+
 #: the section headers of a judge prompt that the stub judge reads (vlroute's rubric writes
 #: them; a real judge reads them as plain text)
 JUDGE_SECTIONS = ("[Question]", "[Reference answer]", "[Response]")
 #: what a stand-in says when its draw makes it wrong
 WRONG = "I am not sure; I cannot tell from what I see."
-_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class Latency(BaseModel):
@@ -144,30 +144,6 @@ def sections(prompt: str) -> dict[str, str]:
     return found
 
 
-def _numbers(text: str) -> list[float]:
-    return [float(n) for n in _NUMBER.findall(text)]
-
-
-def compare(reference: str, response: str) -> int:
-    """0-10: a short reference (up to 4 words) must appear in the response (numbers within
-    0.1% count), else 0; a long one scores by word overlap (F1 x 10, rounded)."""
-    ref, got = _TOKEN.findall(reference.lower()), _TOKEN.findall(response.lower())
-    if not ref or not got:
-        return 0
-    if len(ref) <= 4:
-        numbers = _numbers(reference)
-        if len(numbers) == 1 and len(ref) == 1:
-            return 10 if any(math.isclose(numbers[0], n, rel_tol=1e-3, abs_tol=1e-6)
-                             for n in _numbers(response)) else 0
-        n = len(ref)
-        return 10 if any(got[i:i + n] == ref for i in range(len(got) - n + 1)) else 0
-    common = sum((Counter(ref) & Counter(got)).values())
-    if not common:
-        return 0
-    precision, recall = common / len(got), common / len(ref)
-    return round(10 * 2 * precision * recall / (precision + recall))
-
-
 def judge_reply(prompt: str, answers: dict[str, str]) -> str:
     """The stub judge's answer to a judge prompt: a comparison with the reference (from the
     prompt, else from the set by the question's key), ending with ``SCORE: n``."""
@@ -177,9 +153,9 @@ def judge_reply(prompt: str, answers: dict[str, str]) -> str:
     response = parts.get("[Response]", "")
     if reference is None:
         return "There is no reference answer to compare with.\nSCORE: 5"
-    score = compare(reference, response)
+    score = match_score(reference, response)
     return f"Compared with the reference answer, word by word.\nSCORE: {score}"
 
 
-__all__ = ["JUDGE_SECTIONS", "WRONG", "Latency", "compare", "judge_reply", "load_answers",
+__all__ = ["JUDGE_SECTIONS", "WRONG", "Latency", "judge_reply", "load_answers",
            "model_answer", "prompt_of", "request_key", "sections", "uniform"]
