@@ -171,7 +171,26 @@ def test_failed_calls_are_recorded_and_retried_only_when_asked(env: dict,
     assert "0 call(s) made" in again
     run_cli("collect", env["set"], "--backends", config, "--out", run, "--limit", "2",
             "--only", "edge", "--retry-errors")
-    assert all(r["response"] for r in outcomes(run) if r["model"] == "edge-2b")
+    rows = outcomes(run)
+    assert all(r["response"] for r in rows if r["model"] == "edge-2b")
+    assert sum(r["model"] == "cloud-72b" for r in rows) == 2     # --only keeps the others'
+    one = run_cli("collect", env["set"], "--backends", config, "--out", run, "--limit", "1",
+                  "--only", "edge")
+    assert "0 call(s) made" in one and len(outcomes(run)) == 4    # and --limit the rest
+
+
+def test_a_backend_without_vision_is_never_sent_images(env: dict, tmp_path: Path) -> None:
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    config = tmp_path / "b.yaml"
+    head, _, tail = env["config"].read_text().rpartition("timeout_s: 2.0}")
+    config.write_text(head + "timeout_s: 2.0, vision: false}" + tail)     # the cloud only
+    out = run_cli("collect", env["set"], "--backends", config, "--out", tmp_path / "run",
+                  "--limit", "3")
+    assert "3 sample(s) with images not sent to a backend with vision: false" in out
+    assert {r["model"] for r in outcomes(tmp_path / "run")} == {"edge-2b"}
+    assert answered(ports["cloud"]) == {}
 
 
 @pytest.mark.parametrize(("args", "message"), [

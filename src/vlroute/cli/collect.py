@@ -35,20 +35,20 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def backends_of(config: Path, only: str | None) -> list[Any]:
-    """The backends of a gateway config, or the ``only`` ones named (comma-separated)."""
+def backends_of(config: Path, only: str | None) -> tuple[list[Any], tuple[str, ...] | None]:
+    """The backends of a gateway config, and the ``only`` ones named (comma-separated)."""
     from vlroute.serve.config import load_config
 
     backends = list(load_config(config).backends)
-    if only:
-        names = [n.strip() for n in only.split(",") if n.strip()]
-        known = [b.name for b in backends]
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise click.BadParameter(f"unknown backend {unknown[0]!r}; the config has "
-                                     f"{', '.join(known)}.", param_hint="--only")
-        backends = [b for b in backends if b.name in names]
-    return backends
+    if not only:
+        return backends, None
+    names = tuple(n.strip() for n in only.split(",") if n.strip())
+    known = [b.name for b in backends]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown backend {unknown[0]!r}; the config has "
+                                 f"{', '.join(known)}.", param_hint="--only")
+    return backends, names
 
 
 @click.command("collect")
@@ -80,16 +80,18 @@ def collect_command(  # noqa: PLR0913 - one parameter per CLI option
         stream: bool, spend_cap: float | None, concurrency: int | None, retries: int,
         retry_errors: bool, limit: int | None, share: float | None, seed: int) -> None:
     """Send every sample of SET (a set folder or a bench) to each backend and write the
-    measured answers to --out (a set folder: outcomes.jsonl with score null until judged)."""
+    measured answers to --out (a set folder: outcomes.jsonl with score null until judged).
+    Run it again to go on: recorded calls are never made twice."""
     from vlroute.collect.calls import RetryPolicy
     from vlroute.collect.run import CollectOptions, collect
     from vlroute.collect.samples import read_samples
 
     samples = read_samples(source)
-    backends = backends_of(config, only)
+    backends, names = backends_of(config, only)
     options = CollectOptions(max_tokens=max_tokens, stream=stream, spend_cap_usd=spend_cap,
                              concurrency=concurrency, retry=RetryPolicy(retries=retries),
-                             retry_errors=retry_errors, limit=limit, share=share, seed=seed)
+                             retry_errors=retry_errors, limit=limit, share=share, seed=seed,
+                             only=names)
     with progress_bar("collect") as update:
         report = collect(samples, backends, out, options=options, progress=update)
     rows = [[name, s["model"], s["answered"], s["failed"], fmt(s["latency_s"]["p50"]),
@@ -102,7 +104,9 @@ def collect_command(  # noqa: PLR0913 - one parameter per CLI option
     console.print(f"{report.made} call(s) made, {report.failed} failed, "
                   f"{report.recorded_before} already recorded (not repeated), "
                   f"{report.in_flight_repeated} in flight when the last run stopped (made "
-                  f"again); spent ${report.spent_usd:.6f}.")
+                  f"again); spent ${report.spent_usd:.6f}."
+                  + (f" {report.no_vision} sample(s) with images not sent to a backend "
+                     "with vision: false." if report.no_vision else ""))
     if report.stopped:
         console.print(f"[yellow]Stopped early: {report.stopped}. Run again with a higher "
                       "--spend-cap to go on.[/yellow]")

@@ -58,6 +58,7 @@ class CollectOptions:
     limit: int | None = None
     share: float | None = None
     seed: int = 0
+    only: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -68,6 +69,7 @@ class CollectReport:
     recorded_before: int = 0
     made: int = 0
     failed: int = 0
+    no_vision: int = 0
     in_flight_repeated: int = 0
     spent_usd: float = 0.0
     calls_s: float = 0.0
@@ -147,13 +149,17 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     if not backends:
         raise CollectError("no backends to collect from; the config needs at least one.")
     chosen = plan(samples, options)
+    calling = [b for b in backends if options.only is None or b.name in options.only]
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
     spent = sum(float(e.get("spend_usd") or 0.0) for e in journal.done.values())
     todo: dict[str, list[Sample]] = {}
-    for backend in backends:
+    for backend in calling:
         todo[backend.name] = []
         for sample in chosen:
+            if sample.images and not backend.vision:
+                report.no_vision += 1            # as the gateway: never sent images
+                continue
             key = key_of(backend.name, sample.sample_id)
             entry = journal.done.get(key)
             if entry is not None and not (options.retry_errors and entry.get("error")):
@@ -161,7 +167,7 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
             else:
                 todo[backend.name].append(sample)
                 report.in_flight_repeated += key in journal.in_flight
-    report.planned = len(chosen) * len(backends)
+    report.planned = sum(len(v) for v in todo.values()) + report.recorded_before
     own = transport is None
     run = _Run(journal, transport or AiohttpTransport(), options, _Budget(
         options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
@@ -169,7 +175,7 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     run.progress(run.done, run.total)
     start = time.perf_counter()
     try:
-        await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in backends))
+        await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in calling))
         await asyncio.gather(*run.syncing)
     finally:
         report.calls_s = time.perf_counter() - start
@@ -177,7 +183,11 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
             await run.transport.close()
         journal.close()
         report.spent_usd = run.budget.spent
-        report.summary = write_run(Path(out), samples, chosen, backends, journal.done,
+        # every sample with a result so far stays, whatever this run planned
+        keep = {e.get("sample_id") for e in journal.done.values()} | {
+            c.sample_id for c in chosen}
+        kept = [s for s in samples.samples if s.sample_id in keep]
+        report.summary = write_run(Path(out), samples, kept, backends, journal.done,
                                    report_fields(report))
     return report
 
@@ -187,6 +197,7 @@ def report_fields(report: CollectReport) -> dict[str, Any]:
     return {"planned": report.planned, "recorded_before": report.recorded_before,
             "made": report.made, "failed": report.failed,
             "in_flight_repeated": report.in_flight_repeated,
+            "no_vision_skipped": report.no_vision,
             "spent_usd": round(report.spent_usd, 9), "calls_s": round(report.calls_s, 6),
             "stopped": report.stopped}
 
