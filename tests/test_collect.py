@@ -200,10 +200,17 @@ def test_a_backend_without_vision_is_never_sent_images(env: dict, tmp_path: Path
      "backends.0.base_url"),
     (["collect", "{set}", "--backends", "{config}", "--out", "{tmp}/run", "--only", "gpu"],
      "unknown backend 'gpu'; the config has edge, cloud"),
+    (["collect", "{set}", "--backends", "{tmp}/twice.yaml", "--out", "{tmp}/run"],
+     "backends a, b stand for one model (router_model)"),
+    (["collect", "{set}", "--backends", "{config}", "--out", "{tmp}/run", "--share", "0"],
+     "Invalid value for '--share'"),
 ])
 def test_bad_input_is_one_line_naming_it(env: dict, tmp_path: Path, args: list[str],
                                          message: str) -> None:
     (tmp_path / "bad.yaml").write_text("backends: [{name: x, base_url: ftp://h, model: m}]\n")
+    (tmp_path / "twice.yaml").write_text(
+        "backends: [{name: a, base_url: 'http://h/v1', model: m, router_model: M},\n"
+        "           {name: b, base_url: 'http://h/v1', model: m, router_model: M}]\n")
     filled = [a.format(tmp=tmp_path, set=env["set"], config=env["config"]) for a in args]
     result = CliRunner().invoke(cli, filled)
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]

@@ -42,7 +42,9 @@ def write_run(out: Path, source: SampleSet, samples: Sequence[Sample],
     entries = sorted((e for e in done.values() if e.get("sample_id") in wanted
                       and e.get("backend") in models), key=lambda e: (e["sample_id"],
                                                                       e["backend"]))
-    write_jsonl(out / "outcomes.jsonl", [outcome_row(e) for e in entries])
+    # the bench id a backend has now (a config may have renamed its router_model)
+    write_jsonl(out / "outcomes.jsonl", [outcome_row({**e, "model": models[e["backend"]]})
+                                         for e in entries])
     write_text_atomic(out / "costs.yaml", yaml.safe_dump({"models": {
         models[b.name]: {"price": [b.price_in_per_1m, b.price_out_per_1m], "tier": b.tier,
                          "status": "config"} for b in backends}}, sort_keys=True))

@@ -148,6 +148,12 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     options = options or CollectOptions()
     if not backends:
         raise CollectError("no backends to collect from; the config needs at least one.")
+    ids = [b.router_model or b.name for b in backends]
+    twice = [b.name for b, m in zip(backends, ids, strict=True) if ids.count(m) > 1]
+    if twice:
+        raise CollectError(f"backends {', '.join(twice)} stand for one model (router_model); "
+                           "a run needs one model per backend: give them distinct "
+                           "router_model values.")
     chosen = plan(samples, options)
     calling = [b for b in backends if options.only is None or b.name in options.only]
     journal = Journal(Path(out) / JOURNAL)
