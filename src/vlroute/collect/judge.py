@@ -138,12 +138,42 @@ async def _judge(run: Path, config: JudgeConfig, progress: Callable[[int, int], 
     require("aiohttp", extra="serve")
     require("orjson", extra="serve")
     samples = {s.sample_id: s for s in read_samples(run).samples}
-    path = run / "outcomes.jsonl"
-    rows = [row for _, row in iter_jsonl(path)]
+    rows = [row for _, row in iter_jsonl(run / "outcomes.jsonl")]
     report = JudgeReport(outcomes=len(rows))
+    headers = headers_for(config.judge)          # a missing key fails before any call
     journal = Journal(cache or run / CACHE)
+    keyed, todo = _plan(rows, samples, config, journal, report)
     own = transport is None
     wire = transport or AiohttpTransport()
+    queue, done = list(todo.items()), 0
+    progress(done, len(todo))
+
+    async def worker() -> None:
+        nonlocal done
+        while queue:
+            key, (sample, response) = queue.pop()
+            entry = await _ask(wire, config, sample, response, headers, report)
+            await journal.finish(key, entry)
+            done += 1
+            progress(done, len(todo))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(config.judge.max_concurrency,
+                                                           max(1, len(todo))))))
+    finally:
+        if own:
+            await wire.close()
+        journal.close()
+    _write(run, {"model": config.judge.model, "rubric": RUBRIC_VERSION,
+                 "endpoint": config.judge.base_url}, keyed, journal.done, report)
+    return report
+
+
+def _plan(rows: list[dict[str, Any]], samples: dict[str, Sample], config: JudgeConfig,
+          journal: Journal, report: JudgeReport
+          ) -> tuple[list[tuple[dict[str, Any], str | None]], dict[str, tuple[Sample, str]]]:
+    """Each row with its cache key (None: nothing to judge), and what to ask the judge (one
+    call per distinct key without a cached score)."""
     todo: dict[str, tuple[Sample, str]] = {}
     keyed: list[tuple[dict[str, Any], str | None]] = []
     for row in rows:
@@ -158,30 +188,7 @@ async def _judge(run: Path, config: JudgeConfig, progress: Callable[[int, int], 
             report.cached += 1
         else:
             todo.setdefault(key, (sample, response))
-    total, done = len(todo), 0
-    progress(done, total)
-    queue = list(todo.items())
-
-    async def worker() -> None:
-        nonlocal done
-        headers = headers_for(config.judge)
-        while queue:
-            key, (sample, response) = queue.pop()
-            entry = await _ask(wire, config, sample, response, headers, report)
-            await journal.finish(key, entry)
-            done += 1
-            progress(done, total)
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(min(config.judge.max_concurrency,
-                                                           max(1, total)))))
-    finally:
-        if own:
-            await wire.close()
-        journal.close()
-    _write(run, {"model": config.judge.model, "rubric": RUBRIC_VERSION,
-                 "endpoint": config.judge.base_url}, keyed, journal.done, report)
-    return report
+    return keyed, todo
 
 
 async def _ask(wire: Transport, config: JudgeConfig, sample: Sample, response: str,

@@ -146,34 +146,12 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     require("aiohttp", extra="serve")
     require("orjson", extra="serve")
     options = options or CollectOptions()
-    if not backends:
-        raise CollectError("no backends to collect from; the config needs at least one.")
-    ids = [b.router_model or b.name for b in backends]
-    twice = [b.name for b, m in zip(backends, ids, strict=True) if ids.count(m) > 1]
-    if twice:
-        raise CollectError(f"backends {', '.join(twice)} stand for one model (router_model); "
-                           "a run needs one model per backend: give them distinct "
-                           "router_model values.")
+    calling = _check_backends(backends, options)
     chosen = plan(samples, options)
-    calling = [b for b in backends if options.only is None or b.name in options.only]
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
+    todo = _todo(journal, calling, chosen, options, report)
     spent = sum(float(e.get("spend_usd") or 0.0) for e in journal.done.values())
-    todo: dict[str, list[Sample]] = {}
-    for backend in calling:
-        todo[backend.name] = []
-        for sample in chosen:
-            if sample.images and not backend.vision:
-                report.no_vision += 1            # as the gateway: never sent images
-                continue
-            key = key_of(backend.name, sample.sample_id)
-            entry = journal.done.get(key)
-            if entry is not None and not (options.retry_errors and entry.get("error")):
-                report.recorded_before += 1
-            else:
-                todo[backend.name].append(sample)
-                report.in_flight_repeated += key in journal.in_flight
-    report.planned = sum(len(v) for v in todo.values()) + report.recorded_before
     own = transport is None
     run = _Run(journal, transport or AiohttpTransport(), options, _Budget(
         options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
@@ -196,6 +174,43 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
         report.summary = write_run(Path(out), samples, kept, backends, journal.done,
                                    report_fields(report))
     return report
+
+
+def _check_backends(backends: Sequence[Backend], options: CollectOptions) -> list[Backend]:
+    """The backends to call; one model per backend, and their keys are set."""
+    if not backends:
+        raise CollectError("no backends to collect from; the config needs at least one.")
+    ids = [b.router_model or b.name for b in backends]
+    twice = [b.name for b, m in zip(backends, ids, strict=True) if ids.count(m) > 1]
+    if twice:
+        raise CollectError(f"backends {', '.join(twice)} stand for one model (router_model); "
+                           "a run needs one model per backend: give them distinct "
+                           "router_model values.")
+    calling = [b for b in backends if options.only is None or b.name in options.only]
+    for backend in calling:
+        headers_for(backend)                   # a missing key fails here, before any call
+    return calling
+
+
+def _todo(journal: Journal, calling: Sequence[Backend], chosen: Sequence[Sample],
+          options: CollectOptions, report: CollectReport) -> dict[str, list[Sample]]:
+    """Per backend, the samples still to call (counting what is recorded or skipped)."""
+    todo: dict[str, list[Sample]] = {}
+    for backend in calling:
+        todo[backend.name] = []
+        for sample in chosen:
+            if sample.images and not backend.vision:
+                report.no_vision += 1            # as the gateway: never sent images
+                continue
+            key = key_of(backend.name, sample.sample_id)
+            entry = journal.done.get(key)
+            if entry is not None and not (options.retry_errors and entry.get("error")):
+                report.recorded_before += 1
+            else:
+                todo[backend.name].append(sample)
+                report.in_flight_repeated += key in journal.in_flight
+    report.planned = sum(len(v) for v in todo.values()) + report.recorded_before
+    return todo
 
 
 def report_fields(report: CollectReport) -> dict[str, Any]:
