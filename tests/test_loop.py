@@ -102,3 +102,16 @@ def test_one_turn_retrains_and_reloads_toward_the_better_backend(
                 assert stale.returncode == 3 and "Retrain: edge share" in stale.stdout
             finally:
                 stop([proc])
+
+
+def test_a_turn_without_stored_prompts_says_so(tmp_path: Path) -> None:
+    from vlroute.collect.loop import LoopError, export_traffic
+    from vlroute.serve.config import GatewayConfig
+
+    db = tmp_path / "t.db"
+    open_store(f"sqlite:///{db}").close()                 # a gateway that served nothing
+    config = GatewayConfig.model_validate({
+        "backends": [{"name": "edge", "base_url": "http://127.0.0.1:1/v1", "model": "m"}],
+        "telemetry": {"url": f"sqlite:///{db}"}})
+    with pytest.raises(LoopError, match=r"set telemetry\.store_prompts: true"):
+        export_traffic(config, tmp_path / "export")
