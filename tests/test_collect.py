@@ -57,7 +57,8 @@ def test_collect_records_measured_answers_with_retries(env: dict, tmp_path: Path
     set_fault(ports["cloud"], mode="bad_usage", every=5, accuracy=0.9,
               latency={"median_s": 0.01, "sigma": 0.5})
     run = tmp_path / "run"
-    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run)
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run,
+                  "--backoff", "0.05")
     assert "48 call(s) made, 0 failed" in out
     rows = outcomes(run)
     assert len(rows) == 48 and all(r["score"] is None and r["error"] is None for r in rows)
@@ -157,7 +158,7 @@ def test_failed_calls_are_recorded_and_retried_only_when_asked(env: dict,
     run = tmp_path / "run"
     config = backends_yaml(tmp_path / "b.yaml", ports, timeout_s=0.4)
     out = run_cli("collect", env["set"], "--backends", config, "--out", run,
-                  "--limit", "2", "--retries", "1")
+                  "--limit", "2", "--retries", "1", "--backoff", "0.05")
     assert "4 call(s) made, 4 failed" in out
     rows = outcomes(run)
     assert {(r["status"], r["attempts"]) for r in rows if r["model"] == "edge-2b"} == {(500, 2)}
@@ -249,3 +250,25 @@ def test_the_journal_cuts_a_torn_line_and_has_one_writer(tmp_path: Path) -> None
     path.write_text("[1]\n")
     with pytest.raises(JournalError, match="line 1: not a journal entry"):
         Journal(path)
+
+
+@pytest.mark.parametrize(("fault", "stream"), [
+    ({"mode": "malformed", "every": 2}, True),            # a 200 that is not JSON
+    ({"mode": "cut_stream", "after_chunks": 2, "every": 2}, True),
+    ({"mode": "cut_stream", "every": 2}, False),          # a JSON body cut half-way
+    ({"status": 503, "every": 2}, False),
+])
+def test_broken_answers_are_retried_until_whole(env: dict, tmp_path: Path,
+                                                fault: dict[str, object], stream: bool) -> None:
+    ports = env["ports"]
+    set_fault(ports["edge"], **fault)
+    run = tmp_path / "run"
+    out = run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--only",
+                  "edge", "--limit", "4", "--concurrency", "1", "--backoff", "0.01",
+                  *([] if stream else ["--no-stream"]))
+    assert "4 call(s) made, 0 failed" in out
+    rows = outcomes(run)
+    assert all(r["response"] and r["error"] is None for r in rows)
+    # requests 2, 4, 6 are broken: samples 2-4 take a second attempt
+    assert sorted(r["attempts"] for r in rows) == [1, 2, 2, 2]
+    assert all((r["ttft_s"] is not None) == stream for r in rows)

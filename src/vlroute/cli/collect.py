@@ -69,6 +69,9 @@ def backends_of(config: Path, only: str | None) -> tuple[list[Any], tuple[str, .
               "per backend (default: each backend's max_concurrency).")
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 20),
               help="More attempts after a 429, 5xx, timeout or malformed answer.")
+@click.option("--backoff", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds before the first retry, doubling each time (at most 30 s); a "
+                   "429's Retry-After wins.")
 @click.option("--retry-errors", is_flag=True, help="Call again the pairs whose recorded "
               "call failed.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="The first N samples.")
@@ -78,7 +81,8 @@ def backends_of(config: Path, only: str | None) -> tuple[list[Any], tuple[str, .
 def collect_command(  # noqa: PLR0913 - one parameter per CLI option
         source: Path, config: Path, out: Path, only: str | None, max_tokens: int,
         stream: bool, spend_cap: float | None, concurrency: int | None, retries: int,
-        retry_errors: bool, limit: int | None, share: float | None, seed: int) -> None:
+        backoff: float, retry_errors: bool, limit: int | None, share: float | None,
+        seed: int) -> None:
     """Send every sample of SET (a set folder or a bench) to each backend and write the
     measured answers to --out (a set folder: outcomes.jsonl with score null until judged).
     Run it again to go on: recorded calls are never made twice."""
@@ -89,7 +93,8 @@ def collect_command(  # noqa: PLR0913 - one parameter per CLI option
     samples = read_samples(source)
     backends, names = backends_of(config, only)
     options = CollectOptions(max_tokens=max_tokens, stream=stream, spend_cap_usd=spend_cap,
-                             concurrency=concurrency, retry=RetryPolicy(retries=retries),
+                             concurrency=concurrency,
+                             retry=RetryPolicy(retries=retries, base_s=backoff),
                              retry_errors=retry_errors, limit=limit, share=share, seed=seed,
                              only=names)
     with progress_bar("collect") as update:
