@@ -127,6 +127,7 @@ def test_scores_become_graded_labels_with_their_judge(collected: dict, tmp_path:
     again = run_cli("judge", "run", run, "--judge", config)
     assert "32 from the cache, 0 judge call(s)" in again
     run_cli("bench", "build", run, "--out", tmp_path / "bench")
+    assert "0 error(s)" in run_cli("bench", "validate", tmp_path / "bench", "--decode-images")
     bench = load_bench(tmp_path / "bench")
     m = bench.matrices()
     assert bench.label == "graded" and m.quality.shape == (16, 2)
