@@ -197,3 +197,53 @@ def test_a_judge_that_takes_images_is_shown_them(tmp_path: Path) -> None:
     assert isinstance(text, str) and "image that is not shown to you" in text
     assert cache_key(seeing, sample, "It is 3.") != cache_key(blind, sample, "It is 3.")
     assert cache_key(seeing, sample, "It is 3.") != cache_key(seeing, sample, "It is 4.")
+
+
+class _Scripted:
+    """A transport that answers the judge's calls from a list, and keeps the bodies."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers, self.bodies = answers, []
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str],
+                   timeout_s: float) -> object:
+        self.bodies.append(json.loads(payload))
+        text = self.answers.pop(0)
+
+        class Answer:
+            status, headers = 200, {"content-type": "application/json"}
+
+            async def read(self) -> bytes:
+                return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+
+            def release(self) -> None:
+                pass
+
+        return Answer()
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_malformed_answer_is_asked_again_with_a_reminder(tmp_path: Path) -> None:
+    from conftest import write_jsonl
+
+    from vlroute.collect.judge import JudgeConfig, judge_run
+    from vlroute.collect.rubric import REMINDER
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / "samples.jsonl", [{"sample_id": "s", "question": "2+2?", "answer": "4"}])
+    write_jsonl(run / "outcomes.jsonl", [{"sample_id": "s", "model": "m", "score": None,
+                                          "response": "4"}])
+    config = JudgeConfig.model_validate({"judge": {
+        "name": "j", "base_url": "http://127.0.0.1:1/v1", "model": "jm"}})
+    wire = _Scripted(["Looks right to me.", "SCORE: 9"])
+    report = judge_run(run, config, transport=wire)        # type: ignore[arg-type]
+    assert report.scored == 1 and report.malformed_answers == 1 and report.asked == 2
+    first, second = wire.bodies
+    assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
+    assert second["messages"][:2] == first["messages"]
+    assert second["messages"][2]["content"] == "Looks right to me."
+    assert second["messages"][3]["content"] == REMINDER
+    assert outcomes(run)[0]["raw_score"] == 9

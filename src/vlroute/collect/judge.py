@@ -40,7 +40,13 @@ from vlroute._optional import require
 from vlroute.collect.calls import RetryPolicy, chat, headers_for
 from vlroute.collect.journal import Journal
 from vlroute.collect.outputs import write_jsonl
-from vlroute.collect.rubric import RUBRIC_VERSION, SYSTEM, judge_prompt, parse_score
+from vlroute.collect.rubric import (
+    REMINDER,
+    RUBRIC_VERSION,
+    SYSTEM,
+    judge_prompt,
+    parse_score,
+)
 from vlroute.collect.samples import Sample, data_url, read_samples
 from vlroute.data.answers import match_score
 from vlroute.data.readers._checks import iter_jsonl, read_json_object
@@ -195,10 +201,11 @@ async def _ask(wire: Transport, config: JudgeConfig, sample: Sample, response: s
                headers: dict[str, str], report: JudgeReport) -> dict[str, Any]:
     import orjson
 
-    payload = orjson.dumps(judge_body(config, sample, response))
+    body = judge_body(config, sample, response)
     policy = RetryPolicy(retries=config.http_retries)
     error = "no answer"
     for _ in range(config.malformed_retries + 1):
+        payload = orjson.dumps(body)
         report.asked += 1
         result = await chat(wire, config.judge, payload, stream=False, policy=policy,
                             headers=headers)
@@ -211,6 +218,11 @@ async def _ask(wire: Transport, config: JudgeConfig, sample: Sample, response: s
                     "answer": (result.text or "")[-500:]}
         report.malformed_answers += 1
         error = f"malformed judge answer (no valid SCORE line): {(result.text or '')[-120:]!r}"
+        # asked again with its answer and a reminder: at temperature 0 the same question
+        # would get the same answer
+        body = {**body, "messages": [*body["messages"][:2],
+                                     {"role": "assistant", "content": result.text or ""},
+                                     {"role": "user", "content": REMINDER}]}
     return {"score": None, "error": error, "model": config.judge.model,
             "rubric": RUBRIC_VERSION}
 

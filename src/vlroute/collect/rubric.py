@@ -4,7 +4,8 @@ The prompt puts the question, the reference answer (when the sample has one) and
 response under the headers ``[Question]``, ``[Reference answer]`` and ``[Response]``, and asks
 for a last line ``SCORE: <integer 0-10>``. :func:`parse_score` reads exactly that and nothing
 else: a missing, out-of-range, fractional or contradictory score is malformed (``None``), and
-the caller asks again, then records the response as unscored; a score is never guessed.
+the caller asks again (the judge's answer and :data:`REMINDER` as a follow-up turn), then
+records the response as unscored; a score is never guessed.
 
 Changing the wording or the parsing makes a new :data:`RUBRIC_VERSION`; the version is stored
 with every score and is part of the cache key, so scores of two rubrics never mix.
@@ -35,6 +36,10 @@ _WITHOUT_REFERENCE = ("No reference answer is given: judge correctness, helpfuln
 _NO_IMAGE = ("The question refers to an image that is not shown to you: judge from the "
              "question and the reference answer only, and do not penalise the response for "
              "describing the image.")
+
+#: the follow-up turn after a malformed answer
+REMINDER = ("Your answer did not end with a line of the form SCORE: <integer from 0 to 10>. "
+            "Reply with that line only.")
 
 _SCORE_LINE = re.compile(r"^\W*score\W*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*\.?$",
                          re.IGNORECASE)
@@ -76,4 +81,4 @@ def parse_score(text: str) -> int | None:
     return int(value)
 
 
-__all__ = ["RUBRIC_VERSION", "SCALE", "SYSTEM", "judge_prompt", "parse_score"]
+__all__ = ["REMINDER", "RUBRIC_VERSION", "SCALE", "SYSTEM", "judge_prompt", "parse_score"]

@@ -91,6 +91,17 @@ def prompt_of(body: dict[str, Any]) -> tuple[str, list[bytes]]:
     return "", []
 
 
+def judge_prompt_of(body: dict[str, Any]) -> str | None:
+    """The text of the latest user turn that holds a rubric's ``[Response]`` section (a
+    reminder after a malformed answer comes after it)."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text, _ = prompt_of({"messages": [message]})
+            if "[Response]" in text:
+                return text
+    return None
+
+
 def load_answers(folder: Path) -> dict[str, str]:
     """Key -> reference answer of every sample of a set folder (the shared contract) that
     has one; raises ``ValueError`` naming the file when it cannot be read."""
@@ -157,5 +168,5 @@ def judge_reply(prompt: str, answers: dict[str, str]) -> str:
     return f"Compared with the reference answer, word by word.\nSCORE: {score}"
 
 
-__all__ = ["JUDGE_SECTIONS", "WRONG", "Latency", "judge_reply", "load_answers",
-           "model_answer", "prompt_of", "request_key", "sections", "uniform"]
+__all__ = ["JUDGE_SECTIONS", "WRONG", "Latency", "judge_prompt_of", "judge_reply",
+           "load_answers", "model_answer", "prompt_of", "request_key", "sections", "uniform"]

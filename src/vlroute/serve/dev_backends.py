@@ -76,6 +76,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from vlroute.errors import VlrouteError
 from vlroute.serve.dev_answers import (
     Latency,
+    judge_prompt_of,
     judge_reply,
     model_answer,
     prompt_of,
@@ -177,8 +178,8 @@ def _reply(name: str, body: dict[str, Any], fault: Fault, hit: bool,
     text, images = prompt_of(body)
     key = request_key(text, images)
     said: str | None = None
-    if name == "judge":
-        said = judge_reply(text, dict(answers))
+    if name == "judge":                 # the rubric's prompt, also under a follow-up turn
+        said = judge_reply(judge_prompt_of(body) or text, dict(answers))
         if hit and fault.mode == "malformed":
             said = said.rpartition("SCORE:")[0].strip() + " I would call it good overall."
     elif answers:
