@@ -102,7 +102,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ob
 
 def copy_run(src: Path, dst: Path) -> Path:
     dst.mkdir()
-    for name in ("samples.jsonl", "outcomes.jsonl", "models.jsonl", "set.json", "costs.yaml"):
+    for name in ("samples.jsonl", "outcomes.jsonl", "models.jsonl", "set.json", "costs.yaml",
+                 "journal.jsonl"):
         (dst / name).write_bytes((src / name).read_bytes())
     (dst / "images").symlink_to(src / "images")
     return dst
@@ -162,6 +163,9 @@ def test_scoring_against_the_reference_needs_no_judge(collected: dict, tmp_path:
                for r in rows)
     for r in rows:
         assert (r["raw_score"] == 10) == r["response"].startswith("The answer is")
+    again = run_cli("collect", run, "--backends", backends_yaml(tmp_path / "b.yaml",
+                                                                collected["ports"]), "--out", run)
+    assert "0 call(s) made" in again and outcomes(run) == rows   # the scores stay
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -11,6 +11,7 @@ backend's configured prices and tier, which ``vlroute bench build`` picks up), `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,8 @@ def write_run(out: Path, source: SampleSet, samples: Sequence[Sample],
                       and e.get("backend") in models), key=lambda e: (e["sample_id"],
                                                                       e["backend"]))
     # the bench id a backend has now (a config may have renamed its router_model)
-    write_jsonl(out / "outcomes.jsonl", [outcome_row({**e, "model": models[e["backend"]]})
-                                         for e in entries])
+    rows = [outcome_row({**e, "model": models[e["backend"]]}) for e in entries]
+    write_jsonl(out / "outcomes.jsonl", _keep_scores(out / "outcomes.jsonl", rows))
     write_text_atomic(out / "costs.yaml", yaml.safe_dump({"models": {
         models[b.name]: {"price": [b.price_in_per_1m, b.price_out_per_1m], "tier": b.tier,
                          "status": "config"} for b in backends}}, sort_keys=True))
@@ -86,6 +87,29 @@ def outcome_row(entry: dict[str, Any]) -> dict[str, Any]:
     row.update({"status": entry.get("status"), "error": entry.get("error"),
                 "backend": entry.get("backend"), "attempts": entry.get("attempts")})
     return row
+
+
+#: what judging added to an outcome row
+SCORED = ("score", "raw_score", "judge", "judge_error")
+
+
+def _keep_scores(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the scores the run's outcomes already had for the same response (a
+    collect run after ``judge run`` keeps its scores)."""
+    if not path.is_file():
+        return rows
+    before: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in path.read_text("utf-8").splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            row = json.loads(line)
+            before[(row["sample_id"], row["model"])] = row
+    out = []
+    for row in rows:
+        old = before.get((row["sample_id"], row["model"]))
+        if old is not None and old.get("response") == row["response"]:
+            row = {**row, **{k: old[k] for k in SCORED if k in old}}
+        out.append(row)
+    return out
 
 
 def _sample_row(sample: Sample) -> dict[str, Any]:
