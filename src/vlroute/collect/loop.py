@@ -135,8 +135,10 @@ def reload_gateway(gateway: str, bundle: Path, admin_key: str | None) -> dict[st
 
 def run_turn(config: GatewayConfig, judge: JudgeConfig, work: Path, *,
              options: TurnOptions | None = None, note: Note | None = None) -> dict[str, Any]:
-    """One turn into ``work`` (its folders are replaced); the turn's report, also written to
-    ``work/turn.json``."""
+    """One turn into ``work``; the turn's report, also written to ``work/turn.json``. The
+    collect run in ``work/run`` is resumed, not replaced: a turn stopped half-way and run
+    again makes no recorded call twice, and a later turn in the same folder keeps the
+    earlier turns' samples (the bench grows); the export, bench and bundle are replaced."""
     options = options or TurnOptions()
     note = note or (lambda _step: None)
     work = Path(work)
@@ -148,8 +150,7 @@ def run_turn(config: GatewayConfig, judge: JudgeConfig, work: Path, *,
         raise LoopError(f"{len(samples.samples)} distinct served prompt(s), {chosen} in the "
                         f"share; a turn needs at least {options.min_samples} to train and "
                         "choose on dev.")
-    note("collect")
-    shutil.rmtree(work / "run", ignore_errors=True)
+    note("collect")          # into work/run: a stopped turn run again resumes its calls
     collected = collect(samples, config.backends, work / "run", options=CollectOptions(
         share=options.share, seed=options.seed, max_tokens=options.max_tokens))
     note("judge")
