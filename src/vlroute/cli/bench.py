@@ -46,8 +46,13 @@ def _fractions(text: str) -> tuple[float, float, float]:
 @click.option("--costs", type=click.Path(exists=True, path_type=Path), default=None,
               help="YAML overriding entries of the default cost catalog.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bench at --out.")
-def build(src: Path, reader_name: str, out: Path, seed: int, fractions: str, stratify: bool,
-          costs: Path | None, overwrite: bool) -> None:
+@click.option("--repeats", type=click.Choice(["error", "mean"]), default=None,
+              help="Several outcomes of one model on one sample: refuse them (error; the "
+                   "default unless set.json says \"repeats\") or learn their mean (a success "
+                   "rate for 0/1 outcomes).")
+def build(src: Path, reader_name: str, out: Path, seed: int,  # noqa: PLR0913 - CLI options
+          fractions: str, stratify: bool, costs: Path | None, overwrite: bool,
+          repeats: str | None) -> None:
     """Build a bench from SRC (a set folder, a run directory or a file)."""
     train, dev, test = _fractions(fractions)
     reader = READERS.get(reader_name)
@@ -63,10 +68,11 @@ def build(src: Path, reader_name: str, out: Path, seed: int, fractions: str, str
             tables = reader(src, staging)
             result = build_bench(tables, out, catalog=catalog, overwrite=overwrite,
                                  split=SplitSpec(seed=seed, train=train, dev=dev, test=test,
-                                                 stratify=stratify), progress=note)
+                                                 stratify=stratify), progress=note,
+                                 repeats=repeats)
         finally:
             _remove_tree(staging)
-    for line in tables.report:
+    for line in result.manifest.get("reader_report") or tables.report:
         console.print(f"  {line}")
     counts = result.manifest["counts"]
     console.print(f"Built {out}: {counts['samples']} samples x {counts['models']} models, "

@@ -128,7 +128,9 @@ class Bench:
             tasks=s["task"].to_numpy(dtype=object),
             splits=s["split"].to_numpy(dtype=object),
             tiers=tuple(str(tiers[c]) for c in chosen),
-            **arrays,  # type: ignore[arg-type]
+            # repeated 0/1 outcomes collapsed to their mean (vlroute.data.repeats)
+            rates=self.label == "rates",
+            **arrays,
         )
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from vlroute.costs import Catalog, estimate_pairs
 from vlroute.costs.estimate import QUANTITIES, SampleInputs
 from vlroute.data.bench import SCHEMA, TEXT_COLUMNS, Bench, load_bench
 from vlroute.data.images import image_table
+from vlroute.data.repeats import collapse_repeats
 from vlroute.data.splits import SplitSpec, assign_splits, merge_groups
 from vlroute.data.tables import MEASURED_COLUMNS, SourceTables
 from vlroute.errors import DataError
@@ -47,7 +49,9 @@ def _codes(t: SourceTables) -> tuple[np.ndarray, np.ndarray]:
         row = int(order[repeated[0] + 1])
         raise DataError(f"{t.name}: outcome row {row} repeats the pair "
                         f"({t.outcomes['sample_id'].iloc[row]!r}, "
-                        f"{t.outcomes['model'].iloc[row]!r}).")
+                        f"{t.outcomes['model'].iloc[row]!r}); if these are repeated runs "
+                        "of the model, build with `--repeats mean` (or \"repeats\": \"mean\" "
+                        "in set.json) to learn their success rate.")
     scores = t.outcomes["score"].to_numpy(dtype=float)
     bad = ~((scores >= 0) & (scores <= 1))
     if bad.any():
@@ -125,12 +129,17 @@ def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
 
 def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = None,
                 split: SplitSpec | None = None, overwrite: bool = False,
-                progress: Progress | None = None) -> Bench:
+                progress: Progress | None = None, repeats: str | None = None) -> Bench:
     """Check ``tables``, split, estimate economics and write a bench to ``out`` atomically.
 
     Nothing is left at ``out`` if any step fails; an existing bench is only replaced when
-    ``overwrite`` is true, and only once the new one is complete.
+    ``overwrite`` is true, and only once the new one is complete. ``repeats`` ("error" or
+    "mean"; default the set's ``repeats`` in set.json, else "error") says what several
+    outcomes of one model on one sample become (see :mod:`vlroute.data.repeats`).
     """
+    policy = repeats or str(tables.info.get("repeats", "error"))
+    tables, done = collapse_repeats(tables, policy)
+    tables = replace(tables, info={**tables.info, "repeats_collapsed": done})
     _build_into(tables, Path(out), catalog or Catalog.default(), split or SplitSpec(),
                 overwrite, progress or (lambda _msg: None))
     return load_bench(out)

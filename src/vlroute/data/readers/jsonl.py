@@ -124,10 +124,10 @@ def _as_text(value: Any) -> str | None:
 def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]
                    ) -> tuple[pd.DataFrame, int]:
     """The scored outcomes, and how many were unscored (``score: null``: collected but not
-    judged yet, or a failed call); those are left out."""
+    judged yet, or a failed call); those are left out. Repeated (sample, model) pairs are
+    kept: the build refuses them or collapses them (:mod:`vlroute.data.repeats`)."""
     cols: dict[str, list[Any]] = {k: [] for k in ("sample_id", "model", "score", "raw_score",
                                                   "response", "prediction", *MEASURED_COLUMNS)}
-    seen: set[tuple[str, str]] = set()
     unscored = 0
     for number, obj in iter_jsonl(path):
         where = f"line {number}"
@@ -139,9 +139,6 @@ def _read_outcomes(path: Path, sample_ids: set[str], model_ids: set[str]
         if model not in model_ids:
             raise ReaderError(path, where, f"unknown model {model!r}; every outcome must refer "
                                            "to a model of models.jsonl")
-        if (sid, model) in seen:
-            raise ReaderError(path, where, f"duplicate outcome for ({sid!r}, {model!r})")
-        seen.add((sid, model))
         if "score" in obj and obj["score"] is None:
             unscored += 1
             continue
