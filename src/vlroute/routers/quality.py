@@ -126,6 +126,21 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def nearest(sims: FloatArray, k: int) -> FloatArray:
+    """A 0/1 matrix marking each row's ``k`` most similar train requests. Similarities are
+    compared at 9 decimals and ties go to the lower train index, so that a batch of one
+    (the gateway) and a batch of a thousand (eval), whose products differ in the last bits,
+    pick the same neighbours (near-duplicate requests tie exactly)."""
+    r = np.round(sims, 9)
+    idx = np.argpartition(-r, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(r, idx, axis=1).min(axis=1, keepdims=True)
+    above = r > kth
+    ties = r == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    chosen: FloatArray = (above | (ties & (np.cumsum(ties, axis=1) <= need))).astype(float)
+    return chosen
+
+
 class KNNRouter(QualityRouter):
     """Mean quality of the k most similar train requests (cosine), per model.
 
@@ -164,14 +179,14 @@ class KNNRouter(QualityRouter):
 
     def _knn_blocks(self, X: FloatArray, train: FloatArray, y: FloatArray, k: int,
                     out: FloatArray) -> None:
+        finite = np.isfinite(y).astype(float)
+        labels = np.nan_to_num(y)
         for start in range(0, len(X), 1024):          # bounds the (batch, n_train) block
             sims = unit_rows(X[start:start + 1024]) @ train.T
-            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]           # (batch, k)
-            labels = y[idx]                                              # (batch, k, models)
-            w = (np.clip(np.take_along_axis(sims, idx, axis=1), 1e-6, None) if self.weighted
-                 else np.ones(idx.shape))[..., None] * np.isfinite(labels)
-            out[start:start + 1024] = (np.nan_to_num(labels) * w).sum(1) / np.maximum(
-                w.sum(1), 1e-12)
+            w = nearest(sims, k)
+            if self.weighted:
+                w = w * np.clip(sims, 1e-6, None)
+            out[start:start + 1024] = (w @ labels) / np.maximum(w @ finite, 1e-12)
 
 
 class LinearRouter(QualityRouter):
