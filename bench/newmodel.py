@@ -7,8 +7,10 @@ Run by hand (after bench/routers.py has built the bench and its features):
 For each seed (grouped splits, as `vlroute eval`) and router: fit it on all models and tune
 cost_weight on dev (full retraining); then, for each held-out model h, fit it on the other
 models, tune cost_weight on dev among them, and add h from n labelled train samples of h
-(random train requests; h's other labels unseen), keeping that cost_weight (the dev labels
-of h are not used: a user adding a model has only its n samples). Test Rank Score of the
+(random train requests, the same for every router; h's other labels unseen), keeping that
+cost_weight (the dev labels of h are not used: a user adding a model has only its n samples).
+The cost bounds stay the whole bench's and h's mean cost is its train mean (the CLI's cost
+estimate from prices is tested in tests/test_cli_models.py, not here). Test Rank Score of the
 14-model decision: added vs full retraining, mean over held-out models. Writes
 ``newmodel.json`` and prints a table.
 """
@@ -53,7 +55,6 @@ def main() -> None:
         train, dev, test = (m.subset(parts[s]) for s in ("train", "dev", "test"))
         Xtr, Xdev, Xte = (X[parts[s]] for s in ("train", "dev", "test"))
         ctx = ScoringContext((bounds[0] * 1e4, bounds[1] * 1e4), reference_model(train))
-        rng = np.random.default_rng(k)
         for name in args.routers.split(","):
             full = make_router(name, candidates="all").fit(train, bounds=bounds, X=Xtr)
             scenario = tune_cost_weight(full, dev, Xdev, bounds)
@@ -65,6 +66,7 @@ def main() -> None:
                 kept = tune_cost_weight(reduced, dev.select_models(others), Xdev, bounds)
                 labelled = np.flatnonzero(np.isfinite(train.quality[:, h]))
                 for n in sizes:
+                    rng = np.random.default_rng([k, h, n])    # the same samples for each router
                     rows_n = rng.choice(labelled, size=min(n, len(labelled)), replace=False)
                     costs = {d: float(np.nanmean(train.matrix(d)[:, h]))
                              for d in ("usd", "latency", "energy")}

@@ -49,7 +49,14 @@ def test_models_add_extends_a_bundle_without_retraining(tmp_path: Path) -> None:
     p_old = before.predictions(X, before.scenario)
     p_new = after.predictions(X, after.scenario)
     assert np.allclose(p_new[:, :3], p_old) and p_new.shape == (5, 4)
-    assert after.decide(p_new, after.scenario).max() <= 3
+    old_low, old_high = before.section["cost_bounds_usd"]
+    usd = added["mean_cost"]["usd"]
+    assert old_low <= usd <= old_high                       # a mid-priced model ...
+    assert after.section["cost_bounds_usd"] == [old_low, old_high]   # ... moves no bound
+    info = json.loads((tmp_path / "b2" / "router.json").read_text())["info"]
+    assert info["extended"] == ["mid-7b"] and 0 <= info["dev"]["edge_share"] <= 1
+    assert info["dev"]["before_added_models"] == json.loads(
+        (tmp_path / "b" / "router.json").read_text())["info"]["dev"]
 
 
 def test_models_add_refuses_bad_input(tmp_path: Path) -> None:
@@ -60,8 +67,11 @@ def test_models_add_refuses_bad_input(tmp_path: Path) -> None:
             "small-2b,big-72b", "--param", "max_epochs=10", "--out", tmp_path / "irt")
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"sample_id": "G1_v1", "score": 1.0}) + "\n")
+    run_cli("train", "prknn", bench, "--features", "hashing-text,hashing-image", "--out",
+            tmp_path / "prknn")
     cases = [
         (tmp_path / "knn", good, "0.1,0.2", "irt and mf"),
+        (tmp_path / "prknn", good, "0.1,0.2", "a prknn bundle"),
         (tmp_path / "irt", good, "0.1", "expected IN,OUT"),
         (tmp_path / "irt", good, "-1,0.2", "price must be a number >= 0"),
     ]
@@ -74,6 +84,18 @@ def test_models_add_refuses_bad_input(tmp_path: Path) -> None:
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"sample_id": "G1_v1", "model": "x", "score": 1}) + "\n")
     cases.append((tmp_path / "irt", other, "0.1,0.2", "no outcomes of model 'mid-7b'"))
+    for name, rows, message in (
+            ("twice", [{"sample_id": "G1_v1", "score": 1}, {"sample_id": "G1_v1", "score": 0}],
+             "twice.jsonl:2: sample 'G1_v1' again (first on line 1)"),
+            ("negative", [{"sample_id": "G1_v1", "score": 1, "tokens_in": -5}],
+             "negative.jsonl:1: tokens_in must be a finite number >= 0"),
+            ("graded", [{"sample_id": "G1_v1", "score": 0.5}], "must be 0 or 1 too")):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cases.append((tmp_path / "irt", path, "0.1,0.2", message))
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text('{"sample_id": "G1_v1", "score": 1, "latency_s": NaN}\n')
+    cases.append((tmp_path / "irt", nan, "0.1,0.2", "latency_s must be a finite number"))
     for bundle, outcomes, price, message in cases:
         result = CliRunner().invoke(cli, ["models", "add", str(bundle), "mid-7b",
                                           "--outcomes", str(outcomes), "--bench", str(bench),

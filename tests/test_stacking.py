@@ -122,6 +122,18 @@ def test_add_model_from_a_few_samples(name: str, tmp_path) -> None:  # type: ign
                   mean_cost={"usd": 1, "latency": 1, "energy": 1})
 
 
+def test_a_few_labels_all_correct_mean_good_not_certain() -> None:
+    X, m = learnable(n=400)
+    router = make_router("irt", candidates="all").fit(m.select_models(["m0", "m2", "m3"]),
+                                                      bounds=BOUNDS, X=X)
+    costs = {"usd": 1e-4, "latency": 1.0, "energy": 1.0}
+    new = add_model(router, "lucky", X[:5], np.ones(5), tier="edge", mean_cost=costs)
+    p = new.predict_quality(X)[:, 3]
+    assert p.mean() < 0.97 and p.min() < 0.9            # the bias is pulled to the others'
+    with pytest.raises(ValueError, match="0 or 1 too"):
+        add_model(router, "graded", X[:5], np.full(5, 0.5), tier="edge", mean_cost=costs)
+
+
 def test_add_model_refuses_routers_without_model_weights() -> None:
     X, m = learnable()
     knn = make_router("knn").fit(m, bounds=BOUNDS, X=X)

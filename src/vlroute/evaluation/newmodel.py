@@ -15,13 +15,17 @@ from vlroute._typing import FloatArray
 from vlroute.data.bench import Bench
 from vlroute.errors import VlrouteError
 from vlroute.features.store import feature_matrix
-from vlroute.metrics import cost_bounds
-from vlroute.routers.bundle import load_bundle
-from vlroute.routers.extend import add_model
+from vlroute.metrics.routing import COST_FLOOR_RATIO, COST_FLOOR_USD
+from vlroute.routers.bundle import Bundle, load_bundle
+from vlroute.routers.extend import NotExtensibleError, add_model
 from vlroute.routers.persistence import artifact_document, save_router
 from vlroute.routers.quality import QualityRouter
 
 TIERS = ("edge", "cloud")
+#: the routers a model can be added to (vlroute.routers.extend)
+EXTENSIBLE_NAMES = ("irt", "mf")
+#: measured quantities an outcome row may carry
+MEASURED = ("tokens_in", "tokens_out", "latency_s")
 
 
 class OutcomesFileError(VlrouteError):
@@ -53,6 +57,7 @@ def read_outcomes(path: Path, model: str) -> list[dict[str, Any]]:
     optional measured ``tokens_in``, ``tokens_out``, ``latency_s``); rows naming another
     ``model`` are skipped."""
     rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
     try:
         lines = Path(path).read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -69,17 +74,30 @@ def read_outcomes(path: Path, model: str) -> list[dict[str, Any]]:
                                     "sample_id and a score in [0, 1].")
         if row.get("model", model) != model:
             continue
-        score = row.get("score")
-        if isinstance(score, bool) or not isinstance(score, int | float) \
-                or not 0 <= score <= 1:
+        score: Any = row.get("score")
+        if not _number(score) or not 0 <= score <= 1:
             raise OutcomesFileError(f"{path}:{number}: score must be a number in [0, 1], got "
                                     f"{score!r}.")
+        for key in MEASURED:
+            if row.get(key) is not None and not (_number(row[key]) and row[key] >= 0):
+                raise OutcomesFileError(f"{path}:{number}: {key} must be a finite number "
+                                        f">= 0 (or absent), got {row[key]!r}.")
+        if row["sample_id"] in seen:
+            raise OutcomesFileError(f"{path}:{number}: sample {row['sample_id']!r} again "
+                                    f"(first on line {seen[row['sample_id']]}); one outcome per "
+                                    "sample.")
+        seen[row["sample_id"]] = number
         rows.append(row)
     if not rows:
         raise OutcomesFileError(f"{path}: no outcomes of model {model!r} (rows need "
                                 "sample_id and score; a model field, when present, must name "
                                 "it).")
     return rows
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
 
 
 def _measured(rows: list[dict[str, Any]], key: str) -> FloatArray | None:
@@ -95,12 +113,18 @@ def extend_bundle(bundle_path: Path, new: NewModel, outcomes: Path, bench: Bench
     ``outcomes`` on samples of ``bench`` (whose stored features must be the bundle's).
     Returns what was recorded in the new bundle's ``added_models``."""
     doc = artifact_document(bundle_path)
+    if doc.get("router") not in EXTENSIBLE_NAMES:
+        raise NotExtensibleError(
+            f"{bundle_path}: a {doc.get('router')} bundle; a new model can be added to irt "
+            "and mf bundles (a weight vector per model on a shared request side). Retrain "
+            "with the new model's outcomes instead.")
     section = doc.get("bundle") or {}
     text, image = (section.get("feature_names") or [None, None])[:2]
     X_all, spec = feature_matrix(bench, text, image)
     bundle = load_bundle(bundle_path, feature_spec=spec)
     router = bundle.router
-    assert isinstance(router, QualityRouter)
+    if not isinstance(router, QualityRouter):
+        raise NotExtensibleError(f"{bundle_path}: not a quality router.")
     rows = read_outcomes(outcomes, new.name)
     m = bench.matrices(all_models=True)
     index = {str(s): i for i, s in enumerate(m.sample_ids)}
@@ -122,12 +146,14 @@ def extend_bundle(bundle_path: Path, new: NewModel, outcomes: Path, bench: Bench
         seconds = float(latency.mean()) if latency is not None else float(
             np.nanmean(router.mean_cost_["latency"][peers]))
         joules = float(np.nanmean(router.mean_cost_["energy"][peers]))
+    if not all(np.isfinite(v) and v >= 0 for v in (usd, seconds, joules)):
+        raise OutcomesFileError(f"{outcomes}: the new model's mean cost could not be "
+                                f"estimated (usd {usd}, latency {seconds}, energy {joules}); "
+                                "give tokens_in, tokens_out and latency_s per row.")
     extended = add_model(router, new.name, X_all[at], quality, tier=new.tier,
                          mean_cost={"usd": usd, "latency": seconds, "energy": joules})
-    means = np.r_[router.mean_cost_["usd"], usd][None, :]
-    low, high = cost_bounds(means)
     old_low, old_high = router.bounds_
-    extended.bounds_ = (min(low, old_low), max(high, old_high))
+    extended.bounds_ = widened(router.bounds_, usd)
     record = {"model": new.name, "tier": new.tier, "n_labelled": len(rows),
               "mean_quality": float(quality.mean()), "price_in": new.price_in,
               "price_out": new.price_out,
@@ -151,6 +177,40 @@ def extend_bundle(bundle_path: Path, new: NewModel, outcomes: Path, bench: Bench
                     new.name: {"tier": new.tier, "price_in": new.price_in,
                                "price_out": new.price_out, "price_status": "user"}},
         "added_models": [*section.get("added_models", []), record]}
-    save_router(extended, out, feature_spec=doc.get("feature_spec"), info=doc.get("info"),
+    info = dict(doc.get("info") or {})
+    info["dev"] = _dev_after(bundle, extended, bench, X_all, info.get("dev") or {})
+    info["extended"] = [*info.get("extended", []), new.name]
+    save_router(extended, out, feature_spec=doc.get("feature_spec"), info=info,
                 bundle=new_section, overwrite=overwrite)
     return record
+
+
+def widened(bounds: tuple[float, float], usd: float) -> tuple[float, float]:
+    """The cost bounds with one more model of mean cost ``usd``: unchanged unless it lies
+    outside them (the other models' normalised costs, and their decisions, stay as tuned)."""
+    low, high = bounds
+    if usd > high:
+        high = usd
+    if usd < low:
+        low = max(usd, COST_FLOOR_RATIO * high, COST_FLOOR_USD)
+    return low, high
+
+
+def _dev_after(bundle: Bundle, extended: QualityRouter, bench: Bench, X: FloatArray,
+               before: dict[str, Any]) -> dict[str, Any]:
+    """The dev split's decisions with the new model: edge share and estimated cost per
+    request (neither needs the new model's dev outcomes, which are unknown); the metrics
+    that need them are dropped, and the values before are kept beside."""
+    dev = np.flatnonzero(bench.samples["split"].to_numpy() == "dev")
+    if not len(dev):
+        return {"before_added_models": before}
+    scenario = bundle.scenario
+    preds = extended.predictions_for(X[dev], scenario)
+    choice = extended.decide(preds, scenario)
+    tiers = np.array(extended.tiers_, dtype=object)
+    cost = extended.mean_cost_["usd"][choice]
+    return {"edge_share": float((tiers[choice] == "edge").mean()),
+            "avg_cost_per_10k": float(cost.mean() * 1e4), "n": len(dev),
+            "estimated_from": "each chosen model's mean cost (the new model's dev outcomes "
+                              "are unknown)",
+            "before_added_models": before}

@@ -201,7 +201,8 @@ def _rank_table(doc: dict[str, Any]) -> str:
             + f"><td>{escape(row.router)}</td>" + _num(v, "avg_acc")
             + _num(v, "avg_cost_per_10k") + _num(v, "rank_score", 2)
             + _num(v, "gap_closed", percent=True) + _num(v, "apsp") + _num(v, "edge_share")
-            + _num(v, "rcs") + _num(v, "ece") + f"<td class='setting' title='{escape(row.setting_full)}'>"
+            + _num(v, "rcs") + _num(v, "ece")
+            + f"<td class='setting' title='{escape(row.setting_full)}'>"
             f"{escape(row.setting)}</td></tr>")
     return head + "".join(body) + "</table></div>"
 

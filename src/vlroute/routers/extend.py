@@ -4,10 +4,10 @@ The IRT and matrix-factorisation routers read every request through a shared req
 (IRT: a(x) and difficulty b(x); MF: the projection P x) and give each model only a small
 weight vector. :func:`add_model` fits the new model's vector (and bias) by a logistic
 regression on that frozen request side, pulled towards the mean of the existing models'
-vectors (a model known from 25 samples starts as an average model and moves as far as its
-labels say); every other parameter stays as it was. The labelled samples join the router's
-stored train rows (the other models' outcomes unknown there), so a later P(solved) refit at
-another MES sees them.
+vectors and its bias towards theirs (a model known from 25 samples starts as an average model
+and moves as far as its labels say); every other parameter stays as it was. The labelled
+samples join the router's stored train rows (the other models' outcomes unknown there), so a
+P(solved) refit at another MES (graded labels) sees them; that refit fits every model anew.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from vlroute._typing import FloatArray
 from vlroute.errors import VlrouteError
+from vlroute.objectives import pareto_frontier
 from vlroute.routers.irt import IRTRouter
 from vlroute.routers.mf import MFRouter
 from vlroute.routers.quality import QualityRouter
@@ -71,7 +72,12 @@ def add_model(router: QualityRouter, model: str, X: FloatArray, quality: FloatAr
         raise ValueError(f"mean_cost lacks {', '.join(missing)}.")
     router._check_features(X, len(X))
     H, offset, weights, biases = _request_side(router, X)
-    w, b = soft_logistic(H, quality, l2, prior=weights.mean(0), offset=offset)
+    if router.binary_ and not np.isin(quality, (0.0, 1.0)).all():
+        raise ValueError("the router was trained on 0/1 outcomes; the new model's outcomes "
+                         "must be 0 or 1 too (graded scores need a router trained on graded "
+                         "labels).")
+    w, b = soft_logistic(H, quality, l2, prior=weights.mean(0), offset=offset,
+                         intercept_prior=float(biases.mean()))
     new = copy.deepcopy(router)
     state: dict[str, Any] = dict(new.state_)
     if isinstance(router, IRTRouter):
@@ -85,6 +91,10 @@ def add_model(router: QualityRouter, model: str, X: FloatArray, quality: FloatAr
     new.mean_cost_ = {d: np.r_[router.mean_cost_[d], float(mean_cost[d])]
                       for d in ("usd", "latency", "energy")}
     new.allowed_ = np.r_[router.allowed_, True]
+    if getattr(router, "candidates", "all") == "pareto":      # the frontier with the new model
+        new.allowed_[:] = False
+        new.allowed_[pareto_frontier(new.mean_cost_["usd"].tolist(),
+                                     new.mean_quality_.tolist())] = True
     n_old = router._quality_train.shape[0]
     new._X_train = np.vstack([router._X_train, X])
     new._quality_train = np.vstack([

@@ -12,7 +12,8 @@ at serving time. On those out-of-fold predictions
   prediction to the observed quality, so that P(solved) >= tau means what it says.
 
 The dev split is never used here: it stays for selection. The members are then refitted on
-the whole train split. Graded labels are soft targets throughout.
+the whole train split. Graded labels are soft targets throughout. Neither reads request hints:
+their maps were fitted on predictions made without them.
 """
 
 from __future__ import annotations
@@ -52,16 +53,21 @@ def logit(p: FloatArray) -> FloatArray:
 
 
 def soft_logistic(F: FloatArray, y: FloatArray, l2: float, *,
-                  prior: FloatArray | None = None, offset: FloatArray | None = None
-                  ) -> tuple[FloatArray, float]:
+                  prior: FloatArray | None = None, offset: FloatArray | None = None,
+                  intercept_prior: float | None = None) -> tuple[FloatArray, float]:
     """Weights and intercept of a logistic regression of targets ``y`` in [0, 1] (soft
     labels allowed) on ``F`` (n, k), with ``offset`` added to the logit and an L2 penalty of
-    ``l2`` pulling the weights towards ``prior`` (default 0); the intercept is free."""
+    ``l2`` pulling the weights towards ``prior`` (default 0); the intercept is free unless
+    ``intercept_prior`` is given, which it is then pulled towards as well (a few labels that
+    are all 1 then mean "good", not "certain")."""
     from scipy.optimize import minimize
 
     n, k = F.shape
     w0 = np.zeros(k) if prior is None else np.asarray(prior, dtype=float)
     off = np.zeros(n) if offset is None else offset
+
+    c0 = 0.0 if intercept_prior is None else float(intercept_prior)
+    c_l2 = 0.0 if intercept_prior is None else l2
 
     def objective(v: FloatArray) -> tuple[float, FloatArray]:
         w, c = v[:k], v[k]
@@ -69,11 +75,13 @@ def soft_logistic(F: FloatArray, y: FloatArray, l2: float, *,
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         loss = np.logaddexp(0, z) - y * z
         grad_z = (p - y) / max(n, 1)
-        value = float(loss.mean() + l2 / 2 * ((w - w0) ** 2).sum() / max(n, 1))
-        grad = np.r_[F.T @ grad_z + l2 * (w - w0) / max(n, 1), grad_z.sum()]
+        value = float(loss.mean() + (l2 * ((w - w0) ** 2).sum() + c_l2 * (c - c0) ** 2)
+                      / (2 * max(n, 1)))
+        grad = np.r_[F.T @ grad_z + l2 * (w - w0) / max(n, 1),
+                     grad_z.sum() + c_l2 * (c - c0) / max(n, 1)]
         return value, grad
 
-    start = np.r_[w0, 0.0]
+    start = np.r_[w0, c0]
     fitted = minimize(objective, start, jac=True, method="L-BFGS-B")
     return fitted.x[:k], float(fitted.x[k])
 
@@ -110,11 +118,6 @@ class _OutOfFold(QualityRouter):
                 out[j][held] = member._predict(state, X[held])
         return out
 
-    @staticmethod
-    def _hinted(member: QualityRouter, state: Any, X: FloatArray,
-                tasks: np.ndarray | None) -> FloatArray:
-        return (member._predict_hinted(state, X, tasks) if "task" in member.hints
-                else member._predict(state, X))
 
 
 def _member(name: str) -> QualityRouter:
@@ -159,8 +162,6 @@ class StackRouter(_OutOfFold):
         self.l2 = l2
         self.candidates = candidates
 
-    hints: ClassVar[tuple[str, ...]] = ("task",)
-
     def _names(self) -> list[str]:
         names = [n.strip() for n in str(self.members).split(",") if n.strip()]
         bad = [n for n in names if n not in MEMBERS]
@@ -191,13 +192,10 @@ class StackRouter(_OutOfFold):
         return state
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
-        return self._predict_hinted(state, X, None)
-
-    def _predict_hinted(self, state: Any, X: FloatArray, tasks: np.ndarray | None) -> FloatArray:
         z = np.broadcast_to(state["c"], (len(X), len(state["c"]))).copy()
         for j, name in enumerate(self._names()):
             member = _member(name)
-            p = self._hinted(member, _part(state, f"m{j}"), X, tasks)
+            p = member._predict(_part(state, f"m{j}"), X)
             z += logit(p) * state["w"][:, j]
         out: FloatArray = 1.0 / (1.0 + np.exp(-z))
         return out
@@ -227,10 +225,6 @@ class CalibratedRouter(_OutOfFold):
         self.method = method
         self.folds = folds
         self.candidates = candidates
-
-    @property
-    def hints(self) -> tuple[str, ...]:  # type: ignore[override]
-        return _member(self.base).hints
 
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
         base = _member(self.base)
@@ -262,10 +256,7 @@ class CalibratedRouter(_OutOfFold):
         return state
 
     def _predict(self, state: Any, X: FloatArray) -> FloatArray:
-        return self._predict_hinted(state, X, None)
-
-    def _predict_hinted(self, state: Any, X: FloatArray, tasks: np.ndarray | None) -> FloatArray:
-        raw = self._hinted(_member(self.base), _part(state, "base"), X, tasks)
+        raw = _member(self.base)._predict(_part(state, "base"), X)
         if "platt" in state:
             a, b = state["platt"][:, 0], state["platt"][:, 1]
             out: FloatArray = 1.0 / (1.0 + np.exp(-(logit(raw) * a + b)))
