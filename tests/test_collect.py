@@ -272,3 +272,46 @@ def test_broken_answers_are_retried_until_whole(env: dict, tmp_path: Path,
     # requests 2, 4, 6 are broken: samples 2-4 take a second attempt
     assert sorted(r["attempts"] for r in rows) == [1, 2, 2, 2]
     assert all((r["ttft_s"] is not None) == stream for r in rows)
+
+
+def test_a_recorded_result_for_another_request_is_called_again(env: dict,
+                                                               tmp_path: Path) -> None:
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    subset = tmp_path / "set"
+    subset.mkdir()
+    (subset / "images").symlink_to(env["set"] / "images")
+    lines = (env["set"] / "samples.jsonl").read_text().splitlines()[:3]
+    (subset / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    run_cli("collect", subset, "--backends", env["config"], "--out", run)
+    assert len(outcomes(run)) == 6
+    # the edge backend now points at another upstream model: its results are not reused
+    config = tmp_path / "b.yaml"
+    config.write_text(env["config"].read_text().replace("model: small,", "model: small-v2,"))
+    again = run_cli("collect", subset, "--backends", config, "--out", run)
+    assert "3 call(s) made" in again and "3 already recorded" in again
+    assert "3 recorded result(s) were for another request" in again
+    assert sorted(answered(ports["edge"]).values()) == [2] * 3
+    assert sorted(answered(ports["cloud"]).values()) == [1] * 3
+    # a changed question is another request too, for every backend
+    row = json.loads(lines[0])
+    row["question"] += " Answer briefly."
+    (subset / "samples.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    assert "2 recorded result(s) were for another request" in run_cli(
+        "collect", subset, "--backends", config, "--out", run)
+    # a backend not called this time keeps no result of another request in outcomes.jsonl
+    config.write_text(config.read_text().replace("model: big,", "model: big-v2,"))
+    out = run_cli("collect", subset, "--backends", config, "--out", run, "--only", "edge")
+    assert "0 call(s) made" in out and "3 recorded result(s) for another request left " \
+        "out of outcomes.jsonl" in out
+    assert {r["model"] for r in outcomes(run)} == {"edge-2b"}
+    # a journal written before fingerprints (none recorded) still resumes as recorded
+    journal = run / "journal.jsonl"
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "fingerprint"})
+                               + "\n" for e in entries))
+    old = run_cli("collect", subset, "--backends", config, "--out", run)
+    assert "0 call(s) made" in old and "6 already recorded" in old
+    assert len(outcomes(run)) == 6

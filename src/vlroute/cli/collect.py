@@ -110,6 +110,11 @@ def collect_command(  # noqa: PLR0913 - one parameter per CLI option
                   f"{report.recorded_before} already recorded (not repeated), "
                   f"{report.in_flight_repeated} in flight when the last run stopped (made "
                   f"again); spent ${report.spent_usd:.6f}."
+                  + (f" {report.request_changed} recorded result(s) were for another request "
+                     "(question, images, model, base_url or max_tokens changed): called again."
+                     if report.request_changed else "")
+                  + (f" {report.stale} recorded result(s) for another request left out of "
+                     "outcomes.jsonl (collect those backends again)." if report.stale else "")
                   + (f" {report.no_vision} sample(s) with images not sent to a backend "
                      "with vision: false." if report.no_vision else ""))
     if report.stopped:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,19 @@ MEASURED = ("tokens_in", "tokens_out", "ttft_s", "latency_s", "cost_usd", "energ
 
 def write_run(out: Path, source: SampleSet, samples: Sequence[Sample],
               backends: Sequence[Backend], done: Mapping[str, dict[str, Any]],
-              report: dict[str, Any]) -> dict[str, Any]:
+              report: dict[str, Any], exclude: Collection[str] = ()) -> dict[str, Any]:
     """Write (atomically, file by file) the set and the summary of the run folder ``out``;
-    returns the per-backend summary."""
+    returns the per-backend summary. The results keyed in ``exclude`` (recorded for another
+    request than the backend's current one) are left out, not relabelled."""
     out = Path(out)
     _copy_images(samples, out)
     write_jsonl(out / "samples.jsonl", [_sample_row(s) for s in samples])
     write_jsonl(out / "models.jsonl", [model_row(b) for b in backends])
     wanted = {s.sample_id for s in samples}
     models = {b.name: b.router_model or b.name for b in backends}
-    entries = sorted((e for e in done.values() if e.get("sample_id") in wanted
-                      and e.get("backend") in models), key=lambda e: (e["sample_id"],
-                                                                      e["backend"]))
+    entries = sorted((e for k, e in done.items() if e.get("sample_id") in wanted
+                      and e.get("backend") in models and k not in exclude),
+                     key=lambda e: (e["sample_id"], e["backend"]))
     # the bench id a backend has now (a config may have renamed its router_model)
     rows = [outcome_row({**e, "model": models[e["backend"]]}) for e in entries]
     write_jsonl(out / "outcomes.jsonl", _keep_scores(out / "outcomes.jsonl", rows))
@@ -85,7 +86,8 @@ def outcome_row(entry: dict[str, Any]) -> dict[str, Any]:
            "response": entry.get("response"), "prediction": None}
     row.update({k: entry.get(k) for k in MEASURED})
     row.update({"status": entry.get("status"), "error": entry.get("error"),
-                "backend": entry.get("backend"), "attempts": entry.get("attempts")})
+                "backend": entry.get("backend"), "attempts": entry.get("attempts"),
+                "request_sha256": entry.get("fingerprint")})
     return row
 
 
@@ -94,8 +96,8 @@ SCORED = ("score", "raw_score", "judge", "judge_error")
 
 
 def _keep_scores(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with the scores the run's outcomes already had for the same response (a
-    collect run after ``judge run`` keeps its scores)."""
+    """``rows`` with the scores the run's outcomes already had for the same response to the
+    same request (a collect run after ``judge run`` keeps its scores)."""
     if not path.is_file():
         return rows
     before: dict[tuple[str, str], dict[str, Any]] = {}
@@ -106,7 +108,8 @@ def _keep_scores(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     out = []
     for row in rows:
         old = before.get((row["sample_id"], row["model"]))
-        if old is not None and old.get("response") == row["response"]:
+        if (old is not None and old.get("response") == row["response"]
+                and old.get("request_sha256") in (None, row.get("request_sha256"))):
             row = {**row, **{k: old[k] for k in SCORED if k in old}}
         out.append(row)
     return out

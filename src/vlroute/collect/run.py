@@ -19,6 +19,8 @@ estimate: the question at 4 characters a token, each image at the backend's ``im
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import random
 import time
@@ -71,6 +73,8 @@ class CollectReport:
     failed: int = 0
     no_vision: int = 0
     in_flight_repeated: int = 0
+    request_changed: int = 0
+    stale: int = 0
     spent_usd: float = 0.0
     calls_s: float = 0.0
     stopped: str | None = None
@@ -81,6 +85,39 @@ class CollectReport:
 def key_of(backend: str, sample_id: str) -> str:
     """The journal key of one (backend, sample) call."""
     return f"{backend}\t{sample_id}"
+
+
+class Fingerprints:
+    """The fingerprint of each (backend, sample) request: the SHA-256 of the chat body without
+    its stream fields (each image by the SHA-256 of its bytes, so the images are read but not
+    encoded) and of the backend's upstream ``model`` and ``base_url``. A recorded result
+    whose fingerprint differs answered another request (the question, an image, the model or
+    ``max_tokens`` changed): it is not reused."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._images: dict[Path, str] = {}
+
+    def _image(self, path: Path) -> str:
+        digest = self._images.get(path)
+        if digest is None:
+            digest = self._images[path] = (f"{path.suffix.lower()};sha256,"
+                                           + hashlib.sha256(path.read_bytes()).hexdigest())
+        return digest
+
+    def __call__(self, sample: Sample, backend: Backend) -> str:
+        body = chat_body(sample, backend.model, max_tokens=self.max_tokens, stream=False,
+                         image_url=self._image)
+        doc = {"body": body, "model": backend.model, "base_url": backend.base_url}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+                              ).hexdigest()
+
+
+def matches(entry: dict[str, Any], fingerprint: str) -> bool:
+    """Whether a recorded result answered the request ``fingerprint`` (an entry written
+    before fingerprints were recorded is taken to match)."""
+    recorded = entry.get("fingerprint")
+    return recorded is None or recorded == fingerprint
 
 
 def estimate_usd(sample: Sample, backend: Backend, max_tokens: int) -> float:
@@ -126,6 +163,7 @@ class _Run:
     report: CollectReport
     total: int
     progress: Progress
+    fingerprints: dict[str, str]
     done: int = 0
     syncing: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -150,12 +188,15 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     chosen = plan(samples, options)
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
-    todo = _todo(journal, calling, chosen, options, report)
+    fingerprint = Fingerprints(options.max_tokens)
+    fps = {key_of(b.name, s.sample_id): fingerprint(s, b) for b in calling for s in chosen
+           if not (s.images and not b.vision)}
+    todo = _todo(journal, calling, chosen, options, report, fps)
     spent = sum(float(e.get("spend_usd") or 0.0) for e in journal.done.values())
     own = transport is None
     run = _Run(journal, transport or AiohttpTransport(), options, _Budget(
         options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
-        done=report.recorded_before)
+        fps, done=report.recorded_before)
     run.progress(run.done, run.total)
     start = time.perf_counter()
     try:
@@ -171,8 +212,22 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
         keep = {e.get("sample_id") for e in journal.done.values()} | {
             c.sample_id for c in chosen}
         kept = [s for s in samples.samples if s.sample_id in keep]
+        # a result recorded for another request (not called again here: another backend,
+        # a stop) is left out of outcomes.jsonl; it stays in the journal
+        by_name = {b.name: b for b in backends}
+        by_id = {s.sample_id: s for s in kept}
+        stale = set()
+        for key, entry in journal.done.items():
+            backend = by_name.get(str(entry.get("backend")))
+            sample = by_id.get(str(entry.get("sample_id")))
+            if backend is None or sample is None or entry.get("fingerprint") is None:
+                continue
+            current = fps.get(key) or fingerprint(sample, backend)
+            if not matches(entry, current):
+                stale.add(key)
+        report.stale = len(stale)
         report.summary = write_run(Path(out), samples, kept, backends, journal.done,
-                                   report_fields(report))
+                                   report_fields(report), exclude=stale)
     return report
 
 
@@ -193,8 +248,10 @@ def _check_backends(backends: Sequence[Backend], options: CollectOptions) -> lis
 
 
 def _todo(journal: Journal, calling: Sequence[Backend], chosen: Sequence[Sample],
-          options: CollectOptions, report: CollectReport) -> dict[str, list[Sample]]:
-    """Per backend, the samples still to call (counting what is recorded or skipped)."""
+          options: CollectOptions, report: CollectReport, fps: dict[str, str]
+          ) -> dict[str, list[Sample]]:
+    """Per backend, the samples still to call (counting what is recorded, recorded for
+    another request, or skipped)."""
     todo: dict[str, list[Sample]] = {}
     for backend in calling:
         todo[backend.name] = []
@@ -204,7 +261,11 @@ def _todo(journal: Journal, calling: Sequence[Backend], chosen: Sequence[Sample]
                 continue
             key = key_of(backend.name, sample.sample_id)
             entry = journal.done.get(key)
-            if entry is not None and not (options.retry_errors and entry.get("error")):
+            changed = entry is not None and not matches(entry, fps[key])
+            if changed:
+                report.request_changed += 1      # recorded for another request: call again
+                todo[backend.name].append(sample)
+            elif entry is not None and not (options.retry_errors and entry.get("error")):
                 report.recorded_before += 1
             else:
                 todo[backend.name].append(sample)
@@ -218,6 +279,7 @@ def report_fields(report: CollectReport) -> dict[str, Any]:
     return {"planned": report.planned, "recorded_before": report.recorded_before,
             "made": report.made, "failed": report.failed,
             "in_flight_repeated": report.in_flight_repeated,
+            "request_changed": report.request_changed, "stale_left_out": report.stale,
             "no_vision_skipped": report.no_vision,
             "spent_usd": round(report.spent_usd, 9), "calls_s": round(report.calls_s, 6),
             "stopped": report.stopped}
@@ -249,7 +311,8 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
                                          stream=options.stream))
         result = await chat(run.transport, backend, payload, stream=options.stream,
                             policy=options.retry, headers=headers)
-        entry = outcome_entry(sample, backend, result, held)
+        entry = {**outcome_entry(sample, backend, result, held),
+                 "fingerprint": run.fingerprints[key]}
         run.budget.settle(held, entry["spend_usd"])
         run.journal.record(key, entry)
         # the next call goes out while this result's fsync (shared with others) runs; it
@@ -293,5 +356,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-__all__ = ["JOURNAL", "CollectError", "CollectOptions", "CollectReport", "collect",
-           "collect_async", "estimate_usd", "key_of", "outcome_entry", "plan"]
+__all__ = ["JOURNAL", "CollectError", "CollectOptions", "CollectReport", "Fingerprints",
+           "collect", "collect_async", "estimate_usd", "key_of", "matches", "outcome_entry",
+           "plan"]

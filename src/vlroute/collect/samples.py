@@ -5,6 +5,7 @@ URL of the file's own bytes, so a backend sees exactly the stored image)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,15 @@ def _b64(data: bytes) -> bytes:
 
 
 def chat_body(sample: Sample, model: str, *, max_tokens: int, stream: bool,
-              temperature: float = 0.0) -> dict[str, Any]:
-    """The chat request for ``sample``: one user turn, the question then its images."""
+              temperature: float = 0.0,
+              image_url: Callable[[Path], str] | None = None) -> dict[str, Any]:
+    """The chat request for ``sample``: one user turn, the question then its images
+    (``image_url`` makes each image's URL; default :func:`data_url`)."""
     content: Any = sample.question
+    url = image_url or data_url
     if sample.images:
         content = [{"type": "text", "text": sample.question}, *(
-            {"type": "image_url", "image_url": {"url": data_url(p)}}
+            {"type": "image_url", "image_url": {"url": url(p)}}
             for p in sample.image_paths())]
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}],
                             "max_tokens": max_tokens, "temperature": temperature}
