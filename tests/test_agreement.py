@@ -121,8 +121,8 @@ def test_the_stub_judge_against_vibe_eval_graded_scores(tmp_path: Path) -> None:
     human = tmp_path / "human.jsonl"
     human.write_bytes((run / "outcomes.jsonl").read_bytes())     # the original 1-5 scores
     with stand_ins(run, tmp_path / "stand-ins.log") as ports:
-        run_cli("judge", "run", run, "--judge", judge_yaml(tmp_path / "j.json", ports,
-                                                           concurrency=8))
+        run_cli("judge", "run", run, "--in-place", "--judge",
+                judge_yaml(tmp_path / "j.json", ports, concurrency=8))
     out = run_cli("judge", "agree", run, "--human", human, "--field", "raw_score",
                   "--scale", "1,5", "--bootstrap", "200", "--out", tmp_path / "agree.json")
     assert "spearman" in out

@@ -315,3 +315,34 @@ def test_a_recorded_result_for_another_request_is_called_again(env: dict,
     old = run_cli("collect", subset, "--backends", config, "--out", run)
     assert "0 call(s) made" in old and "6 already recorded" in old
     assert len(outcomes(run)) == 6
+
+
+def test_a_set_folder_is_never_overwritten_by_collect_or_judge(env: dict,
+                                                               tmp_path: Path) -> None:
+    from conftest import write_jsonl
+
+    subset = tmp_path / "set"
+    subset.mkdir()
+    (subset / "images").symlink_to(env["set"] / "images")
+    lines = (env["set"] / "samples.jsonl").read_text().splitlines()[:2]
+    (subset / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    write_jsonl(subset / "outcomes.jsonl", [
+        {"sample_id": json.loads(line)["sample_id"], "model": "theirs", "score": 1.0,
+         "response": "7"} for line in lines])
+    before = (subset / "outcomes.jsonl").read_bytes()
+    result = CliRunner().invoke(cli, ["collect", str(subset), "--backends",
+                                      str(env["config"]), "--out", str(subset)])
+    assert result.exit_code == 1 and len(result.output.split("\n")) == 3   # under the bar
+    assert f"{subset} holds a set (outcomes.jsonl) but is not a collect run" in " ".join(
+        result.output.split())
+    assert not (subset / "journal.jsonl").exists()
+    judge = tmp_path / "j.yaml"
+    judge.write_text("judge: {name: j, base_url: 'http://127.0.0.1:1/v1', model: m}\n")
+    for args in (["judge", "run", str(subset), "--judge", str(judge)],
+                 ["judge", "reference", str(subset)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+        assert "is not a collect run (no run.json)" in result.output
+        assert "--in-place" in result.output
+    assert (subset / "outcomes.jsonl").read_bytes() == before
+    assert "2 of 2 outcome(s) scored" in run_cli("judge", "reference", subset, "--in-place")

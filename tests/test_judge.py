@@ -103,7 +103,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ob
 def copy_run(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for name in ("samples.jsonl", "outcomes.jsonl", "models.jsonl", "set.json", "costs.yaml",
-                 "journal.jsonl"):
+                 "journal.jsonl", "run.json"):
         (dst / name).write_bytes((src / name).read_bytes())
     (dst / "images").symlink_to(src / "images")
     return dst
@@ -243,7 +243,8 @@ def test_a_malformed_answer_is_asked_again_with_a_reminder(tmp_path: Path) -> No
     config = JudgeConfig.model_validate({"judge": {
         "name": "j", "base_url": "http://127.0.0.1:1/v1", "model": "jm"}})
     wire = _Scripted(["Looks right to me.", "SCORE: 9"])
-    report = judge_run(run, config, transport=wire)        # type: ignore[arg-type]
+    report = judge_run(run, config, transport=wire,         # type: ignore[arg-type]
+                       in_place=True)
     assert report.scored == 1 and report.malformed_answers == 1 and report.asked == 2
     first, second = wire.bodies
     assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]

@@ -23,14 +23,17 @@ def judge() -> None:
     "(base_url, model, vision, ...), max_tokens, malformed_retries.")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score cache (default RUN/judge.jsonl); share one across runs.")
-def run_command(run: Path, config_path: Path, cache: Path | None) -> None:
-    """Score every response of RUN (a run folder, or any set with responses) 0-10."""
+@click.option("--in-place", "in_place", is_flag=True, help="Score a folder that is not a "
+              "collect run (no run.json), rewriting its outcomes.jsonl.")
+def run_command(run: Path, config_path: Path, cache: Path | None, in_place: bool) -> None:
+    """Score every response of RUN (a collect run; any set with responses with --in-place)
+    0-10."""
     from vlroute.collect.judge import judge_run, load_judge_config
     from vlroute.collect.rubric import RUBRIC_VERSION
 
     config = load_judge_config(config_path)
     with progress_bar("judge") as update:
-        report = judge_run(run, config, progress=update, cache=cache)
+        report = judge_run(run, config, progress=update, cache=cache, in_place=in_place)
     console.print(f"{run}: {report.scored} of {report.outcomes} outcome(s) scored by "
                   f"{config.judge.model} ({RUBRIC_VERSION}); {report.cached} from the cache, "
                   f"{report.asked} judge call(s), {report.malformed_answers} malformed "
@@ -40,13 +43,15 @@ def run_command(run: Path, config_path: Path, cache: Path | None) -> None:
 
 @judge.command("reference")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def reference_command(run: Path) -> None:
+@click.option("--in-place", "in_place", is_flag=True, help="Score a folder that is not a "
+              "collect run (no run.json), rewriting its outcomes.jsonl.")
+def reference_command(run: Path, in_place: bool) -> None:
     """Score every response of RUN against its sample's reference answer by rule, no judge
     model: a number must be the response's last one (within 0.1%), a choice letter its last
     capital A-H, a short answer must appear in it; a long one scores by word overlap."""
     from vlroute.collect.judge import REFERENCE_VERSION, reference_run
 
-    report = reference_run(run)
+    report = reference_run(run, in_place=in_place)
     console.print(f"{run}: {report.scored} of {report.outcomes} outcome(s) scored against "
                   f"the reference answer ({REFERENCE_VERSION}); {report.unscored} without a "
                   f"reference left unscored, {report.no_response} without a response.")

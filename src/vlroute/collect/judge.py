@@ -63,6 +63,19 @@ class JudgeConfigError(VlrouteError):
     """The judge config is missing, malformed or inconsistent."""
 
 
+class JudgeRunError(VlrouteError):
+    """The folder to score is not a collect run and scoring in place was not asked for."""
+
+
+def check_run(run: Path, in_place: bool) -> None:
+    """Refuse to rewrite the outcomes of a folder that is not a collect run (no run.json)
+    unless ``in_place``: a shared set's own outcomes would be replaced."""
+    if not in_place and not (Path(run) / "run.json").is_file():
+        raise JudgeRunError(f"{run} is not a collect run (no run.json); scoring rewrites its "
+                            "outcomes.jsonl: copy the set first, or pass --in-place to score "
+                            "it where it is.")
+
+
 class JudgeConfig(BaseModel):
     """The judge endpoint and how to ask it (see the module docstring)."""
 
@@ -133,8 +146,10 @@ def judge_body(config: JudgeConfig, sample: Sample, response: str) -> dict[str, 
 
 def judge_run(run: Path, config: JudgeConfig, *, progress: Callable[[int, int], None]
               | None = None, transport: Transport | None = None,
-              cache: Path | None = None) -> JudgeReport:
-    """Score every response of the run folder ``run`` and rewrite its outcomes.jsonl."""
+              cache: Path | None = None, in_place: bool = False) -> JudgeReport:
+    """Score every response of the run folder ``run`` and rewrite its outcomes.jsonl (a
+    folder that is not a collect run only when ``in_place``)."""
+    check_run(Path(run), in_place)
     return asyncio.run(_judge(Path(run), config, progress or (lambda d, t: None), transport,
                               cache))
 
@@ -227,10 +242,12 @@ async def _ask(wire: Transport, config: JudgeConfig, sample: Sample, response: s
             "rubric": RUBRIC_VERSION}
 
 
-def reference_run(run: Path) -> JudgeReport:
+def reference_run(run: Path, *, in_place: bool = False) -> JudgeReport:
     """Score every response of ``run`` against its sample's reference answer by rule
     (:func:`vlroute.data.answers.match_score`), no judge model; a sample without a reference
-    leaves its responses unscored."""
+    leaves its responses unscored. A folder that is not a collect run only when
+    ``in_place``."""
+    check_run(Path(run), in_place)
     samples = {s.sample_id: s for s in read_samples(run).samples}
     rows = [row for _, row in iter_jsonl(Path(run) / "outcomes.jsonl")]
     report = JudgeReport(outcomes=len(rows))
@@ -274,5 +291,5 @@ def _write(run: Path, judge: dict[str, Any], keyed: list[tuple[dict[str, Any], s
 
 
 __all__ = ["CACHE", "REFERENCE", "REFERENCE_VERSION", "JudgeConfig", "JudgeConfigError",
-           "JudgeReport", "cache_key", "judge_body", "judge_run", "load_judge_config",
-           "reference_run"]
+           "JudgeReport", "JudgeRunError", "cache_key", "check_run", "judge_body", "judge_run",
+           "load_judge_config", "reference_run"]

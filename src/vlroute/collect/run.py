@@ -186,6 +186,7 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     options = options or CollectOptions()
     calling = _check_backends(backends, options)
     chosen = plan(samples, options)
+    check_out(Path(out))
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
     fingerprint = Fingerprints(options.max_tokens)
@@ -229,6 +230,15 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
         report.summary = write_run(Path(out), samples, kept, backends, journal.done,
                                    report_fields(report), exclude=stale)
     return report
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that holds a set but is not a collect run (outcomes.jsonl
+    without journal.jsonl): writing the run there would replace the set's own outcomes."""
+    if (out / "outcomes.jsonl").is_file() and not (out / JOURNAL).is_file():
+        raise CollectError(f"{out} holds a set (outcomes.jsonl) but is not a collect run (no "
+                           f"{JOURNAL}); collecting there would replace its outcomes: give "
+                           "--out a new or run folder.")
 
 
 def _check_backends(backends: Sequence[Backend], options: CollectOptions) -> list[Backend]:
@@ -357,5 +367,5 @@ def _round(value: float | None) -> float | None:
 
 
 __all__ = ["JOURNAL", "CollectError", "CollectOptions", "CollectReport", "Fingerprints",
-           "collect", "collect_async", "estimate_usd", "key_of", "matches", "outcome_entry",
-           "plan"]
+           "check_out", "collect", "collect_async", "estimate_usd", "key_of", "matches",
+           "outcome_entry", "plan"]
