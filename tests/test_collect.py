@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -143,7 +144,22 @@ def test_a_spend_cap_stops_cleanly_and_a_higher_one_goes_on(env: dict, tmp_path:
     assert "Stopped early: spend cap $0.0012 reached" in out
     first = outcomes(run)
     assert 1 <= len(first) < 24
-    assert sum(r["cost_usd"] for r in first) <= 0.0012
+    # one call at a time, in the set's order: each was let through only while the spend so
+    # far plus its estimate stayed under the cap, and the next one would have passed it
+    from vlroute.collect.run import estimate_usd
+    from vlroute.collect.samples import read_samples
+    from vlroute.serve.config import load_config
+
+    cloud = load_config(env["config"]).backends[1]
+    estimates = [estimate_usd(s, cloud, 16) for s in read_samples(env["set"]).samples]
+    booked = [json.loads(line)["spend_usd"] for line in (run / "journal.jsonl").read_text(
+        ).splitlines() if '"done"' in line]
+    assert len(booked) == len(first)
+    for i, estimate in enumerate(estimates[:len(booked)]):
+        assert sum(booked[:i]) + estimate <= 0.0012
+    assert sum(booked) + estimates[len(booked)] > 0.0012
+    assert sum(booked) <= 0.0012 and sum(booked) == pytest.approx(sum(
+        r["cost_usd"] for r in first))
     run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--only",
             "cloud", "--max-tokens", "16")
     assert len(outcomes(run)) == 24
@@ -346,3 +362,149 @@ def test_a_set_folder_is_never_overwritten_by_collect_or_judge(env: dict,
         assert "--in-place" in result.output
     assert (subset / "outcomes.jsonl").read_bytes() == before
     assert "2 of 2 outcome(s) scored" in run_cli("judge", "reference", subset, "--in-place")
+
+
+class _Priced:
+    """An in-process backend whose usage exceeds collect's estimate: 200 prompt tokens for a
+    40-character question, and every third request answered 500 first (then retried). It
+    keeps the ledger of what each attempt may be billed: usage at the backend's prices, or
+    the call's estimate for an attempt without usage (collect's rule)."""
+
+    def __init__(self, estimate: float) -> None:
+        self.estimate, self.ledger, self.requests, self.in_flight, self.most = (
+            estimate, 0.0, 0, 0, 0)
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str],
+                   timeout_s: float) -> object:
+        import asyncio
+
+        self.requests += 1
+        n = self.requests
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.001 * (n % 5))
+        self.in_flight -= 1
+        failed = n % 3 == 0
+        self.ledger += self.estimate if failed else (200 * 1.0 + 16 * 4.0) / 1e6
+        body = (b'{"error": {"message": "busy"}}' if failed else json.dumps({
+            "choices": [{"message": {"content": "4"}}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 16}}).encode())
+
+        class Answer:
+            status = 500 if failed else 200
+            headers: ClassVar[dict[str, str]] = {"content-type": "application/json"}
+
+            async def read(self) -> bytes:
+                return body
+
+            def release(self) -> None:
+                pass
+
+        return Answer()
+
+    async def close(self) -> None:
+        pass
+
+
+def test_the_spend_cap_books_every_billed_attempt_and_bounds_the_overshoot(
+        tmp_path: Path) -> None:
+    from vlroute.collect.calls import RetryPolicy
+    from vlroute.collect.run import CollectOptions, collect, estimate_usd
+    from vlroute.collect.samples import Sample, SampleSet
+    from vlroute.serve.config import Backend
+
+    samples = SampleSet("s", [Sample(f"q{i:03d}", "x" * 40, None, (), tmp_path)
+                              for i in range(100)], {}, tmp_path)
+    backend = Backend(name="cloud", base_url="http://fake/v1", model="m",
+                      price_in_per_1m=1.0, price_out_per_1m=4.0)
+    estimate = estimate_usd(samples.samples[0], backend, 16)
+    assert estimate == pytest.approx((10 + 16 * 4.0) / 1e6)
+    wire = _Priced(estimate)
+    cap = 0.002
+    report = collect(samples, [backend], tmp_path / "run", transport=wire,  # type: ignore[arg-type]
+                     options=CollectOptions(max_tokens=16, stream=False, spend_cap_usd=cap,
+                                            concurrency=4,
+                                            retry=RetryPolicy(retries=2, base_s=0)))
+    assert wire.most == 4 and report.stopped and report.made < 100
+    # every attempt the server may bill is booked: the retried 500s at their estimate
+    assert report.spent_usd == pytest.approx(wire.ledger)
+    journal = [json.loads(line) for line in (tmp_path / "run" / "journal.jsonl"
+                                              ).read_text().splitlines()]
+    booked = [e["spend_usd"] for e in journal if e["event"] == "done"]
+    assert sum(booked) == pytest.approx(report.spent_usd)
+    # the usage passes the estimate, so the cap is passed, by at most the excess of the calls
+    # in flight when the last one was let through: at concurrency 4, the 4 largest
+    excess = sorted((b - estimate for b in booked), reverse=True)
+    assert cap < report.spent_usd <= cap + sum(excess[:4]) + 1e-12
+    # and a run again under the same cap makes no call
+    again = collect(samples, [backend], tmp_path / "run", transport=_Priced(estimate),  # type: ignore[arg-type]
+                    options=CollectOptions(max_tokens=16, stream=False, spend_cap_usd=cap,
+                                           concurrency=4))
+    assert again.made == 0 and again.stopped
+    assert again.spent_usd == pytest.approx(report.spent_usd)
+
+
+def test_the_estimate_applies_the_catalogs_image_rule_to_the_image_size(env: dict) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from vlroute.collect.run import estimate_usd
+    from vlroute.collect.samples import read_samples
+    from vlroute.costs.image_tokens import BUILTIN_RULES
+    from vlroute.serve.config import Backend
+
+    sample = read_samples(env["set"]).samples[0]
+    with Image.open(sample.image_paths()[0]) as image:
+        w, h = image.size
+    base = {"name": "c", "base_url": "http://h/v1", "model": "m", "price_in_per_1m": 1.0}
+    text = -(-len(sample.question) // 4)
+    for rule in ("qwen2-vl", "openai-4o", "claude"):
+        tokens = int(BUILTIN_RULES[rule](np.array([w * 1.0]), np.array([h * 1.0]))[0])
+        assert tokens != 765
+        backend = Backend.model_validate({**base, "image_tokens": rule})
+        assert estimate_usd(sample, backend, 0) == pytest.approx((text + tokens) / 1e6)
+    assert estimate_usd(sample, Backend.model_validate({**base, "image_tokens": 100}), 0
+                        ) == pytest.approx((text + 100) / 1e6)
+    assert estimate_usd(sample, Backend.model_validate(base), 0) == pytest.approx(
+        (text + 765) / 1e6)
+
+
+def test_the_journal_keeps_replaced_and_lost_calls(tmp_path: Path) -> None:
+    from vlroute.collect.journal import Journal
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text(
+        '{"event": "start", "key": "a", "estimate_usd": 1}\n'
+        '{"event": "done", "key": "a", "spend_usd": 2}\n'
+        '{"event": "start", "key": "a", "estimate_usd": 1}\n'
+        '{"event": "done", "key": "a", "spend_usd": 3}\n'
+        '{"event": "start", "key": "b", "estimate_usd": 4}\n'
+        '{"event": "start", "key": "b", "estimate_usd": 5}\n')
+    journal = Journal(path)
+    assert journal.done["a"]["spend_usd"] == 3
+    assert [e["spend_usd"] for e in journal.replaced] == [2]
+    assert [e["estimate_usd"] for e in journal.lost] == [4, 5]
+    assert journal.in_flight == {"b"}
+    journal.close()
+
+
+def test_loop_run_passes_its_spend_cap_to_collect(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlroute.collect.loop as loop
+
+    seen: dict[str, object] = {}
+
+    def turn(config: object, judge: object, work: Path, **kw: object) -> dict[str, object]:
+        seen.update(kw)
+        raise loop.LoopError("stop here")
+
+    monkeypatch.setattr(loop, "run_turn", turn)
+    config = tmp_path / "g.yaml"
+    config.write_text("backends: [{name: a, base_url: 'http://h/v1', model: m}]\n")
+    judge = tmp_path / "j.yaml"
+    judge.write_text("judge: {name: j, base_url: 'http://h/v1', model: m}\n")
+    result = CliRunner().invoke(cli, ["loop", "run", "--config", str(config), "--judge",
+                                      str(judge), "--work", str(tmp_path / "w"),
+                                      "--spend-cap", "2.5"])
+    assert "stop here" in result.output
+    assert seen["options"].spend_cap_usd == 2.5                  # type: ignore[attr-defined]

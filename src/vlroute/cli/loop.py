@@ -36,10 +36,13 @@ def loop() -> None:
 @click.option("--router", default="auto", show_default=True)
 @click.option("--target", default=None, help="Calibrate to a target (edge_share>=0.8, ...).")
 @click.option("--min-samples", default=20, show_default=True, type=click.IntRange(2))
+@click.option("--spend-cap", "spend_cap", default=None, type=click.FloatRange(0),
+              metavar="USD", help="Passed to collect: stop making calls before the turn's "
+              "collect run has spent this (all its runs); the turn then stops before judging.")
 def run_command(  # noqa: PLR0913 - one parameter per CLI option
         config_path: Path, judge_path: Path, work: Path, gateway: str | None,
         admin_key_env: str, share: float, seed: int, router: str, target: str | None,
-        min_samples: int) -> None:
+        min_samples: int, spend_cap: float | None) -> None:
     """One turn: export the gateway's prompts, collect every backend's answer, judge, build
     a bench, train and reload."""
     from vlroute.collect.judge import load_judge_config
@@ -49,7 +52,8 @@ def run_command(  # noqa: PLR0913 - one parameter per CLI option
     config, judge = load_config(config_path), load_judge_config(judge_path)
     options = TurnOptions(share=share, seed=seed, router=router, target=target,
                           min_samples=min_samples, gateway=gateway,
-                          admin_key=os.environ.get(admin_key_env) or None)
+                          admin_key=os.environ.get(admin_key_env) or None,
+                          spend_cap_usd=spend_cap)
     with steps("loop", 7) as note:
         report = run_turn(config, judge, work, options=options, note=note)
     dev = report["dev"]

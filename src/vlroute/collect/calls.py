@@ -1,7 +1,13 @@
 """One chat call to an OpenAI-compatible backend, measured: time to first token (streamed),
 total latency, usage, and retries with backoff on 429, 5xx, timeouts, broken connections
 and malformed answers. Other 4xx answers are final (a wrong key or model id does not get
-better by asking again)."""
+better by asking again).
+
+Every attempt that may have been processed, and so billed, is kept in
+:attr:`CallResult.charged` with its usage when the answer had believable usage: any 200
+answer (whole, malformed or cut), a 5xx / 408 / 409 / 425, a timeout or a connection broken
+after the request was sent. Not kept: a connection that never opened, a 429 and other 4xx
+answers (the server refused the request before working on it)."""
 
 from __future__ import annotations
 
@@ -30,6 +36,10 @@ class CallResult:
     latency_s: float | None = None
     attempts: int = 0
     retried: list[str] = field(default_factory=list)
+    #: one entry per attempt that may be billed: its (prompt, completion) usage, or None
+    charged: list[tuple[int, int] | None] = field(default_factory=list)
+    #: whether the request may have reached the server (False: it never connected)
+    reached: bool = True
     headers: dict[str, str] | None = field(default=None, repr=False)
 
     @property
@@ -70,16 +80,25 @@ async def chat(transport: Transport, backend: Backend, payload: bytes, *, stream
     headers = headers or headers_for(backend)
     result = CallResult()
     for attempt in range(policy.retries + 1):
-        retried = result.retried
+        retried, charged = result.retried, result.charged
         if result.error is not None:
             retried = [*retried, result.error]
         result = await _attempt(transport, url, payload, headers, backend.timeout_s, stream)
-        result.attempts, result.retried = attempt + 1, retried
+        if billable(result):
+            charged = [*charged, result.tokens]
+        result.attempts, result.retried, result.charged = attempt + 1, retried, charged
         if result.ok or not _retryable(result) or attempt == policy.retries:
             break
         await asyncio.sleep(policy.wait(attempt, result.headers if result.status == 429
                                         else None))
     return result
+
+
+def billable(result: CallResult) -> bool:
+    """Whether an attempt may have been processed (and billed) by the server."""
+    if result.status is None:
+        return result.reached
+    return result.status == 200 or result.status >= 500 or result.status in (408, 409, 425)
 
 
 def _retryable(result: CallResult) -> bool:
@@ -93,7 +112,9 @@ async def _attempt(transport: Transport, url: str, payload: bytes, headers: dict
         response = await asyncio.wait_for(transport.post(url, payload, headers, timeout_s),
                                           timeout_s)
     except (UpstreamError, TimeoutError) as exc:
-        return CallResult(error=f"no answer: {type(exc).__name__} {exc}".strip())
+        # aiohttp's connect errors (ClientConnectorError, ...): the request was never sent
+        return CallResult(error=f"no answer: {type(exc).__name__} {exc}".strip(),
+                          reached="Connector" not in str(exc))
     try:
         if response.status != 200:
             body = await response.read()
@@ -188,4 +209,4 @@ def _delta(doc: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-__all__ = ["RETRYABLE", "CallResult", "RetryPolicy", "chat", "headers_for"]
+__all__ = ["RETRYABLE", "CallResult", "RetryPolicy", "billable", "chat", "headers_for"]

@@ -36,12 +36,19 @@ class Journal:
         The last ``done`` entry of each key.
     in_flight : set[str]
         Keys started but never done in earlier runs.
+    replaced : list[dict]
+        ``done`` entries a later ``done`` of the same key replaced (a call made again).
+    lost : list[dict]
+        ``start`` entries never followed by their ``done`` (calls in flight at a stop; a
+        key started twice before its ``done`` has lost its first call).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.done: dict[str, dict[str, Any]] = {}
         self.in_flight: set[str] = set()
+        self.replaced: list[dict[str, Any]] = []
+        self.lost: list[dict[str, Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:                     # one writer at a time: a second run would repeat calls
@@ -63,6 +70,7 @@ class Journal:
         if end < len(data):                      # a torn last line: cut it off
             with self.path.open("r+b") as handle:
                 handle.truncate(end)
+        pending: dict[str, dict[str, Any]] = {}
         for number, raw in enumerate(data[:end].splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -73,19 +81,25 @@ class Journal:
                 raise JournalError(f"{self.path}, line {number}: not a journal entry; "
                                    "expected a JSON object with 'event' and 'key'.") from None
             if event == "start":
-                self.in_flight.add(key)
+                if key in pending:
+                    self.lost.append(pending[key])
+                pending[key] = entry
             elif event == "done":
+                if key in self.done:
+                    self.replaced.append(self.done[key])
                 self.done[key] = entry
-                self.in_flight.discard(key)
+                pending.pop(key, None)
+        self.lost.extend(pending.values())
+        self.in_flight = set(pending)
 
     def write(self, entry: dict[str, Any]) -> None:
         """Append one entry (one ``write``; durable once :meth:`commit` returns)."""
         os.write(self._fd, _dumps(entry) + b"\n")
         self._written += 1
 
-    def start(self, key: str) -> None:
-        """Note that the call ``key`` is being sent."""
-        self.write({"event": "start", "key": key})
+    def start(self, key: str, **extra: Any) -> None:
+        """Note that the call ``key`` is being sent (with ``extra`` fields)."""
+        self.write({"event": "start", "key": key, **extra})
 
     def record(self, key: str, result: dict[str, Any]) -> None:
         """Write the result of ``key`` (a killed process keeps it; durable once

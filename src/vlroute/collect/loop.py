@@ -51,6 +51,7 @@ class TurnOptions:
     gateway: str | None = None
     admin_key: str | None = None
     max_tokens: int = 512
+    spend_cap_usd: float | None = None
 
 
 def unique_prompts(samples: SampleSet) -> SampleSet:
@@ -152,7 +153,12 @@ def run_turn(config: GatewayConfig, judge: JudgeConfig, work: Path, *,
                         "choose on dev.")
     note("collect")          # into work/run: a stopped turn run again resumes its calls
     collected = collect(samples, config.backends, work / "run", options=CollectOptions(
-        share=options.share, seed=options.seed, max_tokens=options.max_tokens))
+        share=options.share, seed=options.seed, max_tokens=options.max_tokens,
+        spend_cap_usd=options.spend_cap_usd))
+    if collected.stopped:
+        raise LoopError(f"collect stopped early: {collected.stopped}; the turn's run "
+                        f"{work / 'run'} is kept: run the turn again with a higher "
+                        "--spend-cap to go on.")
     note("judge")
     judged = judge_run(work / "run", judge)
     report: dict[str, Any] = {

@@ -11,14 +11,19 @@ flight would pass it; a later run with a higher cap goes on where this one stopp
 
 Cost is priced from the answer's ``usage`` at the backend's configured prices
 (``price_in_per_1m``, ``price_out_per_1m``); an answer without believable usage has no
-measured cost (the bench estimates it from the catalog) and counts against the cap at its
-estimate: the question at 4 characters a token, each image at the backend's ``image_tokens``
-(765 when unset or a rule), and ``max_tokens`` out.
+measured cost (the bench estimates it from the catalog). Against the cap, every attempt that
+may have been billed (:func:`vlroute.collect.calls.billable`: retried ones, failed final
+ones) is booked at its usage cost, else at the call's estimate: the question at 4 characters
+a token, each image at the backend's ``image_tokens`` (a number, or a catalog rule applied to
+the image's width and height; 765 when unset), and ``max_tokens`` out. Calls in flight at a
+kill are booked at their estimate. The cap can be passed by at most the sum, over the calls
+in flight when the last call was let through, of (booked - estimate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -29,11 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlroute._optional import require
 from vlroute.collect.calls import CallResult, RetryPolicy, chat, headers_for
 from vlroute.collect.journal import Journal
 from vlroute.collect.outputs import write_run
 from vlroute.collect.samples import Sample, SampleSet, chat_body
+from vlroute.costs.image_tokens import BUILTIN_RULES
 from vlroute.errors import VlrouteError
 from vlroute.serve.config import Backend
 from vlroute.serve.upstream import AiohttpTransport, Transport
@@ -120,10 +128,52 @@ def matches(entry: dict[str, Any], fingerprint: str) -> bool:
     return recorded is None or recorded == fingerprint
 
 
+#: tokens an image is estimated at when the backend's image_tokens is unset
+IMAGE_TOKENS = 765
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header; None when unreadable."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _image_size(Path(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=65536)
+def _image_size(path: Path, _mtime_ns: int, _size: int) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(image.width), int(image.height)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def image_tokens(sample: Sample, backend: Backend) -> int:
+    """The input tokens of ``sample``'s images at ``backend``: its ``image_tokens`` number,
+    or its catalog rule applied to each image's width and height (an unreadable image, or
+    no ``image_tokens``: 765)."""
+    rule = backend.image_tokens
+    if isinstance(rule, int):
+        return rule * len(sample.images)
+    if rule is None or not sample.images:
+        return IMAGE_TOKENS * len(sample.images)
+    sizes = [image_size(p) for p in sample.image_paths()]
+    known = [s for s in sizes if s is not None]
+    tokens = IMAGE_TOKENS * (len(sizes) - len(known))
+    if known:
+        w = np.array([s[0] for s in known], dtype=float)
+        h = np.array([s[1] for s in known], dtype=float)
+        tokens += math.ceil(float(BUILTIN_RULES[rule](w, h).sum()))
+    return tokens
+
+
 def estimate_usd(sample: Sample, backend: Backend, max_tokens: int) -> float:
     """The cost a call is held at against the spend cap (see the module docstring)."""
-    per_image = backend.image_tokens if isinstance(backend.image_tokens, int) else 765
-    tokens_in = math.ceil(len(sample.question) / 4) + per_image * len(sample.images)
+    tokens_in = math.ceil(len(sample.question) / 4) + image_tokens(sample, backend)
     return (tokens_in * backend.price_in_per_1m + max_tokens * backend.price_out_per_1m) / 1e6
 
 
@@ -193,7 +243,10 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     fps = {key_of(b.name, s.sample_id): fingerprint(s, b) for b in calling for s in chosen
            if not (s.images and not b.vision)}
     todo = _todo(journal, calling, chosen, options, report, fps)
-    spent = sum(float(e.get("spend_usd") or 0.0) for e in journal.done.values())
+    # every call booked so far, the replaced ones too, and those lost in flight at a stop
+    spent = sum(float(e.get("spend_usd") or 0.0) for e in [*journal.done.values(),
+                                                           *journal.replaced])
+    spent += sum(float(e.get("estimate_usd") or 0.0) for e in journal.lost)
     own = transport is None
     run = _Run(journal, transport or AiohttpTransport(), options, _Budget(
         options.spend_cap_usd, spent), report, report.planned, progress or (lambda d, t: None),
@@ -316,7 +369,7 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
                                   f"(${run.budget.spent:.6f} spent)")
             return
         key = key_of(backend.name, sample.sample_id)
-        run.journal.start(key)
+        run.journal.start(key, estimate_usd=held)
         payload = orjson.dumps(chat_body(sample, backend.model, max_tokens=options.max_tokens,
                                          stream=options.stream))
         result = await chat(run.transport, backend, payload, stream=options.stream,
@@ -342,11 +395,15 @@ async def _counted(run: _Run, ok: bool) -> None:
 
 def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate: float
                   ) -> dict[str, Any]:
-    """The journal's record of one call: measured values, or None where not measured."""
-    cost = None
-    if result.tokens is not None:
-        cost = (result.tokens[0] * backend.price_in_per_1m
-                + result.tokens[1] * backend.price_out_per_1m) / 1e6
+    """The journal's record of one call: measured values, or None where not measured;
+    ``spend_usd`` books every attempt that may have been billed at its usage cost, else at
+    ``estimate``."""
+    def priced(tokens: tuple[int, int]) -> float:
+        return (tokens[0] * backend.price_in_per_1m + tokens[1] * backend.price_out_per_1m
+                ) / 1e6
+
+    cost = priced(result.tokens) if result.tokens is not None else None
+    spend = sum(priced(t) if t is not None else estimate for t in result.charged)
     energy = None
     if backend.power_w is not None and result.latency_s is not None and result.ok:
         energy = backend.power_w * result.latency_s
@@ -358,7 +415,7 @@ def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate
         "tokens_out": result.tokens[1] if result.tokens else None,
         "ttft_s": _round(result.ttft_s), "latency_s": _round(result.latency_s),
         "cost_usd": cost, "energy_j": _round(energy),
-        "spend_usd": cost if cost is not None else (estimate if result.ok else 0.0),
+        "spend_usd": spend,
         "attempts": result.attempts, "retried": result.retried, "ts": time.time()}
 
 
@@ -366,6 +423,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-__all__ = ["JOURNAL", "CollectError", "CollectOptions", "CollectReport", "Fingerprints",
-           "check_out", "collect", "collect_async", "estimate_usd", "key_of", "matches",
-           "outcome_entry", "plan"]
+__all__ = ["IMAGE_TOKENS", "JOURNAL", "CollectError", "CollectOptions", "CollectReport",
+           "Fingerprints", "check_out", "collect", "collect_async", "estimate_usd",
+           "image_size", "image_tokens", "key_of", "matches", "outcome_entry", "plan"]
