@@ -67,8 +67,9 @@ def test_collect_records_measured_answers_with_retries(env: dict, tmp_path: Path
     assert sum(r["attempts"] > 1 for r in by_model["edge-2b"]) >= 5       # its 429s, retried
     assert all(r["response"] and r["latency_s"] > 0 and r["ttft_s"] is not None for r in rows)
     edge = by_model["edge-2b"]
-    assert all(r["cost_usd"] == 0 and r["energy_j"] == pytest.approx(20 * r["latency_s"],
-                                                                     rel=1e-3) for r in edge)
+    # the edge's config gives no prices: its cost is not measured (not $0)
+    assert all(r["cost_usd"] is None and r["energy_j"] == pytest.approx(20 * r["latency_s"],
+                                                                        rel=1e-3) for r in edge)
     cloud = by_model["cloud-72b"]
     priced = [r for r in cloud if r["tokens_in"] is not None]
     assert 0 < len(priced) < len(cloud)                    # bad usage: no measured cost
@@ -508,3 +509,34 @@ def test_loop_run_passes_its_spend_cap_to_collect(tmp_path: Path,
                                       "--spend-cap", "2.5"])
     assert "stop here" in result.output
     assert seen["options"].spend_cap_usd == 2.5                  # type: ignore[attr-defined]
+
+
+def test_a_backend_without_prices_has_no_measured_cost(env: dict, tmp_path: Path) -> None:
+    import yaml
+
+    from vlroute.data import load_bench
+
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    free = tmp_path / "free.yaml"            # the edge with prices given as 0: free, measured
+    free.write_text(env["config"].read_text().replace(
+        "power_w: 20,", "power_w: 20, price_in_per_1m: 0, price_out_per_1m: 0,"))
+    for config, cost in ((env["config"], None), (free, 0.0)):
+        run = tmp_path / f"run-{cost}"
+        out = run_cli("collect", env["set"], "--backends", config, "--out", run, "--limit",
+                      "4")
+        assert ("No prices in the config for edge" in out) == (cost is None)
+        edge = [r for r in outcomes(run) if r["model"] == "edge-2b"]
+        assert len(edge) == 4 and all(r["cost_usd"] == cost for r in edge)
+        entry = yaml.safe_load((run / "costs.yaml").read_text())["models"]["edge-2b"]
+        assert entry["tier"] == "edge" and ("price" in entry) == (cost is not None)
+        run_cli("judge", "reference", run)
+        run_cli("bench", "build", run, "--out", tmp_path / f"bench-{cost}")
+        bench = load_bench(tmp_path / f"bench-{cost}")
+        models = list(bench.models["model"])
+        records = bench.records[bench.records["model_idx"] == models.index("edge-2b")]
+        assert len(records) == 4
+        # the bench estimates the unpriced backend's cost from the catalog, not $0 measured
+        assert bool(records["cost_usd_estimated"].all()) == (cost is None)
+        assert (records["cost_usd"] > 0).all() == (cost is None)

@@ -26,7 +26,8 @@ def gateway_yaml(path: Path, ports: dict[str, int], db: Path) -> Path:
     path.write_text(f"""
 backends:
   - {{name: edge, base_url: "http://127.0.0.1:{ports['edge']}/v1", model: small, tier: edge,
-     router_model: edge-2b, prior_quality: 0.3, power_w: 15}}
+     router_model: edge-2b, prior_quality: 0.3, power_w: 15, price_in_per_1m: 0,
+     price_out_per_1m: 0}}
   - {{name: cloud, base_url: "http://127.0.0.1:{ports['cloud']}/v1", model: big, tier: cloud,
      router_model: cloud-72b, prior_quality: 0.9, price_in_per_1m: 2.0, price_out_per_1m: 8.0}}
 router: {{artifact: no-bundle-yet, text_encoder: hashing-text, image_encoder: hashing-image}}

@@ -115,6 +115,9 @@ def collect_command(  # noqa: PLR0913 - one parameter per CLI option
                      if report.request_changed else "")
                   + (f" {report.stale} recorded result(s) for another request left out of "
                      "outcomes.jsonl (collect those backends again)." if report.stale else "")
+                  + (f" No prices in the config for {', '.join(report.unpriced)}: its "
+                     "cost_usd is null (not $0), so the bench estimates it from the catalog; "
+                     "it counts $0 against a spend cap." if report.unpriced else "")
                   + (f" {report.no_vision} sample(s) with images not sent to a backend "
                      "with vision: false." if report.no_vision else ""))
     if report.stopped:

@@ -48,8 +48,7 @@ def write_run(out: Path, source: SampleSet, samples: Sequence[Sample],
     rows = [outcome_row({**e, "model": models[e["backend"]]}) for e in entries]
     write_jsonl(out / "outcomes.jsonl", _keep_scores(out / "outcomes.jsonl", rows))
     write_text_atomic(out / "costs.yaml", yaml.safe_dump({"models": {
-        models[b.name]: {"price": [b.price_in_per_1m, b.price_out_per_1m], "tier": b.tier,
-                         "status": "config"} for b in backends}}, sort_keys=True))
+        models[b.name]: _cost_entry(b) for b in backends}}, sort_keys=True))
     info = dict(source.info)
     write_json_atomic(out / "set.json", {
         "name": f"{source.name}-collected", "label": "graded", "raw_scale": [0, 10],
@@ -63,6 +62,18 @@ def write_run(out: Path, source: SampleSet, samples: Sequence[Sample],
     write_json_atomic(out / "run.json", {"schema": "vlroute-collect/1", **report,
                                          "backends": summary})
     return summary
+
+
+def _cost_entry(backend: Backend) -> dict[str, Any]:
+    """The catalog entry of a backend: its configured prices and tier; without prices in the
+    config, only its tier (the catalog prices it, as it estimates its outcomes' cost)."""
+    from vlroute.collect.run import has_prices
+
+    if not has_prices(backend):
+        return {"tier": backend.tier, "note": f"backend {backend.name!r} has no prices in "
+                "its config: priced by the catalog"}
+    return {"price": [backend.price_in_per_1m, backend.price_out_per_1m],
+            "tier": backend.tier, "status": "config"}
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

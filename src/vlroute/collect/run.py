@@ -80,6 +80,7 @@ class CollectReport:
     made: int = 0
     failed: int = 0
     no_vision: int = 0
+    unpriced: list[str] = field(default_factory=list)
     in_flight_repeated: int = 0
     request_changed: int = 0
     stale: int = 0
@@ -119,6 +120,14 @@ class Fingerprints:
         doc = {"body": body, "model": backend.model, "base_url": backend.base_url}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
                               ).hexdigest()
+
+
+def has_prices(backend: Backend) -> bool:
+    """Whether the config sets the backend's prices: either price given (0 included, for a
+    free backend) or non-zero. A backend without them has no measured cost (``cost_usd``
+    null: the bench estimates it from the catalog), not a measured $0."""
+    given = {"price_in_per_1m", "price_out_per_1m"} & backend.model_fields_set
+    return bool(given) or backend.price_in_per_1m > 0 or backend.price_out_per_1m > 0
 
 
 def matches(entry: dict[str, Any], fingerprint: str) -> bool:
@@ -239,6 +248,7 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     check_out(Path(out))
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
+    report.unpriced = [b.name for b in calling if not has_prices(b)]
     fingerprint = Fingerprints(options.max_tokens)
     fps = {key_of(b.name, s.sample_id): fingerprint(s, b) for b in calling for s in chosen
            if not (s.images and not b.vision)}
@@ -343,7 +353,7 @@ def report_fields(report: CollectReport) -> dict[str, Any]:
             "made": report.made, "failed": report.failed,
             "in_flight_repeated": report.in_flight_repeated,
             "request_changed": report.request_changed, "stale_left_out": report.stale,
-            "no_vision_skipped": report.no_vision,
+            "no_vision_skipped": report.no_vision, "unpriced_backends": report.unpriced,
             "spent_usd": round(report.spent_usd, 9), "calls_s": round(report.calls_s, 6),
             "stopped": report.stopped}
 
@@ -402,7 +412,8 @@ def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate
         return (tokens[0] * backend.price_in_per_1m + tokens[1] * backend.price_out_per_1m
                 ) / 1e6
 
-    cost = priced(result.tokens) if result.tokens is not None else None
+    cost = (priced(result.tokens) if result.tokens is not None and has_prices(backend)
+            else None)
     spend = sum(priced(t) if t is not None else estimate for t in result.charged)
     energy = None
     if backend.power_w is not None and result.latency_s is not None and result.ok:
@@ -425,4 +436,4 @@ def _round(value: float | None) -> float | None:
 
 __all__ = ["IMAGE_TOKENS", "JOURNAL", "CollectError", "CollectOptions", "CollectReport",
            "Fingerprints", "check_out", "collect", "collect_async", "estimate_usd",
-           "image_size", "image_tokens", "key_of", "matches", "outcome_entry", "plan"]
+           "has_prices", "image_size", "image_tokens", "key_of", "matches", "outcome_entry", "plan"]
