@@ -163,3 +163,39 @@ def test_the_report_shows_an_agreement_attached_to_a_results_document(tmp_path: 
     html = (tmp_path / "report.html").read_text()
     assert "Judge agreement with human labels" in html and "(s - 1) * 2.5" in html
     assert "data-statistic='mae'" in html and "data-value='1.25'" in html
+
+
+def test_the_bootstrap_resamples_questions_not_responses(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    human = rng.integers(0, 11, 30).astype(float)
+    judge = np.clip(human + rng.normal(0, 3, 30), 0, 10)
+    # ten models answered each question alike: 300 pairs, but only 30 independent ones
+    ids = [f"s{i:02d}" for i in range(30)]
+    many_j, many_h, groups = np.repeat(judge, 10), np.repeat(human, 10), np.repeat(ids, 10)
+    alone = bootstrap_interval(mae, judge, human, n_boot=300, seed=5)
+    cluster = bootstrap_interval(mae, many_j, many_h, n_boot=300, seed=5, groups=groups)
+    plain = bootstrap_interval(mae, many_j, many_h, n_boot=300, seed=5)
+    assert cluster == pytest.approx(alone)             # as wide as 30 questions allow
+    assert plain[1] - plain[0] < 0.5 * (cluster[1] - cluster[0])   # pairs: far too narrow
+    with pytest.raises(ValueError, match="one label per pair"):
+        bootstrap_interval(mae, judge, human, groups=ids[:3])
+    # judge agree resamples by sample_id unless told otherwise, and says which
+    run = tmp_path / "run"
+    run.mkdir()
+    human_file = tmp_path / "human.jsonl"
+    write_jsonl(run / "outcomes.jsonl", [
+        {"sample_id": s, "model": f"m{k}", "raw_score": float(j), "score": j / 10,
+         "judge": {"model": "j", "rubric": "r"}} for s, j in zip(ids, judge, strict=True)
+        for k in range(10)])
+    write_jsonl(human_file, [{"sample_id": s, "model": f"m{k}", "score": float(h)}
+                             for s, h in zip(ids, human, strict=True) for k in range(10)])
+    widths = {}
+    for unit in ("sample", "pair"):
+        run_cli("judge", "agree", run, "--human", human_file, "--resample", unit,
+                "--bootstrap", "300", "--seed", "5", "--out", tmp_path / f"{unit}.json")
+        doc = json.loads((tmp_path / f"{unit}.json").read_text())
+        low, high = doc["metrics"]["mae"]["ci"]
+        widths[unit] = high - low
+        assert doc["bootstrap"]["unit"] == ("group" if unit == "sample" else "pair")
+    assert widths["pair"] < 0.5 * widths["sample"]
+    assert widths["sample"] == pytest.approx(alone[1] - alone[0])

@@ -71,6 +71,10 @@ def reference_command(run: Path, in_place: bool) -> None:
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
               type=click.IntRange(10, 100_000))
 @click.option("--seed", default=0, show_default=True)
+@click.option("--resample", default="sample", show_default=True,
+              type=click.Choice(["sample", "pair"]), help="Bootstrap unit: whole questions "
+              "(all responses to a sample_id together; they are not independent) or single "
+              "(sample, model) pairs.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Results JSON (default RUN/agreement.json).")
 @click.option("--results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -78,7 +82,7 @@ def reference_command(run: Path, in_place: bool) -> None:
               "--results`), so that `vlroute report` shows it.")
 def agree_command(  # noqa: PLR0913 - one parameter per CLI option
         run: Path, human: Path, field: str, scale: str, mes: float, n_boot: int, seed: int,
-        out: Path | None, results: Path | None) -> None:
+        resample: str, out: Path | None, results: Path | None) -> None:
     """Agreement of RUN's judge scores with human labels: Spearman, quadratic weighted kappa,
     MAE and solved at MES, with bootstrap intervals."""
     from vlroute._io import write_json_atomic
@@ -88,7 +92,8 @@ def agree_command(  # noqa: PLR0913 - one parameter per CLI option
         mapping = ScaleMapping.parse(scale)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scale") from None
-    doc = agree(run, human, field=field, scale=mapping, mes=mes, n_boot=n_boot, seed=seed)
+    doc = agree(run, human, field=field, scale=mapping, mes=mes, n_boot=n_boot, seed=seed,
+                resample=resample)
     target = out or run / "agreement.json"
     write_json_atomic(target, doc)
     if results is not None:

@@ -89,8 +89,13 @@ def judge_scores(run: Path) -> tuple[dict[tuple[str, str], float], dict[str, Any
 
 
 def agree(run: Path, human: Path, *, field: str = "score", scale: ScaleMapping | None = None,
-          mes: float = 6.0, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The agreement document of ``run``'s judge against the ``human`` file."""
+          mes: float = 6.0, n_boot: int = 1000, seed: int = 0,
+          resample: str = "sample") -> dict[str, Any]:
+    """The agreement document of ``run``'s judge against the ``human`` file; the bootstrap
+    resamples questions (``resample="sample"``: the responses to one sample_id go together)
+    or single pairs (``"pair"``)."""
+    if resample not in ("sample", "pair"):
+        raise ValueError(f"resample is {resample!r}; expected 'sample' or 'pair'.")
     judged, judge = judge_scores(run)
     labels = read_scores(human, field, scale)
     pairs = sorted(set(judged) & set(labels))
@@ -99,7 +104,8 @@ def agree(run: Path, human: Path, *, field: str = "score", scale: ScaleMapping |
                         f"the {len(judged)} judged outcomes of {run}; expected at least 2.")
     a = np.array([judged[p] for p in pairs])
     b = np.array([labels[p] for p in pairs])
-    stats = agreement(a, b, mes=mes, n_boot=n_boot, seed=seed)
+    stats = agreement(a, b, mes=mes, n_boot=n_boot, seed=seed,
+                      groups=[p[0] for p in pairs] if resample == "sample" else None)
     return {"schema": SCHEMA, "run": str(run), "human": str(human), "human_field": field,
             "mapping": scale.describe() if scale else {"from": [0, 10], "to": [0, 10],
                                                       "formula": "s"},

@@ -2,7 +2,10 @@
 
 Pure functions of two equal-length arrays: Spearman's rank correlation, Cohen's weighted
 kappa with quadratic weights, mean absolute error, and the confusion table of "solved"
-(score >= MES) under both, each with a percentile bootstrap interval over the scored pairs.
+(score >= MES) under both, each with a percentile bootstrap interval. Many responses share
+a question (every model answers it), and they are not independent: given ``groups`` (the
+sample id of each pair) the bootstrap resamples whole groups (a cluster bootstrap), else
+single pairs.
 
 Quadratic kappa weighs a disagreement by the squared difference of the two scores' values
 (not of category indices), so it applies to any scale mapped to 0-10 (Vibe-Eval's 1-5 becomes
@@ -20,7 +23,7 @@ is Cohen's quadratic weighted kappa when the values are equally spaced categorie
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,15 +81,31 @@ def solved_agreement(judge: FloatArray, human: FloatArray, mes: float) -> float:
 
 
 def bootstrap_interval(metric: Metric, judge: FloatArray, human: FloatArray, *,
-                       n_boot: int = 1000, level: float = 0.95, seed: int = 0
+                       n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                       groups: Sequence[object] | None = None
                        ) -> tuple[float | None, float | None]:
-    """Percentile bootstrap interval of ``metric`` over resampled pairs (seeded); resamples
-    where the metric is undefined are dropped, and None is returned when all are."""
+    """Percentile bootstrap interval of ``metric`` (seeded): over resampled pairs, or, given
+    ``groups`` (one label per pair, e.g. its sample id), over resampled groups, each drawn
+    group bringing all its pairs (a cluster bootstrap). Resamples where the metric is
+    undefined are dropped, and None is returned when all are."""
     a, b = np.asarray(judge, float), np.asarray(human, float)
     rng = np.random.default_rng(seed)
+    clusters: list[np.ndarray] | None = None
+    if groups is not None:
+        if len(groups) != len(a):
+            raise ValueError(f"groups has {len(groups)} labels for {len(a)} pairs; expected "
+                             "one label per pair.")
+        _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse))[:-1]
+        clusters = np.split(order, bounds)
     values = []
     for _ in range(n_boot):
-        rows = rng.integers(0, len(a), len(a))
+        if clusters is None:
+            rows = rng.integers(0, len(a), len(a))
+        else:
+            rows = np.concatenate([clusters[c] for c in rng.integers(0, len(clusters),
+                                                                     len(clusters))])
         value = metric(a[rows], b[rows])
         if np.isfinite(value):
             values.append(value)
@@ -98,8 +117,10 @@ def bootstrap_interval(metric: Metric, judge: FloatArray, human: FloatArray, *,
 
 
 def agreement(judge: FloatArray, human: FloatArray, *, mes: float = 6.0, n_boot: int = 1000,
-              level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Every agreement statistic with its bootstrap interval, and the confusion at ``mes``."""
+              level: float = 0.95, seed: int = 0, groups: Sequence[object] | None = None
+              ) -> dict[str, Any]:
+    """Every agreement statistic with its bootstrap interval (resampling ``groups`` when
+    given, else pairs), and the confusion at ``mes``."""
     a, b = np.asarray(judge, float), np.asarray(human, float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"judge and human scores must be 1-D and of one length; got "
@@ -112,11 +133,14 @@ def agreement(judge: FloatArray, human: FloatArray, *, mes: float = 6.0, n_boot:
     out: dict[str, Any] = {"n": len(a), "mes": mes, "metrics": {}}
     for name, fn in metrics.items():
         value = fn(a, b)
-        low, high = bootstrap_interval(fn, a, b, n_boot=n_boot, level=level, seed=seed)
+        low, high = bootstrap_interval(fn, a, b, n_boot=n_boot, level=level, seed=seed,
+                                       groups=groups)
         out["metrics"][name] = {"value": value if np.isfinite(value) else None,
                                 "ci": [low, high]}
     out["confusion"] = confusion_at_mes(a, b, mes)
-    out["bootstrap"] = {"n_boot": n_boot, "level": level, "seed": seed}
+    out["bootstrap"] = {"n_boot": n_boot, "level": level, "seed": seed,
+                        "unit": "pair" if groups is None else "group",
+                        "groups": None if groups is None else len({str(g) for g in groups})}
     return out
 
 
