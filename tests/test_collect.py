@@ -540,3 +540,19 @@ def test_a_backend_without_prices_has_no_measured_cost(env: dict, tmp_path: Path
         # the bench estimates the unpriced backend's cost from the catalog, not $0 measured
         assert bool(records["cost_usd_estimated"].all()) == (cost is None)
         assert (records["cost_usd"] > 0).all() == (cost is None)
+
+
+def test_scores_are_kept_for_responses_with_unicode_line_separators(tmp_path: Path) -> None:
+    from vlroute.collect.outputs import _keep_scores, write_jsonl
+
+    texts = ["one\u2028two", "three\u0085four", "five\u2029six\x1c"]
+    rows = [{"sample_id": f"s{i}", "model": "m", "response": t, "score": None,
+             "request_sha256": "f"} for i, t in enumerate(texts)]
+    path = tmp_path / "outcomes.jsonl"
+    write_jsonl(path, [{**r, "score": 0.7, "raw_score": 7, "judge": {"model": "j"}}
+                       for r in rows])
+    assert "\u2028" in path.read_text("utf-8")              # written raw (ensure_ascii off)
+    kept = _keep_scores(path, rows)
+    assert [r["raw_score"] for r in kept] == [7, 7, 7]
+    assert [r["score"] for r in _keep_scores(path, [{**rows[0], "request_sha256": "g"}])
+            ] == [None]                                      # another request: not kept

@@ -112,7 +112,10 @@ def _keep_scores(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     if not path.is_file():
         return rows
     before: dict[tuple[str, str], dict[str, Any]] = {}
-    for line in path.read_text("utf-8").splitlines():
+    # "\n" only: str.splitlines() would also cut at U+2028, U+0085, ... inside a response
+    for line in path.read_text("utf-8").split("\n"):
+        if not line.strip():
+            continue
         with contextlib.suppress(ValueError, KeyError, TypeError):
             row = json.loads(line)
             before[(row["sample_id"], row["model"])] = row
