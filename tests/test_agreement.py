@@ -104,6 +104,17 @@ def test_agree_maps_the_human_scale_explicitly_and_stores_it(tmp_path: Path) -> 
     ([{"sample_id": "x", "model": "m", "score": 3}], [],
      "only 0 (sample_id, model) pair(s) in common"),
     ([], ["--scale", "5,1"], "HI must be greater than LO"),
+    ([{"sample_id": "s0", "model": "m", "score": True}], [],
+     "human.jsonl, line 1: 'score' is True; expected a number or null"),
+    ([{"sample_id": "s0", "model": "m", "score": 3}, {"sample_id": "s1", "model": "m",
+                                                      "score": 4},
+      {"sample_id": "s0", "model": "m", "score": 5}], [],
+     "human.jsonl, line 3: ('s0', 'm') is labelled again (first on line 1); expected one "
+     "label per (sample_id, model)"),
+    ([{"sample_id": "s0", "score": 3}], [],
+     "human.jsonl, line 1: expected 'sample_id' and 'model' strings; got 's0' and None"),
+    ([{"sample_id": "s0", "model": "m", "score": 3}, {"model": "m", "score": None}], [],
+     "human.jsonl, line 2: expected 'sample_id' and 'model' strings"),
 ])
 def test_bad_human_labels_are_one_line(tmp_path: Path, rows: list[dict[str, object]],
                                        args: list[str], message: str) -> None:
@@ -114,6 +125,7 @@ def test_bad_human_labels_are_one_line(tmp_path: Path, rows: list[dict[str, obje
                                       *args])
     assert result.exit_code != 0 and message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if "Error" in line]) == 1
 
 
 def test_the_stub_judge_against_vibe_eval_graded_scores(tmp_path: Path) -> None:

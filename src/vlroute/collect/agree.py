@@ -54,21 +54,35 @@ class ScaleMapping:
 
 def read_scores(path: Path, field: str, mapping: ScaleMapping | None
                 ) -> dict[tuple[str, str], float]:
-    """(sample_id, model) -> score on 0-10 (mapped), for rows whose ``field`` is a number;
-    a number outside the scale is an error naming the line."""
+    """(sample_id, model) -> score on 0-10 (mapped), for rows whose ``field`` is a number
+    (null: not labelled). Errors name the line: a row without a ``sample_id`` and ``model``
+    string, a (sample_id, model) pair labelled twice, a label that is not a finite number
+    (a boolean included) or lies outside the scale."""
     out: dict[tuple[str, str], float] = {}
+    first: dict[tuple[str, str], int] = {}
     for number, row in iter_jsonl(Path(path)):
+        sample, model = row.get("sample_id"), row.get("model")
+        if not isinstance(sample, str) or not isinstance(model, str) or not sample \
+                or not model:
+            raise ReaderError(path, f"line {number}", "expected 'sample_id' and 'model' "
+                              f"strings; got {sample!r} and {model!r}")
+        if (sample, model) in first:
+            raise ReaderError(path, f"line {number}", f"({sample!r}, {model!r}) is labelled "
+                              f"again (first on line {first[(sample, model)]}); expected one "
+                              "label per (sample_id, model)")
+        first[(sample, model)] = number
         value = row.get(field)
-        if value is None or isinstance(value, bool):
+        if value is None:
             continue
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
             raise ReaderError(path, f"line {number}", f"{field!r} is {value!r}; expected a "
                                                       "number or null")
         mapped = mapping(float(value)) if mapping else float(value)
         if not -1e-9 <= mapped <= 10 + 1e-9:
             raise ReaderError(path, f"line {number}", f"{field!r} is {value}, {mapped:g} on "
                               "0-10 after the mapping; check --scale")
-        out[(str(row.get("sample_id")), str(row.get("model")))] = mapped
+        out[(sample, model)] = mapped
     return out
 
 
