@@ -119,7 +119,6 @@ class _OutOfFold(QualityRouter):
         return out
 
 
-
 def _member(name: str) -> QualityRouter:
     from vlroute.routers import make_router
 
