@@ -556,3 +556,41 @@ def test_scores_are_kept_for_responses_with_unicode_line_separators(tmp_path: Pa
     assert [r["raw_score"] for r in kept] == [7, 7, 7]
     assert [r["score"] for r in _keep_scores(path, [{**rows[0], "request_sha256": "g"}])
             ] == [None]                                      # another request: not kept
+
+
+def test_collect_and_judge_hold_one_lock_on_the_run_folder(env: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import vlroute.collect.run as collect_run
+    from vlroute.collect.journal import JournalError, lock_run
+
+    ports = env["ports"]
+    for name in ("edge", "cloud"):
+        set_fault(ports[name])
+    run = tmp_path / "run"
+    real, held = collect_run.write_run, []
+
+    def write_run(out: Path, *args: object, **kw: object) -> object:
+        try:                                   # another writer now: refused
+            with lock_run(out):
+                held.append(False)
+        except JournalError:
+            held.append(True)
+        return real(out, *args, **kw)          # type: ignore[arg-type]
+
+    monkeypatch.setattr(collect_run, "write_run", write_run)
+    run_cli("collect", env["set"], "--backends", env["config"], "--out", run, "--limit", "2")
+    assert held == [True]                     # the lock is held while outcomes are written
+    monkeypatch.setattr(collect_run, "write_run", real)
+    judge = tmp_path / "j.yaml"
+    judge.write_text("judge: {name: j, base_url: 'http://127.0.0.1:1/v1', model: m}\n")
+    with lock_run(run):                       # a collect (or judge) of the folder going on
+        for args in (["judge", "run", str(run), "--judge", str(judge)],
+                     ["judge", "reference", str(run)],
+                     ["collect", str(env["set"]), "--backends", str(env["config"]), "--out",
+                      str(run)]):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 1, result.output
+            assert "another vlroute collect or judge is writing this run folder" in " ".join(
+                result.output.split())
+    assert "4 of 4 outcome(s) scored" in run_cli("judge", "reference", run)

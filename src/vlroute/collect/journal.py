@@ -13,9 +13,11 @@ run stopped: it is made again, and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,26 @@ class Journal:
             self._fd = -1
 
 
+@contextlib.contextmanager
+def lock_run(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock of a run folder (a ``flock`` on the folder itself, so no file
+    is added): ``collect`` holds it from planning until its outputs are written, ``judge
+    run`` and ``judge reference`` while they read and rewrite ``outcomes.jsonl``, so they
+    never interleave. Another holder: :class:`JournalError` at once, not a wait."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise JournalError(f"{folder}: another vlroute collect or judge is writing this "
+                               "run folder; wait for it to finish or stop it.") from None
+        yield
+    finally:
+        os.close(fd)                                # closing the descriptor drops the lock
+
+
 def _dumps(entry: dict[str, Any]) -> bytes:
     try:
         import orjson  # several times faster, and on the hot path
@@ -159,4 +181,4 @@ def _dumps(entry: dict[str, Any]) -> bytes:
     return orjson.dumps(entry)
 
 
-__all__ = ["Journal", "JournalError"]
+__all__ = ["Journal", "JournalError", "lock_run"]

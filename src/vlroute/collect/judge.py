@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vlroute._io import write_json_atomic
 from vlroute._optional import require
 from vlroute.collect.calls import RetryPolicy, chat, headers_for
-from vlroute.collect.journal import Journal
+from vlroute.collect.journal import Journal, lock_run
 from vlroute.collect.outputs import write_jsonl
 from vlroute.collect.rubric import (
     REMINDER,
@@ -150,8 +150,9 @@ def judge_run(run: Path, config: JudgeConfig, *, progress: Callable[[int, int], 
     """Score every response of the run folder ``run`` and rewrite its outcomes.jsonl (a
     folder that is not a collect run only when ``in_place``)."""
     check_run(Path(run), in_place)
-    return asyncio.run(_judge(Path(run), config, progress or (lambda d, t: None), transport,
-                              cache))
+    with lock_run(Path(run)):          # collect holds it too: one writer of outcomes.jsonl
+        return asyncio.run(_judge(Path(run), config, progress or (lambda d, t: None),
+                                  transport, cache))
 
 
 async def _judge(run: Path, config: JudgeConfig, progress: Callable[[int, int], None],
@@ -248,6 +249,11 @@ def reference_run(run: Path, *, in_place: bool = False) -> JudgeReport:
     leaves its responses unscored. A folder that is not a collect run only when
     ``in_place``."""
     check_run(Path(run), in_place)
+    with lock_run(Path(run)):
+        return _reference(Path(run))
+
+
+def _reference(run: Path) -> JudgeReport:
     samples = {s.sample_id: s for s in read_samples(run).samples}
     rows = [row for _, row in iter_jsonl(Path(run) / "outcomes.jsonl")]
     report = JudgeReport(outcomes=len(rows))

@@ -38,7 +38,7 @@ import numpy as np
 
 from vlroute._optional import require
 from vlroute.collect.calls import CallResult, RetryPolicy, chat, headers_for
-from vlroute.collect.journal import Journal
+from vlroute.collect.journal import Journal, lock_run
 from vlroute.collect.outputs import write_run
 from vlroute.collect.samples import Sample, SampleSet, chat_body
 from vlroute.costs.image_tokens import BUILTIN_RULES
@@ -245,7 +245,17 @@ async def collect_async(samples: SampleSet, backends: Sequence[Backend], out: Pa
     options = options or CollectOptions()
     calling = _check_backends(backends, options)
     chosen = plan(samples, options)
-    check_out(Path(out))
+    # one lock for the folder, held until outcomes.jsonl and run.json are written: a judge
+    # run (which takes it too) never rewrites outcomes.jsonl at the same time
+    with lock_run(Path(out)):
+        check_out(Path(out))
+        return await _collect(samples, backends, Path(out), options, calling, chosen,
+                              progress, transport)
+
+
+async def _collect(samples: SampleSet, backends: Sequence[Backend], out: Path,
+                   options: CollectOptions, calling: list[Backend], chosen: list[Sample],
+                   progress: Progress | None, transport: Transport | None) -> CollectReport:
     journal = Journal(Path(out) / JOURNAL)
     report = CollectReport(out=Path(out))
     report.unpriced = [b.name for b in calling if not has_prices(b)]
