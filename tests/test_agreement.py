@@ -211,3 +211,14 @@ def test_the_bootstrap_resamples_questions_not_responses(tmp_path: Path) -> None
         assert doc["bootstrap"]["unit"] == ("group" if unit == "sample" else "pair")
     assert widths["pair"] < 0.5 * widths["sample"]
     assert widths["sample"] == pytest.approx(alone[1] - alone[0])
+
+
+def test_kappa_is_scikit_learns_only_over_all_eleven_labels() -> None:
+    # the documented equality holds with labels=range(11); without them scikit-learn weighs
+    # by the rank among the values present (0, 2, 10 become 0, 1, 2), as the docs say
+    judge = np.array([0, 2, 10, 2, 0, 10, 10, 2])
+    human = np.array([0, 10, 10, 2, 2, 0, 10, 2])
+    ours = quadratic_kappa(judge, human)
+    assert ours == pytest.approx(cohen_kappa_score(judge, human, weights="quadratic",
+                                                   labels=list(range(11))))
+    assert abs(ours - cohen_kappa_score(judge, human, weights="quadratic")) > 0.01

@@ -10,7 +10,9 @@ single pairs.
 Quadratic kappa weighs a disagreement by the squared difference of the two scores' values
 (not of category indices), so it applies to any scale mapped to 0-10 (Vibe-Eval's 1-5 becomes
 0, 2.5, 5, 7.5, 10): kappa = 1 - sum (a_i - b_i)^2 / ((1/n) sum_i sum_j (a_i - b_j)^2), which
-is Cohen's quadratic weighted kappa when the values are equally spaced categories.
+is Cohen's quadratic weighted kappa when the values are equally spaced categories: on integer
+0-10 scores, scikit-learn's ``cohen_kappa_score(weights="quadratic", labels=range(11))`` (not
+without ``labels``, which weighs by the rank among the values present).
 
 >>> import numpy as np
 >>> a = np.array([0, 2, 5, 8, 10.0]); quadratic_kappa(a, a)
