@@ -1,6 +1,7 @@
 """The run folder collect writes: a set in the shared contract (``samples.jsonl``,
 ``outcomes.jsonl``, ``models.jsonl``, ``set.json``, ``images/``) plus ``costs.yaml`` (each
-backend's configured prices and tier, which ``vlroute bench build`` picks up), ``run.json``
+backend's configured prices, when it has them, and tier, which ``vlroute bench build`` picks
+up), ``run.json``
 (what the run did, and the measured latency, cost and energy per backend) and the journal.
 
 ``outcomes.jsonl`` has one row per (sample, backend) call, with ``score: null`` until
