@@ -109,8 +109,8 @@ async def _attempt(transport: Transport, url: str, payload: bytes, headers: dict
                    timeout_s: float, stream: bool) -> CallResult:
     start = time.perf_counter()
     try:
-        response = await asyncio.wait_for(transport.post(url, payload, headers, timeout_s),
-                                          timeout_s)
+        async with asyncio.timeout(timeout_s):        # no extra task, unlike wait_for
+            response = await transport.post(url, payload, headers, timeout_s)
     except (UpstreamError, TimeoutError) as exc:
         # aiohttp's connect errors (ClientConnectorError, ...): the request was never sent
         return CallResult(error=f"no answer: {type(exc).__name__} {exc}".strip(),
@@ -123,8 +123,10 @@ async def _attempt(transport: Transport, url: str, payload: bytes, headers: dict
                               headers=dict(response.headers))
         kind = response.headers.get("content-type", "")
         if stream and "text/event-stream" in kind:
-            return await asyncio.wait_for(_read_stream(response, start), timeout_s * 4)
-        body = await asyncio.wait_for(response.read(), timeout_s)
+            async with asyncio.timeout(timeout_s * 4):
+                return await _read_stream(response, start)
+        async with asyncio.timeout(timeout_s):
+            body = await response.read()
         return _from_json(body, start)
     except (UpstreamError, TimeoutError) as exc:
         return CallResult(status=200, error=f"broken answer: {type(exc).__name__}")

@@ -224,7 +224,10 @@ class _Run:
     progress: Progress
     fingerprints: dict[str, str]
     done: int = 0
-    syncing: set[asyncio.Task[None]] = field(default_factory=set)
+    #: results written but not yet counted (counted once their fsync is done), and the one
+    #: task that waits for their fsyncs
+    unsynced: list[bool] = field(default_factory=list)
+    counter: asyncio.Task[None] | None = None
 
 
 def collect(samples: SampleSet, backends: Sequence[Backend], out: Path, *,
@@ -275,7 +278,8 @@ async def _collect(samples: SampleSet, backends: Sequence[Backend], out: Path,
     start = time.perf_counter()
     try:
         await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in calling))
-        await asyncio.gather(*run.syncing)
+        while run.counter is not None and not run.counter.done():
+            await run.counter
     finally:
         report.calls_s = time.perf_counter() - start
         if own:
@@ -399,18 +403,22 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
         run.budget.settle(held, entry["spend_usd"])
         run.journal.record(key, entry)
         # the next call goes out while this result's fsync (shared with others) runs; it
-        # is counted once it is on disk
-        task = asyncio.ensure_future(_counted(run, result.ok))
-        run.syncing.add(task)
-        task.add_done_callback(run.syncing.discard)
+        # is counted once it is on disk, by one task for all the results waiting
+        run.unsynced.append(result.ok)
+        if run.counter is None or run.counter.done():
+            run.counter = asyncio.ensure_future(_count(run))
 
 
-async def _counted(run: _Run, ok: bool) -> None:
-    await run.journal.commit()
-    run.report.made += 1
-    run.report.failed += not ok
-    run.done += 1
-    run.progress(run.done, run.total)
+async def _count(run: _Run) -> None:
+    """Count the written results as their fsyncs complete (every result written before a
+    commit is on disk when it returns), then report progress once per batch."""
+    while run.unsynced:
+        batch, run.unsynced = run.unsynced, []
+        await run.journal.commit()
+        run.report.made += len(batch)
+        run.report.failed += batch.count(False)
+        run.done += len(batch)
+        run.progress(run.done, run.total)
 
 
 def outcome_entry(sample: Sample, backend: Backend, result: CallResult, estimate: float
