@@ -14,11 +14,17 @@ from typing import Any
 
 import httpx
 from conftest import needs_shared
+from conftest import run_cli as _run_cli
 
 from tests._process import free_port, stop, wait_for
 from vlroute.serve.dev_backends import spawn
 
 NAMES = ("edge", "cloud", "judge")
+
+
+def run_cli(*args: object) -> str:
+    """The CLI's output with its lines joined (the console wraps long lines)."""
+    return " ".join(_run_cli(*args).split())
 
 
 def dynamath_subset(root: Path, n: int = 24) -> Path:

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli as _run_cli
 from conftest import write_jsonl
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-from tests._collect_env import judge_yaml, stand_ins, vibe_subset
+from tests._collect_env import judge_yaml, run_cli, stand_ins, vibe_subset
 from vlroute.cli import cli
 from vlroute.metrics.agreement import (
     agreement,
@@ -25,12 +24,6 @@ from vlroute.metrics.agreement import (
     quadratic_kappa,
     spearman,
 )
-
-
-def run_cli(*args: object) -> str:
-    """The CLI's output with its lines joined (the console wraps long lines)."""
-    return " ".join(_run_cli(*args).split())
-
 
 JUDGE = np.array([0, 5, 10, 10.0])
 HUMAN = np.array([0, 5, 5, 10.0])

@@ -14,24 +14,19 @@ from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli as _run_cli
 
 from tests._collect_env import (
     answered,
     backends_yaml,
     dynamath_subset,
     outcomes,
+    run_cli,
     set_fault,
     stand_ins,
 )
 from tests._process import CLI
 from vlroute.cli import cli
 from vlroute.serve.dev_answers import WRONG, request_key
-
-
-def run_cli(*args: object) -> str:
-    """The CLI's output with its lines joined (the console wraps long lines)."""
-    return " ".join(_run_cli(*args).split())
 
 
 @pytest.fixture(scope="module")

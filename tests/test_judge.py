@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import run_cli as _run_cli
 
 from tests._collect_env import (
     backends_yaml,
     dynamath_subset,
     judge_yaml,
     outcomes,
+    run_cli,
     set_fault,
     stand_ins,
 )
@@ -24,11 +24,6 @@ from vlroute.collect.rubric import RUBRIC_VERSION, judge_prompt, parse_score
 from vlroute.data import load_bench
 from vlroute.data.answers import match_score
 from vlroute.serve.dev_answers import sections
-
-
-def run_cli(*args: object) -> str:
-    """The CLI's output with its lines joined (the console wraps long lines)."""
-    return " ".join(_run_cli(*args).split())
 
 
 @pytest.mark.parametrize(("text", "score"), [

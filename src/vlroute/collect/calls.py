@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlroute.serve.config import Backend
-from vlroute.serve.upstream import Transport, UpstreamError, retry_wait, token_counts
+from vlroute.serve.upstream import (
+    Transport,
+    UpstreamError,
+    headers_for,
+    retry_wait,
+    token_counts,
+)
 
 #: statuses worth retrying
 RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -61,15 +67,6 @@ class RetryPolicy:
         if headers is not None:
             return min(retry_wait(headers, attempt), self.max_wait_s)
         return min(self.base_s * 2.0 ** attempt, self.max_wait_s)
-
-
-def headers_for(backend: Backend) -> dict[str, str]:
-    """Request headers, with the backend's key from its environment variable."""
-    headers = {"content-type": "application/json"}
-    key = backend.api_key()
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    return headers
 
 
 async def chat(transport: Transport, backend: Backend, payload: bytes, *, stream: bool,

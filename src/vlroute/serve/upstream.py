@@ -176,7 +176,8 @@ def encode(body: dict[str, Any], model: str) -> bytes:
     return orjson.dumps({**body, "model": model})
 
 
-def _headers(backend: Backend) -> dict[str, str]:
+def headers_for(backend: Backend) -> dict[str, str]:
+    """Request headers, with the backend's key from its environment variable."""
     headers = {"content-type": "application/json"}
     key = backend.api_key()
     if key:
@@ -231,7 +232,7 @@ async def call(transport: Transport, backends: list[Backend], body: dict[str, An
                 start = time.perf_counter()
                 attempt.sent.append(backend.name)
                 try:
-                    response = await transport.post(url, payload, _headers(backend),
+                    response = await transport.post(url, payload, headers_for(backend),
                                                     backend.timeout_s)
                 except UpstreamError as exc:
                     state.failed(str(exc))
