@@ -589,3 +589,40 @@ def test_collect_and_judge_hold_one_lock_on_the_run_folder(env: dict, tmp_path: 
             assert "another vlroute collect or judge is writing this run folder" in " ".join(
                 result.output.split())
     assert "4 of 4 outcome(s) scored" in run_cli("judge", "reference", run)
+
+
+def test_the_payload_is_the_serialised_body_byte_for_byte(tmp_path: Path) -> None:
+    import orjson
+
+    from vlroute.collect.samples import Sample, chat_body, chat_payload
+
+    (tmp_path / "a.png").write_bytes(b"\x89PNG" + bytes(range(256)) * 40)
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8" * 333)
+    for question in ['a "quoted" \u00e9\n question', "@vlroute-image-slot-0@ in the text", ""]:
+        for images in [(), ("a.png",), ("a.png", "b.jpg"), ("b.jpg", "b.jpg")]:
+            sample = Sample("s", question, None, images, tmp_path)
+            for stream in (True, False):
+                plain = orjson.dumps(chat_body(sample, "m", max_tokens=7, stream=stream))
+                assert chat_payload(sample, "m", max_tokens=7, stream=stream) == plain
+
+
+def test_a_stream_is_parsed_whole_with_the_first_tokens_arrival() -> None:
+    from vlroute.collect.calls import parse_stream
+
+    first = b'data: {"choices":[{"delta":{"role":"assistant"}}]}\r\n\r\n: keep-alive\n\n'
+    second = (b'event: message\ndata: {"choices":[{"delta":{"content":"4"}}]}\n\n'
+              b'data:{"choices":[{"delta":{"content":"2"}}],"usage":{"prompt_tokens":9,'
+              b'"completion_tokens":2}}\n\ndata: [DONE]\n\n')
+    body = first + second
+    result = parse_stream(body, [len(first), len(body)], [10.5, 11.0], 10.0, 1.25)
+    assert (result.text, result.tokens, result.latency_s) == ("42", (9, 2), 1.25)
+    assert result.ttft_s == pytest.approx(1.0)     # "4" came with the second piece
+    cut = parse_stream(body[:-3], [len(body) - 3], [10.5], 10.0, 1.0)
+    assert cut.error == "broken answer: the stream ended before [DONE]"
+    bad = parse_stream(b"data: {oops\n\ndata: [DONE]\n\n", [10], [10.1], 10.0, 0.2)
+    assert bad.error == "malformed answer: a stream event is not JSON"
+    two = parse_stream(b"data: 1, 2\n\ndata: [DONE]\n\n", [10], [10.1], 10.0, 0.2)
+    assert two.error == "malformed answer: a stream event is not JSON"
+    failed = parse_stream(b'data: {"error": {"message": "overloaded"}}\n\ndata: [DONE]\n\n',
+                          [10], [10.1], 10.0, 0.2)
+    assert failed.error is not None and "overloaded" in failed.error

@@ -12,7 +12,9 @@ answers (the server refused the request before working on it)."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,31 +107,41 @@ def _retryable(result: CallResult) -> bool:
 async def _attempt(transport: Transport, url: str, payload: bytes, headers: dict[str, str],
                    timeout_s: float, stream: bool) -> CallResult:
     start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    # one deadline per attempt (no task per call, unlike wait_for): ``timeout_s`` for the
+    # answer's head, then moved on for the body (a stream may take 4 x ``timeout_s``)
+    deadline = asyncio.timeout(timeout_s)
+    response: Any = None
     try:
-        async with asyncio.timeout(timeout_s):        # no extra task, unlike wait_for
-            response = await transport.post(url, payload, headers, timeout_s)
-    except (UpstreamError, TimeoutError) as exc:
-        # aiohttp's connect errors (ClientConnectorError, ...): the request was never sent
-        return CallResult(error=f"no answer: {type(exc).__name__} {exc}".strip(),
-                          reached="Connector" not in str(exc))
-    try:
-        if response.status != 200:
-            body = await response.read()
-            return CallResult(status=response.status,
-                              error=f"HTTP {response.status}: {_message(body)}",
-                              headers=dict(response.headers))
-        kind = response.headers.get("content-type", "")
-        if stream and "text/event-stream" in kind:
-            async with asyncio.timeout(timeout_s * 4):
-                return await _read_stream(response, start)
-        async with asyncio.timeout(timeout_s):
-            body = await response.read()
-        return _from_json(body, start)
-    except (UpstreamError, TimeoutError) as exc:
-        return CallResult(status=200, error=f"broken answer: {type(exc).__name__}")
-    finally:
-        with contextlib.suppress(Exception):
-            response.release()
+        async with deadline:
+            try:
+                response = await transport.post(url, payload, headers, timeout_s)
+            except (UpstreamError, TimeoutError) as exc:
+                # aiohttp's connect errors (ClientConnectorError, ...): never sent
+                return CallResult(error=f"no answer: {type(exc).__name__} {exc}".strip(),
+                                  reached="Connector" not in str(exc))
+            try:
+                if response.status != 200:
+                    body = await response.read()
+                    return CallResult(status=response.status,
+                                      error=f"HTTP {response.status}: {_message(body)}",
+                                      headers=dict(response.headers))
+                kind = response.headers.get("content-type", "")
+                if stream and "text/event-stream" in kind:
+                    deadline.reschedule(loop.time() + timeout_s * 4)
+                    return await _read_stream(response, start)
+                deadline.reschedule(loop.time() + timeout_s)
+                return _from_json(await response.read(), start)
+            except UpstreamError as exc:
+                return CallResult(status=200, error=f"broken answer: {type(exc).__name__}")
+            finally:
+                with contextlib.suppress(Exception):
+                    response.release()
+    except TimeoutError:
+        # the deadline passed: before the head arrived (no answer) or while reading it
+        if response is None:
+            return CallResult(error="no answer: TimeoutError")
+        return CallResult(status=200, error="broken answer: TimeoutError")
 
 
 def _message(body: bytes) -> str:
@@ -159,45 +171,82 @@ def _from_json(body: bytes, start: float) -> CallResult:
                       latency_s=latency)
 
 
+#: one whole SSE ``data:`` line (ended by ``\n`` or ``\r\n``; a line cut off by the end of
+#: the stream is not taken)
+_DATA = re.compile(rb"^data:([^\r\n]*)\r?\n", re.MULTILINE)
+
+
 async def _read_stream(response: Any, start: float) -> CallResult:
+    """Read a streamed answer whole, noting when each piece arrived, then parse it once: the
+    time to first token is the arrival of the piece that completed the first event with
+    content (as if each event had been parsed on arrival, at a fraction of the work)."""
+    chunks: list[bytes] = []
+    ends: list[int] = []
+    arrived: list[float] = []
+    size = 0
+    async for chunk in response.chunks():
+        chunks.append(chunk)
+        size += len(chunk)
+        ends.append(size)
+        arrived.append(time.perf_counter())
+    latency = time.perf_counter() - start
+    return parse_stream(b"".join(chunks), ends, arrived, start, latency)
+
+
+def parse_stream(body: bytes, ends: list[int], arrived: list[float], start: float,
+                 latency: float) -> CallResult:
+    """The :class:`CallResult` of a whole SSE body; ``ends[i]`` is the offset where piece
+    ``i`` ended and ``arrived[i]`` the time it arrived."""
     import orjson
 
+    lines = _DATA.findall(body)
+    data = [line for line in lines if line.strip() != b"[DONE]"]
+    try:
+        docs = orjson.loads(b"[" + b",".join(data) + b"]")
+    except orjson.JSONDecodeError:
+        docs = None
+    if docs is None or len(docs) != len(data):
+        # one line is not JSON, or a line held several values: find out which
+        try:
+            docs = [orjson.loads(line) for line in data]
+        except orjson.JSONDecodeError:
+            return CallResult(status=200, error="malformed answer: a stream event is "
+                              "not JSON")
     pieces: list[str] = []
-    ttft = None
     tokens = None
-    buffer = b""
-    finished = False
-    async for chunk in response.chunks():
-        buffer += chunk
-        *events, buffer = buffer.split(b"\n\n")
-        for event in events:
-            line = event.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                finished = True
-                continue
-            try:
-                doc = orjson.loads(data)
-            except ValueError:
-                return CallResult(status=200, error="malformed answer: a stream event is "
-                                  "not JSON")
-            if isinstance(doc, dict) and doc.get("error"):
-                return CallResult(status=200, error=f"stream error: {doc['error']}"[:300])
-            delta = _delta(doc)
-            if delta:
-                if ttft is None:
-                    ttft = time.perf_counter() - start
-                pieces.append(delta)
-            if isinstance(doc, dict) and doc.get("usage") is not None:
-                tokens = token_counts(doc.get("usage"))
-    latency = time.perf_counter() - start
-    if not finished:
+    first = -1
+    for k, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("error"):
+            return CallResult(status=200, error=f"stream error: {doc['error']}"[:300])
+        delta = _delta(doc)
+        if delta:
+            if first < 0:
+                first = k
+            pieces.append(delta)
+        if doc.get("usage") is not None:
+            tokens = token_counts(doc["usage"])
+    if len(data) == len(lines):
         return CallResult(status=200, error="broken answer: the stream ended before [DONE]",
                           latency_s=latency)
-    return CallResult(status=200, text="".join(pieces), tokens=tokens, ttft_s=ttft,
-                      latency_s=latency)
+    return CallResult(status=200, text="".join(pieces), tokens=tokens,
+                      ttft_s=_arrival(body, first, ends, arrived, start), latency_s=latency)
+
+
+def _arrival(body: bytes, k: int, ends: list[int], arrived: list[float], start: float
+             ) -> float | None:
+    """When the ``k``-th data line (not counting ``[DONE]``) had arrived, from ``start``."""
+    if k < 0:
+        return None
+    for match in _DATA.finditer(body):
+        if match.group(1).strip() == b"[DONE]":
+            continue
+        if k == 0:
+            piece = min(bisect.bisect_left(ends, match.end()), len(arrived) - 1)
+            return arrived[piece] - start
+        k -= 1
+    return None                                    # pragma: no cover - k < len(data)
 
 
 def _delta(doc: Any) -> str:

@@ -23,6 +23,7 @@ in flight when the last call was let through, of (booked - estimate).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -40,7 +41,7 @@ from vlroute._optional import require
 from vlroute.collect.calls import CallResult, RetryPolicy, chat, headers_for
 from vlroute.collect.journal import Journal, lock_run
 from vlroute.collect.outputs import write_run
-from vlroute.collect.samples import Sample, SampleSet, chat_body
+from vlroute.collect.samples import Sample, SampleSet, chat_body, chat_payload
 from vlroute.costs.image_tokens import BUILTIN_RULES
 from vlroute.errors import VlrouteError
 from vlroute.serve.config import Backend
@@ -228,6 +229,10 @@ class _Run:
     #: task that waits for their fsyncs
     unsynced: list[bool] = field(default_factory=list)
     counter: asyncio.Task[None] | None = None
+    #: set once every worker has returned (the counter then stops grouping fsyncs)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the loop time the last fsync started
+    synced_at: float = float("-inf")
 
 
 def collect(samples: SampleSet, backends: Sequence[Backend], out: Path, *,
@@ -278,6 +283,7 @@ async def _collect(samples: SampleSet, backends: Sequence[Backend], out: Path,
     start = time.perf_counter()
     try:
         await asyncio.gather(*(_backend_workers(run, b, todo[b.name]) for b in calling))
+        run.finished.set()
         while run.counter is not None and not run.counter.done():
             await run.counter
     finally:
@@ -382,7 +388,6 @@ async def _backend_workers(run: _Run, backend: Backend, samples: list[Sample]) -
 
 async def _worker(run: _Run, backend: Backend, queue: list[Sample],
                   headers: dict[str, str]) -> None:
-    import orjson
 
     options = run.options
     while queue and run.report.stopped is None:
@@ -394,8 +399,8 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
             return
         key = key_of(backend.name, sample.sample_id)
         run.journal.start(key, estimate_usd=held)
-        payload = orjson.dumps(chat_body(sample, backend.model, max_tokens=options.max_tokens,
-                                         stream=options.stream))
+        payload = chat_payload(sample, backend.model, max_tokens=options.max_tokens,
+                               stream=options.stream)
         result = await chat(run.transport, backend, payload, stream=options.stream,
                             policy=options.retry, headers=headers)
         entry = {**outcome_entry(sample, backend, result, held),
@@ -409,11 +414,25 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
             run.counter = asyncio.ensure_future(_count(run))
 
 
+#: while calls go on, an fsync starts at least this long after the one before, so that one
+#: fsync serves the results of that span (calls never wait for it)
+GROUP_S = 0.02
+
+
 async def _count(run: _Run) -> None:
     """Count the written results as their fsyncs complete (every result written before a
-    commit is on disk when it returns), then report progress once per batch."""
+    commit is on disk when it returns), then report progress once per batch; while the
+    workers run, an fsync starts at least :data:`GROUP_S` after the one before (at once
+    when they are done)."""
+    loop = asyncio.get_running_loop()
     while run.unsynced:
+        pause = run.synced_at + GROUP_S - loop.time()
+        if pause > 0 and not run.finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await run.finished.wait()
         batch, run.unsynced = run.unsynced, []
+        run.synced_at = loop.time()
         await run.journal.commit()
         run.report.made += len(batch)
         run.report.failed += batch.count(False)

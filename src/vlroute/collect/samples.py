@@ -114,6 +114,21 @@ def data_url(path: Path, encode: Any = None) -> str:
     return f"data:{mime};base64,{(encode or _b64)(data).decode('ascii')}"
 
 
+def image_bytes(path: Path) -> tuple[bytes, bytes]:
+    """``(b"data:<mime>;base64,", base64 of the file's bytes)``: :func:`data_url` as bytes,
+    in two parts (errors as :func:`data_url`'s)."""
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None:
+        raise DataError(f"{path}: unknown image type {path.suffix!r}; expected one of "
+                        f"{', '.join(sorted(_MIME))}.")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the image ({exc.strerror or exc}).") from exc
+    return f"data:{mime};base64,".encode("ascii"), _b64(data)
+
+
 def _b64(data: bytes) -> bytes:
     try:
         import pybase64
@@ -142,3 +157,34 @@ def chat_body(sample: Sample, model: str, *, max_tokens: int, stream: bool,
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+#: stands for the i-th image URL while the rest of a body is serialised
+_SLOT = "@vlroute-image-slot-{}@"
+
+
+def chat_payload(sample: Sample, model: str, *, max_tokens: int, stream: bool,
+                 temperature: float = 0.0) -> bytes:
+    """``orjson.dumps(chat_body(...))``, byte for byte, built without copying each image's
+    base64 text three times: the body is serialised with a short slot per image URL and the
+    base64 bytes are joined in its place (base64 needs no JSON escaping)."""
+    import orjson
+
+    if not sample.images:
+        return orjson.dumps(chat_body(sample, model, max_tokens=max_tokens, stream=stream,
+                                      temperature=temperature))
+    paths = sample.image_paths()
+    numbers = iter(range(len(paths)))
+    raw = orjson.dumps(chat_body(sample, model, max_tokens=max_tokens, stream=stream,
+                                 temperature=temperature,
+                                 image_url=lambda _path: _SLOT.format(next(numbers))))
+    parts: list[bytes] = []
+    for k, path in enumerate(paths):
+        slot = _SLOT.format(k).encode()
+        head, found, raw = raw.partition(slot)
+        if not found or slot in raw:      # the question holds a slot's text: do it plainly
+            return orjson.dumps(chat_body(sample, model, max_tokens=max_tokens,
+                                          stream=stream, temperature=temperature))
+        parts += [head, *image_bytes(path)]
+    parts.append(raw)
+    return b"".join(parts)
