@@ -3,9 +3,11 @@
 Each line is one JSON object: ``{"event": "start", "key": K}`` when a call is sent, and
 ``{"event": "done", "key": K, ...result}`` once its result is known. A result counts as
 recorded once its line is fsynced (:meth:`Journal.commit`, which batches the fsyncs of all
-the lines written meanwhile, so concurrency does not multiply them). Lines are written with one
-``write`` each to a file opened for appending, so a killed process loses none it wrote; an OS
-crash may lose the lines after the last fsync. A line torn by a crash is cut off when the
+the lines written meanwhile, so concurrency does not multiply them). Lines are written to a
+file opened for appending, a ``start`` at once and a result either at once
+(:meth:`Journal.record`) or with the next commit (:meth:`Journal.hold`, one ``write`` for the
+group), so a killed process loses no line it wrote; an OS crash may lose the lines after the
+last fsync. A line torn by a crash is cut off when the
 journal is opened again. A ``start`` without its ``done`` is a call that was in flight when the
 run stopped: it is made again, and counted.
 """
@@ -63,6 +65,7 @@ class Journal:
         self._read()
         self._written = self._synced = 0
         self._syncing: asyncio.Future[None] | None = None
+        self._held: list[bytes] = []
 
     def _read(self) -> None:
         if not self.path.is_file():
@@ -110,13 +113,29 @@ class Journal:
         self.write(entry)
         self.done[key] = entry
 
+    def hold(self, key: str, result: dict[str, Any]) -> None:
+        """:meth:`record`, but the line is written with the next :meth:`commit` (one
+        ``write`` for all the lines held meanwhile): until then a killed process loses it,
+        and the call counts as in flight."""
+        entry = {"event": "done", "key": key, **result}
+        self._held.append(_dumps(entry) + b"\n")
+        self.done[key] = entry
+
+    def _flush(self) -> None:
+        if self._held:
+            lines, self._held = self._held, []
+            os.write(self._fd, b"".join(lines))
+            self._written += len(lines)
+
     async def finish(self, key: str, result: dict[str, Any]) -> None:
         """Record the result of ``key`` and wait until it is on disk."""
         self.record(key, result)
         await self.commit()
 
     async def commit(self) -> None:
-        """Wait until every line written so far is fsynced (one fsync serves many)."""
+        """Write the held lines, then wait until every line written so far is fsynced (one
+        fsync serves many)."""
+        self._flush()
         target = self._written
         while self._synced < target:
             sync = self._syncing or self._start_sync()
@@ -141,13 +160,15 @@ class Journal:
         return sync
 
     def sync(self) -> None:
-        """fsync now (outside an event loop)."""
+        """Write the held lines and fsync now (outside an event loop)."""
+        self._flush()
         os.fsync(self._fd)
         self._synced = self._written
 
     def close(self) -> None:
-        """fsync and close."""
+        """Write the held lines, fsync and close."""
         if self._fd >= 0:
+            self._flush()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1

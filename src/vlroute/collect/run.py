@@ -406,9 +406,9 @@ async def _worker(run: _Run, backend: Backend, queue: list[Sample],
         entry = {**outcome_entry(sample, backend, result, held),
                  "fingerprint": run.fingerprints[key]}
         run.budget.settle(held, entry["spend_usd"])
-        run.journal.record(key, entry)
-        # the next call goes out while this result's fsync (shared with others) runs; it
-        # is counted once it is on disk, by one task for all the results waiting
+        run.journal.hold(key, entry)
+        # the next call goes out while this result is written and fsynced with the others
+        # of its group; it is counted once it is on disk, by one task for them all
         run.unsynced.append(result.ok)
         if run.counter is None or run.counter.done():
             run.counter = asyncio.ensure_future(_count(run))
