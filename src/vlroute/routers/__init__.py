@@ -9,6 +9,9 @@ model), ``irt`` (item response theory: models share the requests' difficulty), `
 (a logistic combiner over members' out-of-fold predictions), ``calibrated`` (a router's
 predictions mapped by isotonic or Platt calibration fitted out of fold). Policy routers (trained for
 one trade-off, utility family only): ``prknn``, ``prototype``, ``linear_soft``, ``mlp_soft``.
+End-to-end routers on token features (:mod:`vlroute.routers.e2e`): ``vlc``, ``zooter``,
+``routerdc``, ``cosinecls`` (policy), ``vlc_q``, ``zooter_q``, ``routerdc_q``, ``cosinecls_q``
+(quality mode) and ``ecvl`` (scenario-conditioned).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ QUALITY = ("knn", "linear", "gbdt", "ovr", "mlp", "mf", "prior", "blend", "irt",
            "calibrated")
 POLICY = ("prknn", "prototype", "linear_soft", "mlp_soft")
 LEARNED = QUALITY + POLICY
+#: end-to-end routers on token features (``--routers e2e``; not in ``all`` nor ``auto``'s
+#: search: each trains a transformer): VL-RouterBench's four as policy routers, their
+#: quality-mode variants, and the ECVL scenario-conditioned router
+E2E_POLICY = ("vlc", "zooter", "routerdc", "cosinecls")
+E2E = (*E2E_POLICY, "vlc_q", "zooter_q", "routerdc_q", "cosinecls_q", "ecvl")
 #: the router `vlroute demo` trains and the gateway will serve: kNN supports both scenario
 #: families and decides in well under a millisecond; to be revisited when bench/routers.py
 #: compares every router on dev splits
@@ -53,6 +61,12 @@ ROUTERS.register("prknn", "vlroute.routers.neighbours:PRkNNRouter")
 ROUTERS.register("prototype", "vlroute.routers.neighbours:PrototypeRouter")
 ROUTERS.register("linear_soft", "vlroute.routers.mlp:LinearPolicyRouter")
 ROUTERS.register("mlp_soft", "vlroute.routers.mlp:MLPPolicyRouter")
+for _name, _cls in (("vlc", "VLCRouter"), ("zooter", "ZooterRouter"),
+                    ("routerdc", "RouterDCRouter"), ("cosinecls", "CosineClsRouter"),
+                    ("vlc_q", "VLCQualityRouter"), ("zooter_q", "ZooterQualityRouter"),
+                    ("routerdc_q", "RouterDCQualityRouter"),
+                    ("cosinecls_q", "CosineClsQualityRouter"), ("ecvl", "ECVLRouter")):
+    ROUTERS.register(_name, f"vlroute.routers.e2e:{_cls}")
 
 
 def check_params(name: str, params: Mapping[str, object]) -> None:
@@ -85,5 +99,5 @@ def make_router(name: str, **params: object) -> BaseRouter:
     return ROUTERS.get(name)(**params)
 
 
-__all__ = ["BASELINES", "DEFAULT_ROUTER", "LEARNED", "POLICY", "QUALITY", "ROUTERS", "BaseRouter",
-           "check_params", "make_router"]
+__all__ = ["BASELINES", "DEFAULT_ROUTER", "E2E", "E2E_POLICY", "LEARNED", "POLICY", "QUALITY",
+           "ROUTERS", "BaseRouter", "check_params", "make_router"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,20 @@ def _name_of(router: BaseRouter) -> str:
 
 def _params(router: BaseRouter) -> dict[str, Any]:
     names = [p for p in inspect.signature(type(router).__init__).parameters if p != "self"]
-    return {p: getattr(router, p) for p in names if hasattr(router, p)}
+    return {p: _json_float(getattr(router, p)) for p in names if hasattr(router, p)}
+
+
+def _json_float(value: Any) -> Any:
+    """A non-finite float (label_lambda = inf) as JSON can hold it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    return value
+
+
+def _from_json_float(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__float__"}:
+        return float(value["__float__"])
+    return value
 
 
 def _split(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -137,7 +151,8 @@ def load_router(path: Path, *, feature_spec: dict[str, Any] | None = None) -> Ba
 
 
 def _rebuild(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> BaseRouter:
-    router = make_router(doc["router"], **doc["params"])
+    router = make_router(doc["router"], **{k: _from_json_float(v)
+                                           for k, v in doc["params"].items()})
     for key, value in _join(doc["fitted"], arrays).items():
         if key in ("models_", "tiers_"):
             value = tuple(value)
