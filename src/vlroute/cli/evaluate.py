@@ -20,7 +20,8 @@ from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
 from vlroute.evaluation.bundles import decision_rows, score_split
 from vlroute.evaluation.calibrate import Target
 from vlroute.features.store import feature_matrix
-from vlroute.routers import BASELINES, LEARNED, ROUTERS, check_params
+from vlroute.features.tokens import load_tokens
+from vlroute.routers import BASELINES, E2E, LEARNED, ROUTERS, check_params
 from vlroute.routers.bundle import load_bundle
 from vlroute.routers.persistence import artifact_metadata
 from vlroute.scenarios import TUNED, parse_scenario
@@ -66,6 +67,8 @@ def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
             names.extend(BASELINES)
             if part == "all":
                 names.extend(LEARNED)
+        elif part == "e2e":          # opt-in: each trains a transformer on token features
+            names.extend(E2E)
         elif part == "singles":
             singles = True
         elif part == "auto":
@@ -77,6 +80,11 @@ def _router_names(text: str, models: list[str]) -> tuple[list[str], bool]:
     if not names and not singles:
         raise click.BadParameter("no routers named; use e.g. 'baselines' or 'oracle,random'.")
     return list(dict.fromkeys(names)), singles
+
+
+def _reads_tokens(name: str) -> bool:
+    """Whether router ``name`` reads token features (the end-to-end routers)."""
+    return bool(getattr(ROUTERS.get(name), "needs_tokens", False))
 
 
 def _has_features(bench: Bench, names: tuple[str | None, str | None]) -> bool:
@@ -121,7 +129,9 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
               help="Comma-separated router names; 'auto' = the router chosen on dev "
                    "(family, labels, cost_weight; a single model when routing does not pay), "
                    "'baselines' = every training-free baseline, 'singles' = one row per "
-                   "model. Default: auto when the bench has the --features, else baselines.")
+                   "model, 'e2e' = the end-to-end routers on token features (vlroute "
+                   "features --tokens; not part of 'all'). Default: auto when the bench has "
+                   "the --features, else baselines.")
 @click.option("--scenario", "scenarios", multiple=True, default=(TUNED,),
               show_default=True, help="Preset or inline spec; repeat for several. "
                                       "cost_weight@dev: each learned router's cost_weight "
@@ -189,10 +199,14 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
     if router_text is None:
         router_text = "auto" if _has_features(bench, stored) else "baselines"
     names, singles = _router_names(router_text, [])
-    X, feature_spec = None, dict[str, Any]()
-    if any(n == "auto" or ROUTERS.get(n).needs_features for n in names
-           if not n.startswith("single:")):
+    X, feature_spec, tokens = None, dict[str, Any](), None
+    learned = [n for n in names if not n.startswith("single:")]
+    if any(n == "auto" or (ROUTERS.get(n).needs_features and not _reads_tokens(n))
+           for n in learned):
         X, feature_spec = feature_matrix(bench, *stored)
+    if any(_reads_tokens(n) for n in learned if n != "auto"):
+        tokens, token_spec = load_tokens(bench)
+        feature_spec = {**feature_spec, "tokens": token_spec}
     if target:
         Target.parse(target)                              # fails here, before any fitting
         if scenarios == (TUNED,):
@@ -204,7 +218,7 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
     spec = EvalSpec(routers=tuple(names), scenarios=tuple(parse_scenario(s) for s in scenarios),
                     seeds=seeds, splits=splits,
                     models=tuple(m.strip() for m in models.split(",")) if models else None,
-                    all_models=all_models, features=X, feature_spec=feature_spec,
+                    all_models=all_models, features=X, feature_spec=feature_spec, tokens=tokens,
                     params=router_params, labels=labels, protocol=protocol,
                     target=target, hints=() if hints == "none" else (hints,))
     with steps("eval", seeds) as note:
@@ -227,7 +241,11 @@ def _eval_artifact(bench: Bench, artifact: Path, split: str, feature_names: str,
     text, _, image = feature_names.partition(",")
     names = tuple(stored) if stored else (None if text in ("", "none") else text,
                                           None if image in ("", "none") else image)
-    X, feature_spec = feature_matrix(bench, names[0], names[1])
+    X: Any
+    if (meta.get("feature_spec") or {}).get("kind") == "tokens":
+        X, feature_spec = load_tokens(bench)            # an end-to-end router's bundle
+    else:
+        X, feature_spec = feature_matrix(bench, names[0], names[1])
     bundle = load_bundle(artifact, feature_spec=feature_spec)
     scored = score_split(bundle, bench.matrices(list(bundle.models)), X, split)
     refs = scored["references"]

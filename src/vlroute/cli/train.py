@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +13,7 @@ from vlroute.cli.evaluate import parse_params
 from vlroute.data import load_bench
 from vlroute.evaluation.bundles import save_bundle, train_bundle
 from vlroute.features.store import feature_matrix
+from vlroute.features.tokens import load_tokens
 from vlroute.routers import ROUTERS
 from vlroute.scenarios import TUNED
 
@@ -48,8 +50,12 @@ def train(  # noqa: PLR0913 - one parameter per CLI option
     bench = load_bench(directory)
     text, _, image = feature_names.partition(",")
     names = (None if text in ("", "none") else text, None if image in ("", "none") else image)
-    X, spec = None, None
-    if needs_features:
+    X: Any = None
+    spec: dict[str, Any] | None = None
+    if getattr(ROUTERS.get(router_name), "needs_tokens", False) if router_name != "auto" \
+            else False:
+        X, spec = load_tokens(bench)            # end-to-end routers read token features
+    elif needs_features:
         X, spec = feature_matrix(bench, *names)
     trained = train_bundle(bench, router_name, router_params, X, spec, scenario=scenario,
                            target=target, feature_names=names,

@@ -53,6 +53,9 @@ class EvalSpec:
     #: request features (n_samples, n_features) row-aligned with the bench, for learned routers
     features: FloatArray | None = None
     feature_spec: dict[str, Any] = field(default_factory=dict)
+    #: token features (:class:`vlroute.tokens.Tokens`, row-aligned with the bench) for the
+    #: end-to-end routers, which read them in place of ``features``
+    tokens: Any = None
     #: constructor parameters per router name
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: cost_weight grid searched on dev for the ``cost_weight@dev`` scenario
@@ -91,11 +94,22 @@ class _Split:
 
     data: RoutingMatrices
     X: FloatArray | None
+    T: Any = None
 
     @classmethod
-    def of(cls, m: RoutingMatrices, name: str, X: FloatArray | None) -> _Split:
+    def of(cls, m: RoutingMatrices, name: str, X: FloatArray | None, T: Any = None
+           ) -> _Split:
         rows = _rows_of(m, name)
-        return cls(m.subset(rows), None if X is None else X[rows])
+        return cls(m.subset(rows), None if X is None else X[rows],
+                   None if T is None else T[rows])
+
+
+def _x(router: BaseRouter, part: _Split) -> Any:
+    """What ``router`` reads of a split: token features (end-to-end routers), the feature
+    matrix (other learned routers) or nothing (baselines)."""
+    if getattr(router, "needs_tokens", False):
+        return part.T
+    return part.X if router.needs_features else None
 
 
 def _fit(names: list[str], train: _Split, bounds: tuple[float, float], spec: EvalSpec
@@ -105,14 +119,14 @@ def _fit(names: list[str], train: _Split, bounds: tuple[float, float], spec: Eva
         router = make_router(name, **spec.params.get(name, {}))
         data = labelled(train.data, spec.labels) if router.needs_features else train.data
         routers[name] = router.fit(data, bounds=bounds,
-                                   X=train.X if router.needs_features else None)
+                                   X=_x(router, train))
     return routers
 
 
 def _timed_route(router: BaseRouter, part: _Split, scenario: Scenario
                  ) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
-    decisions = router.route(part.data, scenario, part.X if router.needs_features else None)
+    decisions = router.route(part.data, scenario, _x(router, part))
     return decisions, time.perf_counter() - start
 
 
@@ -121,7 +135,7 @@ def tune_cost_weight(router: QualityRouter, dev: RoutingMatrices, X_dev: FloatAr
                      cost_weights: tuple[float, ...] = COST_WEIGHTS) -> Scenario:
     """The utility scenario whose cost_weight gives ``router`` the best Rank Score on ``dev``
     (bounds in USD per request, as fitted)."""
-    part = _Split(dev, X_dev)
+    part = _Split(dev, X_dev, X_dev)       # a feature matrix, or tokens (end-to-end)
     ctx = ScoringContext((bounds[0] * 1e4, bounds[1] * 1e4),
                          reference_model(dev))
     return _tune(router, part, ctx, EvalSpec(cost_weights=cost_weights))[0]
@@ -132,10 +146,10 @@ def _tune(router: BaseRouter, dev: _Split, ctx: ScoringContext, spec: EvalSpec
     """The utility scenario whose cost_weight and cost axis (log or linear) maximise Rank
     Score on dev, and the sweep."""
     points: list[dict[str, Any]] = []
-    assert isinstance(router, QualityRouter) and dev.X is not None
+    assert isinstance(router, QualityRouter) and _x(router, dev) is not None
     if dev.data.n_samples == 0:  # nothing to tune on: accuracy only
         return Scenario(TUNED, cost_weight=0.0), points
-    preds = router.predictions_for(dev.X, Scenario(TUNED, cost_weight=0.0))
+    preds = router.predictions_for(_x(router, dev), Scenario(TUNED, cost_weight=0.0))
     for axis in ("log", "linear"):
         for weight in spec.cost_weights:
             scenario = Scenario(TUNED, cost_weight=weight, cost_axis=axis)
@@ -161,10 +175,12 @@ def _tune_policy(name: str, router: PolicyRouter, train: _Split, dev: _Split,
         return router, []
     as_trained = Scenario(TUNED, cost_weight=0.0)
     points, fitted = [], []
-    for lam in spec.label_lambdas:
+    # the end-to-end routers search a shorter grid on a CPU (each value trains a transformer)
+    for lam in getattr(router, "label_lambda_grid", None) or spec.label_lambdas:
         candidate = make_router(name, **{**spec.params.get(name, {}), "label_lambda": lam})
-        candidate.fit(train.data, bounds=bounds, X=train.X)
-        values = score(candidate.route(dev.data, as_trained, dev.X), dev.data, as_trained, ctx)
+        candidate.fit(train.data, bounds=bounds, X=_x(candidate, train))
+        values = score(candidate.route(dev.data, as_trained, _x(candidate, dev)), dev.data,
+                       as_trained, ctx)
         points.append({"label_lambda": lambda_label(lam), **values})
         fitted.append(candidate)
     best = max(range(len(points)),
@@ -224,9 +240,10 @@ def _calibrated(  # noqa: PLR0913 - the evaluation loop's state, passed explicit
     """``scenario`` with its knob calibrated on dev to ``spec.target`` for ``router`` (kept
     under the scenario's name, so its rows sit beside the baselines'); a router that cannot
     meet the target on dev sits the scenario out, and the document says so."""
-    assert spec.target is not None and dev.X is not None
+    assert spec.target is not None and _x(router, dev) is not None
     try:
-        calibrated, values = calibrate(router, dev.data, dev.X, Target.parse(spec.target),
+        calibrated, values = calibrate(router, dev.data, _x(router, dev),
+                                       Target.parse(spec.target),
                                        scenario, bounds)
     except ScenarioError as exc:
         del active[name]
@@ -255,6 +272,9 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     if spec.features is not None and len(spec.features) != m.n_samples:
         raise ValueError(f"features have {len(spec.features)} rows; the bench has "
                          f"{m.n_samples} samples.")
+    if spec.tokens is not None and len(spec.tokens) != m.n_samples:
+        raise ValueError(f"token features have {len(spec.tokens)} rows; the bench has "
+                         f"{m.n_samples} samples.")
     bounds = cost_bounds(m.cost)
     bounds_10k = (bounds[0] * 1e4, bounds[1] * 1e4)
     singles = [f"single:{model}" for model in m.models] if spec.singles else []
@@ -269,7 +289,8 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     for k in range(spec.seeds):
         note(f"seed {k + 1}/{spec.seeds}")
         mk = _seed_matrices(bench, m, k, spec.protocol)
-        parts = {s: _Split.of(mk, s, spec.features) for s in ("train", "dev", "test")}
+        parts = {s: _Split.of(mk, s, spec.features, spec.tokens)
+                 for s in ("train", "dev", "test")}
         ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
         fitted = _fit([n for n in names if n != AUTO], parts["train"], bounds, spec)
         auto = None
@@ -319,8 +340,9 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
         elif scenario.cost_weight is not None and scenario.name == TUNED:
             scored[name]["cost_weight"] = scenario.cost_weight
             scored[name]["cost_axis"] = scenario.cost_axis
-        if isinstance(router, QualityRouter) and part.X is not None:
-            scored[name]["ece"] = expected_calibration_error(router.predict_quality(part.X),
+        if isinstance(router, QualityRouter) and _x(router, part) is not None:
+            scored[name]["ece"] = expected_calibration_error(
+                router.predict_quality(_x(router, part)),
                                                              part.data.quality)
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
