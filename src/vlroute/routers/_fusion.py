@@ -80,8 +80,9 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
             self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
             self.in_norm = nn.LayerNorm(d)
             if scenario:
-                self.mes_proj = nn.Linear(2, d)          # (MES / 10, MES given)
+                self.mes_proj = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
                 self.by_embed = nn.Embedding(len(COST_DIMS), d)
+                self.scen_out = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
             layer = nn.TransformerEncoderLayer(d, config.n_heads, 2 * d, config.dropout,
                                                batch_first=True, norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, config.n_layers,
@@ -101,14 +102,17 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
             parts = [self.cls.expand(n, 1, -1)]
             keep = [torch.ones(n, 1, dtype=torch.bool)]
             if scenario:
-                parts.append((self.mes_proj(mes) + self.by_embed(by))[:, None, :])
+                scen = self.mes_proj(mes) + self.by_embed(by)
+                parts.append(scen[:, None, :])
                 keep.append(torch.ones(n, 1, dtype=torch.bool))
             parts += [self.text_proj(text) + self.text_pos, self.image_proj(image)
                       + self.image_pos]
             keep += [text_mask, image_mask]
             h = self.in_norm(torch.cat(parts, dim=1))
-            out = self.encoder(h, src_key_padding_mask=~torch.cat(keep, dim=1))
-            return self.out_norm(out[:, 0])
+            out = self.encoder(h, src_key_padding_mask=~torch.cat(keep, dim=1))[:, 0]
+            if scenario:      # the scenario also reaches the heads directly (a residual)
+                out = out + self.scen_out(torch.cat([out, scen], dim=1))
+            return self.out_norm(out)
 
         def policy_logits(self, z: Any) -> Any:
             if head == "cosine":
@@ -150,12 +154,16 @@ LossFn = Callable[[Any, tuple[Any, ...], np.ndarray], Any]
 ScoreFn = Callable[[Any], float]
 
 
-def train_fusion(net: Any, tokens: Tokens, fit_rows: np.ndarray, loss_fn: LossFn,
+def train_fusion(  # noqa: PLR0913 - the loop and its hooks
+        net: Any, tokens: Tokens, fit_rows: np.ndarray, loss_fn: LossFn,
                  score_fn: ScoreFn | None, config: FusionConfig, *,
-                 epochs: int | None = None, params: Any = None) -> dict[str, Any]:
+                 val_rows: np.ndarray | None = None, epochs: int | None = None,
+                 params: Any = None) -> dict[str, Any]:
     """Train ``net`` on ``fit_rows`` of ``tokens``; keep the epoch with the best ``score_fn``
-    (None, or no hold-out: the last epoch). ``params``: the parameters to train (default all).
-    Returns a small history (epochs run, best epoch, scores)."""
+    (the hold-out Rank Score), ties going to the lower loss on ``val_rows`` (so that a score
+    that has not moved yet does not pin the untrained epoch); None, or no hold-out: the last
+    epoch. ``params``: the parameters to train (default all). Returns a small history
+    (epochs run, best epoch, scores)."""
     torch = require("torch", extra="encoders")
     epochs = epochs or config.max_epochs
     params = list(params if params is not None else net.parameters())
@@ -171,7 +179,9 @@ def train_fusion(net: Any, tokens: Tokens, fit_rows: np.ndarray, loss_fn: LossFn
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng = np.random.default_rng(config.random_state)
-    best, best_state, waited, best_epoch, scores = -np.inf, None, 0, -1, []
+    best: tuple[float, float] = (-np.inf, -np.inf)
+    best_state, waited, best_epoch, scores = None, 0, -1, []
+    val = np.asarray(val_rows if val_rows is not None else [], dtype=np.int64)
     for epoch in range(epochs):
         net.train()
         order = rng.permutation(fit_rows)
@@ -187,9 +197,10 @@ def train_fusion(net: Any, tokens: Tokens, fit_rows: np.ndarray, loss_fn: LossFn
             continue
         net.eval()
         with torch.no_grad():
-            value = float(score_fn(net))
-        scores.append(value)
-        if value > best + 1e-9:
+            value = (round(float(score_fn(net)), 9), -_mean_loss(torch, net, tokens, val,
+                                                                 loss_fn, batch))
+        scores.append(value[0])
+        if value > best:
             best, best_epoch, waited = value, epoch, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         else:
@@ -201,6 +212,16 @@ def train_fusion(net: Any, tokens: Tokens, fit_rows: np.ndarray, loss_fn: LossFn
     net.eval()
     return {"epochs": len(scores) if score_fn is not None else epochs,
             "best_epoch": best_epoch, "scores": scores}
+
+
+def _mean_loss(torch: Any, net: Any, tokens: Tokens, rows: np.ndarray, loss_fn: LossFn,
+               batch: int) -> float:
+    """Row-weighted mean of ``loss_fn`` over ``rows`` (0 without rows)."""
+    total = 0.0
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        total += float(loss_fn(net, to_tensors(torch, tokens, chunk), chunk)) * len(chunk)
+    return total / max(len(rows), 1)
 
 
 def predict_in_batches(net: Any, tokens: Tokens, fn: Callable[[Any, tuple[Any, ...],

@@ -294,7 +294,8 @@ class _E2EPolicy(_E2E, PolicyRouter):
 
             self.history_ = train_fusion(net, X, fit_rows, loss,
                                          holdout_score if len(val_rows) else None,
-                                         self._config())
+                                         self._config(),
+                                         val_rows=np.flatnonzero(holdout & has))
         self._net = net
         self.state_ = export_state(net)
         self.n_features_in_ = int(X.shape[1])
@@ -428,7 +429,7 @@ class _E2EQuality(_E2E, QualityRouter):
 
             self.history_ = train_fusion(net, X, fit_rows, loss,
                                          holdout_score if len(val_rows) else None,
-                                         self._config())
+                                         self._config(), val_rows=val_rows)
             self._net = net
             self.state_ = export_state(net)
             # the frozen request embeddings of the train split: graded P(solved) refits
@@ -598,10 +599,11 @@ class ECVLRouter(_E2E, QualityRouter):
 
             use = holdout_score if len(val_rows) else None
             history = {"stage1": train_fusion(net, X, fit_rows, loss_on(None), use,
-                                              self._config())}
+                                              self._config(), val_rows=val_rows)}
             if self.pair_ and self.stage2_epochs:
                 history["stage2"] = train_fusion(net, X, fit_rows, loss_on(self.pair_), use,
-                                                 self._config(), epochs=self.stage2_epochs)
+                                                 self._config(), val_rows=val_rows,
+                                                 epochs=self.stage2_epochs)
             self.history_ = history
             self._net = net
             self.state_ = export_state(net)

@@ -71,6 +71,8 @@ class RoutingEngine:
         self.bundle = bundle
         self.encoders = encoders or {}
         self.fusion = fusion
+        #: the token encoder of an end-to-end router's bundle (None: fused feature rows)
+        self.token_encoder: Any = None
         self.backends = {b.name: b for b in config.backends}
         self.cache_size = config.router.cache_size
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -107,6 +109,8 @@ class RoutingEngine:
             trained = artifact_metadata(Path(artifact)).get("feature_spec") or {}
         except VlrouteError as exc:
             raise ConfigError(f"cannot serve router artifact: {exc}") from None
+        if trained.get("kind") == "tokens":        # an end-to-end router: token features
+            return cls._token_engine(config, Path(artifact), trained)
         encoders = {kind: make_encoder(name) for kind, name in
                     (("text", config.router.text_encoder),
                      ("image", config.router.image_encoder)) if name}
@@ -128,6 +132,38 @@ class RoutingEngine:
         return cls(config, bundle, encoders,
                    fusion=(trained.get("fusion", "normalize_concat"),
                            float(trained.get("text_weight", 0.5))))
+
+    @classmethod
+    def _token_engine(cls, config: GatewayConfig, artifact: Path, trained: dict[str, Any]
+                      ) -> RoutingEngine:
+        """An engine for a bundle trained on token features: the config's text and image
+        encoders name the towers, whose token ids must be the bundle's."""
+        from vlroute.errors import UnknownComponentError
+        from vlroute.features.tokens import make_token_encoder
+        from vlroute.routers.bundle import load_bundle
+
+        try:
+            encoder = make_token_encoder(config.router.text_encoder,
+                                         config.router.image_encoder)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"router artifact {artifact} reads token features: {exc}") \
+                from None
+        for kind, have in (("text", encoder.text_id), ("image", encoder.image_id)):
+            if trained.get(kind) != have:
+                raise ConfigError(f"router artifact {artifact} was trained on {kind} tokens "
+                                  f"{trained.get(kind)!r}; the config's {kind}_encoder gives "
+                                  f"{have!r}.")
+        try:
+            bundle = load_bundle(artifact, feature_spec=trained)
+        except VlrouteError as exc:
+            raise ConfigError(f"cannot serve router artifact: {exc}") from None
+        if not any(b.router_model in bundle.candidates for b in config.backends):
+            raise ConfigError(
+                f"router artifact {artifact} chooses among {', '.join(bundle.candidates)}; no "
+                "backend names one of them as its router_model.")
+        engine = cls(config, bundle)
+        engine.token_encoder = encoder
+        return engine
 
     def describe(self) -> dict[str, Any]:
         """What ``/health`` says of routing."""
@@ -162,9 +198,12 @@ class RoutingEngine:
         for row in self.router_rows(prompts, [auto, auto]):
             self.bundle.decide(row[None, :], auto)
 
-    def features(self, prompts: list[Prompt]) -> np.ndarray:
+    def features(self, prompts: list[Prompt]) -> Any:
         """The fused feature rows of ``prompts``: from the cache (a hash of text and images),
-        the rest encoded as one batch."""
+        the rest encoded as one batch; for an end-to-end router's bundle, their
+        :class:`~vlroute.tokens.Tokens`."""
+        if self.token_encoder is not None:      # token features: encoded per batch, uncached
+            return self._encode(prompts)
         keys = [_digest(p) for p in prompts]
         with self._lock:
             rows = [self._cache.get(k) for k in keys]
@@ -184,7 +223,7 @@ class RoutingEngine:
                     self._cache.popitem(last=False)
         return np.vstack(rows)  # type: ignore[arg-type]
 
-    def _encode(self, prompts: list[Prompt]) -> np.ndarray:
+    def _encode(self, prompts: list[Prompt]) -> Any:
         """Encode as one batch (images go through temporary files, which is what the
         encoders read). Each encoder's output is rounded to float32, as the bench's stored
         features are, so that a request decides exactly as its bench row did."""
@@ -200,6 +239,8 @@ class RoutingEngine:
                     path.write_bytes(data)
                     paths.append(path)
                 items.append(Item(text=prompt.text, images=tuple(paths)))
+            if self.token_encoder is not None:
+                return self.token_encoder.encode_batch(items)
             parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(
                 np.float64) for kind, enc in self.encoders.items()}
         mode, weight = self.fusion

@@ -1,0 +1,276 @@
+"""End-to-end routers on token features: the token cache, the routers' contract, their labels,
+ECVL's scenario conditioning, the CLI and the gateway (tiny networks, a few dozen requests)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_set, run_cli
+from test_baselines import matrices
+
+from vlroute.errors import BenchError, NotFittedError, ScenarioMismatchError
+from vlroute.routers import E2E, E2E_POLICY, make_router
+from vlroute.routers.e2e import label_targets
+from vlroute.routers.persistence import load_router, save_router
+from vlroute.scenarios import Scenario
+from vlroute.tokens import Tokens
+
+BOUNDS = (1e-4, 4e-3)
+COSTS = np.array([1e-4, 4e-4, 4e-3, 2e-4])
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "learning_rate": 3e-3, "batch_size": 8,
+        "max_epochs": 12, "patience": 12}
+
+
+def learnable(n: int = 64, seed: int = 0, graded: bool = False) -> tuple[Tokens, Any]:
+    """Two clusters told apart by the text tokens: the cheap model solves cluster 0, the mid
+    model cluster 1, the dear model both, a fourth none; a third of the requests have no
+    image. ``graded``: model 0 scores 5/10 on its cluster, model 1 scores 9/10 on its own."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, 2, size=n)
+    text = (rng.normal(size=(n, 8, 16)) * 0.3).astype(np.float32)
+    text[:, :, 0] += np.where(cluster == 0, 2.0, -2.0)[:, None]
+    text_mask = np.ones((n, 8), dtype=bool)
+    text_mask[:, 6:] = False
+    image = rng.normal(size=(n, 4, 12)).astype(np.float32)
+    image_mask = np.ones((n, 4), dtype=bool)
+    image_mask[::3] = False
+    image[::3] = 0.0
+    quality = np.stack([cluster == 0, cluster == 1, np.ones(n, bool), np.zeros(n, bool)],
+                       axis=1).astype(float)
+    if graded:
+        quality[:, 0] *= 0.5
+        quality[:, 1] *= 0.9
+    return Tokens(text, text_mask, image, image_mask), matrices(quality, COSTS)
+
+
+def fitted(name: str, **params: Any) -> tuple[Any, Tokens, Any]:
+    X, m = learnable()
+    return make_router(name, **{**TINY, **params}).fit(m, bounds=BOUNDS, X=X), X, m
+
+
+@pytest.fixture(params=E2E)
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_fits_routes_and_round_trips_identically(name: str, tmp_path: Path) -> None:
+    router, X, m = fitted(name)
+    assert getattr(router, "needs_tokens", False)
+    policy = name in E2E_POLICY
+    scenario = Scenario(cost_weight=0.0) if policy else Scenario(tau=0.6, mes=6)
+    chosen = router.route(m, Scenario(cost_weight=0.0), X)
+    assert chosen.shape == (len(X),) and chosen.min() >= 0 and chosen.max() < 4
+    # a learned routing: better than always taking the cheapest model, and never the model
+    # that is always wrong
+    acc = m.quality[np.arange(len(X)), chosen].mean()
+    assert acc > m.quality[:, 0].mean() + 0.2 and 3 not in set(chosen.tolist())
+    again = make_router(name, **TINY).fit(m, bounds=BOUNDS, X=X)
+    assert np.allclose(again.predictions_for(X, scenario), router.predictions_for(X, scenario))
+    save_router(router, tmp_path / "art", feature_spec={"kind": "tokens"})
+    assert not list((tmp_path / "art").glob("*.pkl"))
+    loaded = load_router(tmp_path / "art", feature_spec={"kind": "tokens"})
+    assert (loaded.route(m, scenario, X) == router.route(m, scenario, X)).all()
+    assert np.array_equal(loaded.predictions_for(X, scenario), router.predictions_for(X, scenario))
+    rows = np.array([5, 1, 7])                    # a batch of a few decides as the whole did
+    assert np.allclose(router.predictions_for(X[rows], scenario),
+                       router.predictions_for(X, scenario)[rows], atol=1e-5)
+
+
+def test_policy_mode_refuses_other_scenarios_and_quality_mode_serves_them(name: str) -> None:
+    router, X, m = fitted(name, max_epochs=1)
+    if name in E2E_POLICY:
+        for scenario in (Scenario(tau=0.6, mes=6), Scenario(cost_weight=0.3)):
+            with pytest.raises(ScenarioMismatchError, match="policy router"):
+                router.route(m, scenario, X)
+    else:
+        p = router.predictions_for(X, Scenario(tau=0.6, mes=6))
+        assert p.shape == (len(X), 4) and (0 <= p).all() and (p <= 1).all()
+        assert (router.route(m, Scenario(cost_weight=1e6), X) == 0).all()   # the cheapest
+
+
+def test_inputs_are_checked() -> None:
+    X, m = learnable()
+    with pytest.raises(NotFittedError):
+        make_router("vlc_q", **TINY).route(m, Scenario(cost_weight=0.0), X)
+    with pytest.raises(ValueError, match="needs request features"):
+        make_router("vlc", **TINY).fit(m, bounds=BOUNDS)
+    with pytest.raises(ValueError, match="token features"):
+        make_router("vlc", **TINY).fit(m, bounds=BOUNDS, X=np.zeros((len(X), 6)))
+    router = make_router("ecvl", **{**TINY, "max_epochs": 1}).fit(m, bounds=BOUNDS, X=X)
+    narrow = Tokens(X.text[:, :, :8], X.text_mask, X.image, X.image_mask)
+    with pytest.raises(ValueError, match="fitted on"):
+        router.route(m, Scenario(cost_weight=0.0), narrow)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        make_router("vlc", d_model=18, n_heads=4).fit(m, bounds=BOUNDS, X=X)
+
+
+def test_lambda_labels_on_a_hand_example() -> None:
+    quality = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    cost = np.array([[0.01, 0.001, 0.0001]] * 2)
+    t, has = label_targets("vlc", quality, cost, 1.0, 100.0)
+    # t(m) ∝ 1[correct] exp(-lambda * 100 * cost): exp(-1) and exp(-0.1)
+    assert np.allclose(t[0], np.array([math.exp(-1), math.exp(-0.1), 0])
+                       / (math.exp(-1) + math.exp(-0.1)))
+    assert has.tolist() == [True, False]
+    assert np.allclose(label_targets("vlc", quality, cost, 0.0)[0][0], [0.5, 0.5, 0.0])
+    z, zhas = label_targets("zooter", quality, cost, 1.0)
+    assert zhas.all() and z[1].tolist() == [0.0, 0.0, 1.0]      # unsolved: the cheapest
+    assert label_targets("routerdc", quality, cost, math.inf)[0][0].tolist() == [0, 1, 0]
+    assert label_targets("cosinecls", quality, cost, math.inf)[0][0].tolist() == [0.5, 0.5, 0]
+
+
+def test_ecvl_conditions_on_mes_for_graded_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlroute.routers.e2e import ECVLRouter
+
+    # what is tested is the network's MES conditioning: train all 60 epochs (no hold-out, so
+    # no early stop at an epoch where the hold-out Rank Score has not moved yet)
+    monkeypatch.setattr(ECVLRouter, "_holdout",
+                        lambda self, train: np.zeros(train.n_samples, dtype=bool))
+    X, m = learnable(graded=True)
+    router = make_router("ecvl", **{**TINY, "max_epochs": 60, "patience": 60}).fit(
+        m, bounds=BOUNDS, X=X)
+    assert not router.binary_ and 5.0 in router.mes_grid_ and 9.0 in router.mes_grid_
+    cluster0 = m.quality[:, 0] > 0
+    low, high = router.predict_solved(X, 5.0), router.predict_solved(X, 9.0)
+    # model 0 scores 5/10 on its cluster: it reaches MES 5 there, not MES 9
+    assert low[cluster0, 0].mean() > 0.6 and high[cluster0, 0].mean() < 0.4
+    assert low[~cluster0, 1].mean() > 0.6          # model 1 (9/10) reaches MES 5 on its own
+    # threshold decisions follow: at MES 5 the cheap model takes its cluster; at MES 9 not
+    at5 = router.route(m, Scenario(tau=0.5, mes=5), X)
+    at9 = router.route(m, Scenario(tau=0.5, mes=9), X)
+    assert (at5[cluster0] == 0).mean() > 0.8 and (at9[cluster0] == 0).mean() < 0.2
+    # binary labels: the scenario token carries the cost dimension only
+    binary = make_router("ecvl", **{**TINY, "max_epochs": 1}).fit(
+        learnable()[1], bounds=BOUNDS, X=X)
+    assert np.array_equal(binary.predict_solved(X, 4.0), binary.predict_solved(X, 8.0))
+
+
+def test_quality_mode_graded_p_solved_is_refitted_per_mes() -> None:
+    X, m = learnable(graded=True)
+    router = make_router("vlc_q", **TINY).fit(m, bounds=BOUNDS, X=X)
+    p4, p8 = router.predict_solved(X, 4.0), router.predict_solved(X, 8.0)
+    cluster0 = m.quality[:, 0] > 0
+    assert p4[cluster0, 0].mean() > 0.6 and p8[cluster0, 0].mean() < 0.4
+
+
+# -- the token cache (real towers) and the CLI ---------------------------------------------
+@pytest.fixture(scope="module")
+def token_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    toy = make_set(root / "toy", n_groups=10, per_group=3)
+    run_cli("bench", "build", toy, "--out", root / "b")
+    return root / "b"
+
+
+def test_token_cache_shapes_masks_and_ids(tmp_path: Path) -> None:
+    from vlroute.data import load_bench
+    from vlroute.features.base import Item
+    from vlroute.features.tokens import TokenEncoder, load_tokens
+
+    toy = make_set(tmp_path / "toy", n_groups=3, per_group=2)
+    run_cli("bench", "build", toy, "--out", tmp_path / "b")
+    out = run_cli("features", tmp_path / "b", "--tokens")
+    assert "49 image x 1280" in out
+    bench = load_bench(tmp_path / "b")
+    tokens, spec = load_tokens(bench)
+    assert tokens.shape == (6, 128, 384, 49, 1280)
+    assert isinstance(tokens.text, np.memmap) and tokens.text.dtype == np.float16
+    batch = tokens.batch()
+    lengths = batch.text_mask.sum(axis=1)
+    assert (lengths > 2).all() and (lengths < 128).all() and lengths[1] > lengths[0]
+    assert not batch.text[~batch.text_mask].any() and batch.image_mask.all()
+    assert spec["kind"] == "tokens" and spec["image"].startswith("efficientnet-lite0")
+    # one request encodes as its stored row (what the gateway computes)
+    encoder = TokenEncoder()
+    item = Item(str(bench.samples["question"][3]),
+                tuple(bench.root / p for p in bench.images["path"][
+                    bench.images["sample_idx"] == 3]))
+    one = encoder.encode_batch([item, Item("A question without an image.")]).batch()
+    assert np.allclose(one.text[0], batch.text[3], atol=2e-3)
+    assert np.allclose(one.image[0], batch.image[3], atol=2e-2)
+    assert not one.image_mask[1].any() and not one.image[1].any()
+    # the ids check: tokens computed for other samples are refused
+    index_path = tmp_path / "b" / "features" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["tokens"]["sample_ids_sha256"] = "0" * 64
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(BenchError, match="other samples"):
+        load_tokens(load_bench(tmp_path / "b"))
+    del index["tokens"]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(BenchError, match="--tokens"):
+        load_tokens(load_bench(tmp_path / "b"))
+
+
+def _tiny_params(names: tuple[str, ...]) -> list[str]:
+    return [a for n in names for kv in ("d_model=16", "n_heads=2", "n_layers=1",
+                                        "max_epochs=1")
+            for a in ("--param", f"{n}.{kv}")]
+
+
+def test_eval_runs_the_e2e_group(token_bench: Path, tmp_path: Path) -> None:
+    run_cli("features", token_bench, "--tokens", "--text", "hashing-text", "--image",
+            "hashing-image")
+    out = run_cli("eval", token_bench, "--routers", "e2e", *_tiny_params(E2E),
+                  "--scenario", "cost_weight@dev", "--scenario", "fast",
+                  "--results", tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    routers = {r["router"] for r in doc["rows"]}
+    assert set(E2E) <= routers and "knn" not in routers and "vlc" in out
+    skipped = {(s["router"], s["scenario"]) for s in doc.get("skipped", [])}
+    assert ("vlc", "fast") in skipped and ("ecvl", "fast") not in skipped
+    lambdas = {c["router"]: [p["label_lambda"] for p in c["points"]] for c in doc["curves"]
+               if c["parameter"] == "label_lambda"}
+    assert lambdas["vlc"] == [0.0, 100.0, "inf"]
+
+
+def test_gateway_serves_a_quality_mode_e2e_bundle(token_bench: Path, tmp_path: Path) -> None:
+    from test_serve import Upstream, client, config, png_url
+
+    from vlroute.serve.config import ConfigError, GatewayConfig
+    from vlroute.serve.requests import Prompt, prompt_of
+    from vlroute.serve.routing import RoutingEngine
+
+    run_cli("features", token_bench, "--tokens", "--text", "hashing-text", "--image",
+            "hashing-image")
+    models = ["small-2b", "gpt-4o-2024-08-06"]
+    run_cli("train", "vlc_q", token_bench, "--models", ",".join(models),
+            *[a.replace("vlc_q.", "") for a in _tiny_params(("vlc_q",))],
+            "--out", tmp_path / "art")
+    out = run_cli("eval", token_bench, "--artifact", tmp_path / "art")
+    assert "(bundle)" in out
+    base = config(tmp_path)
+    cfg = GatewayConfig.model_validate({
+        **base.model_dump(), "router": {"artifact": tmp_path / "art",
+                                        "text_encoder": "hashing-text",
+                                        "image_encoder": "hashing-image"},
+        "backends": [{**b.model_dump(), "router_model": m}
+                     for b, m in zip(base.backends, models, strict=True)]})
+    with client(cfg, Upstream()) as c:
+        assert c.get("/health").json()["router"] == "VLCQualityRouter"
+        body = {"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is shown?"},
+            {"type": "image_url", "image_url": {"url": png_url()}}]}]}
+        decision = c.post("/v1/route", json=body).json()
+        assert decision["predicted"] != {"edge": 0.7, "cloud": 0.9}        # not the priors
+        assert all(0 <= p <= 1 for p in decision["predicted"].values())
+        reply = c.post("/v1/chat/completions", json={
+            "model": "vlroute/auto", "messages": [{"role": "user", "content": "2 + 2?"}]})
+        assert reply.status_code == 200, reply.text
+    engine = RoutingEngine.from_config(cfg)
+    prompts = [prompt_of(body, cfg), Prompt("What is 2 + 2?")]
+    scenarios = [cfg.scenario("quality"), cfg.scenario("cost_weight=0.1")]
+    together = engine.router_rows(prompts, scenarios)
+    for prompt, scenario, row in zip(prompts, scenarios, together, strict=True):
+        assert np.allclose(engine.router_rows([prompt], [scenario])[0], row, atol=1e-5)
+    wrong = GatewayConfig.model_validate({**cfg.model_dump(), "router": {
+        "artifact": tmp_path / "art", "text_encoder": "hashing-text",
+        "image_encoder": "efficientnet-lite0"}})
+    with pytest.raises(ConfigError, match="trained on image tokens"), \
+            client(wrong, Upstream()):
+        pass
