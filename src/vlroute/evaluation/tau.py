@@ -5,6 +5,11 @@ edge-first threshold rule at every tau of a grid; each point carries edge share,
 drop against always-cloud, CA, AIL and RCS, on dev and test, averaged over seeds. The tau with
 the largest dev edge share whose dev APSP drop stays within ``max_drop`` is chosen on dev and
 reported on test.
+
+By default the router is trained on the pair's outcomes only. With ``fit_on="all"`` it is
+trained on every candidate model's outcomes (the same rows) and decides between the pair's two
+columns (the others marked unavailable): ECVL-Router's stage 1 on all models, with ``params``
+such as ``{"pair": "EDGE,CLOUD"}`` for its stage 2.
 """
 
 from __future__ import annotations
@@ -25,22 +30,33 @@ TAUS = tuple(np.round(np.linspace(0.0, 1.0, 41), 3).tolist())
 POINT_KEYS = ("tau", "edge_share", "apsp", "apsp_drop", "ca", "ail", "rcs")
 
 
-def tau_curve(bench: Bench, X: FloatArray, pair: tuple[str, str], *, seeds: int = 1,
-              router: str = "knn", mes: float = 6.0, max_drop: float = 0.05,
-              taus: tuple[float, ...] = TAUS) -> dict[str, Any]:
+def tau_curve(  # noqa: PLR0913 - keyword options of one sweep
+        bench: Bench, X: FloatArray, pair: tuple[str, str], *, seeds: int = 1,
+        router: str = "knn", mes: float = 6.0, max_drop: float = 0.05,
+        taus: tuple[float, ...] = TAUS, fit_on: str = "pair",
+        params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The curve of ``pair`` = (edge model, cloud model); see the module docstring."""
+    if fit_on not in ("pair", "all"):
+        raise ValueError(f"fit_on must be 'pair' or 'all', got {fit_on!r}.")
     m_all = bench.matrices(list(pair))
+    wide = bench.matrices(sorted(set(bench.candidate_models()) | set(pair),
+                                 key=list(bench.models["model"]).index)) \
+        if fit_on == "all" else m_all
+    columns = [list(wide.models).index(name) for name in pair]
+    available = np.isin(np.arange(len(wide.models)), columns)
     bounds = cost_bounds(m_all.cost)
     ctx = ScoringContext((bounds[0] * 1e4, bounds[1] * 1e4), 1)
     base_seed = int(bench.manifest.get("split", {}).get("seed", 42))
     per_seed = []
     for k in range(seeds):
-        m = m_all if k == 0 else m_all.with_splits(resplit(bench, base_seed + k))
-        estimator = make_router(router, candidates="all")
+        splits = None if k == 0 else resplit(bench, base_seed + k)
+        m = m_all if splits is None else m_all.with_splits(splits)
+        fit = wide if splits is None else wide.with_splits(splits)
+        estimator = make_router(router, **{"candidates": "all", **(params or {})})
         if not isinstance(estimator, QualityRouter):
             raise ValueError(f"the tau curve needs a quality router (P(solved)); {router!r} "
                              "is not one.")
-        estimator.fit(m.split("train"), bounds=bounds, X=X[m.splits == "train"])
+        estimator.fit(fit.split("train"), bounds=bounds, X=X[fit.splits == "train"])
         seed_rows = {}
         for split in ("dev", "test"):
             data, Xs = m.split(split), X[m.splits == split]
@@ -50,7 +66,8 @@ def tau_curve(bench: Bench, X: FloatArray, pair: tuple[str, str], *, seeds: int 
             points = []
             for tau in taus:
                 scenario = Scenario("pair", tau=tau, mes=mes, by="usd", edge_first=True)
-                values = score(estimator.decide(preds, scenario), data, scenario, ctx)
+                picked = estimator.decide(preds, scenario, available=available)
+                values = score((picked == columns[1]).astype(np.int64), data, scenario, ctx)
                 values["apsp_drop"] = (1.0 - values["apsp"] / cloud["apsp"]
                                        if cloud["apsp"] else None)
                 points.append({"tau": tau, **values})
