@@ -57,6 +57,7 @@ def _register() -> None:
     from vlroute.cli.bench import bench
     from vlroute.cli.collect import collect_command
     from vlroute.cli.demo import demo
+    from vlroute.cli.edge import export, route
     from vlroute.cli.evaluate import eval_command, routers
     from vlroute.cli.features import features
     from vlroute.cli.judge import judge
@@ -80,6 +81,8 @@ def _register() -> None:
     cli.add_command(collect_command)
     cli.add_command(judge)
     cli.add_command(loop)
+    cli.add_command(export)
+    cli.add_command(route)
 
 
 _register()

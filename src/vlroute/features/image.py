@@ -38,6 +38,16 @@ def _mean_per_item(items: Sequence[Item], vectors: FloatArray) -> FloatArray:
     return out
 
 
+def lite_pixels(items: Sequence[Item]) -> np.ndarray:
+    """(n_images, 224, 224, 3) float32 in [-1, 1]: every image of ``items`` in order, resized
+    to 224 x 224 (bilinear) and scaled as the Lite models expect. The torch and the ONNX
+    encoders both read this, so their inputs are the same bits."""
+    pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
+                         dtype=np.float32) for item in items for p in item.images]
+    batch: np.ndarray = np.stack(pixels) / 127.5 - 1.0
+    return batch
+
+
 #: images per forward pass: on a CPU, larger batches of this net run slower per image (one
 #: core, channels-last: 16.7 ms at 2 images, 28.7 ms at 16; python bench/image_encoder.py)
 FORWARD_CHUNK = 2
@@ -85,10 +95,8 @@ class EfficientNetLite0Encoder(Encoder):
         if not any(item.images for item in items):     # a text-only request
             return np.zeros((len(items), self.dim))
         net = self._load()
-        pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
-                             dtype=np.float32) for item in items for p in item.images]
         # (n, 224, 224, 3) is already channels-last: permute without a copy
-        batch = torch.from_numpy(np.stack(pixels) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(lite_pixels(items)).permute(0, 3, 1, 2)
         with torch.inference_mode():
             pooled = torch.cat([
                 net.extract_features(batch[i:i + FORWARD_CHUNK]).mean(dim=(2, 3))

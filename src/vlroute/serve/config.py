@@ -99,6 +99,17 @@ class RouterSettings(_Strict):
     image_encoder: str | None = "efficientnet-lite0"
     cache_size: int = Field(4096, ge=0, description="Feature rows kept per process, keyed by "
                             "a hash of the request's text and images (0: off).")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="What computes the features: torch (the encoders' packages), "
+        "onnx (onnxruntime on the bundle's exported graphs, `vlroute export onnx`; no torch "
+        "imported), or auto: onnx when the bundle carries graphs for the configured "
+        "encoders, else torch.")
+    onnx_variant: Literal["fp32", "int8"] = Field(
+        "fp32", description="Which exported graphs the onnx runtime runs: fp32 (features "
+        "equal torch's to 1e-4) or int8 (`export onnx --quantize int8`; measured drift in "
+        "docs/edge.md).")
+    onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads "
+                              "per encoder.")
 
 
 class AuthKey(_Strict):

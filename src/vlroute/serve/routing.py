@@ -73,6 +73,8 @@ class RoutingEngine:
         self.fusion = fusion
         #: the token encoder of an end-to-end router's bundle (None: fused feature rows)
         self.token_encoder: Any = None
+        #: what computes the features: torch, onnx-fp32 or onnx-int8
+        self.runtime = "torch"
         self.backends = {b.name: b for b in config.backends}
         self.cache_size = config.router.cache_size
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -101,19 +103,21 @@ class RoutingEngine:
             if required:        # a reload: a missing bundle is a mistake, not a choice
                 raise ConfigError(f"no serving bundle at {artifact} (no router.json there).")
             return cls(config)
-        from vlroute.features.registry import make_encoder
         from vlroute.routers.bundle import load_bundle
         from vlroute.routers.persistence import artifact_metadata
+        from vlroute.serve.edge import feature_encoders
 
         try:
             trained = artifact_metadata(Path(artifact)).get("feature_spec") or {}
         except VlrouteError as exc:
             raise ConfigError(f"cannot serve router artifact: {exc}") from None
         if trained.get("kind") == "tokens":        # an end-to-end router: token features
+            if config.router.runtime == "onnx":
+                raise ConfigError(f"router artifact {artifact} is an end-to-end router (token "
+                                  "features through a torch transformer): runtime: onnx "
+                                  "cannot serve it; use runtime: torch.")
             return cls._token_engine(config, Path(artifact), trained)
-        encoders = {kind: make_encoder(name) for kind, name in
-                    (("text", config.router.text_encoder),
-                     ("image", config.router.image_encoder)) if name}
+        encoders, runtime = feature_encoders(config.router, Path(artifact))
         for kind in ("text", "image"):
             have = encoders[kind].encoder_id if kind in encoders else None
             if trained.get(kind) != have:
@@ -129,9 +133,11 @@ class RoutingEngine:
             raise ConfigError(
                 f"router artifact {artifact} chooses among {', '.join(bundle.candidates)}; no "
                 "backend names one of them as its router_model.")
-        return cls(config, bundle, encoders,
-                   fusion=(trained.get("fusion", "normalize_concat"),
-                           float(trained.get("text_weight", 0.5))))
+        engine = cls(config, bundle, encoders,
+                     fusion=(trained.get("fusion", "normalize_concat"),
+                             float(trained.get("text_weight", 0.5))))
+        engine.runtime = runtime
+        return engine
 
     @classmethod
     def _token_engine(cls, config: GatewayConfig, artifact: Path, trained: dict[str, Any]
@@ -172,7 +178,7 @@ class RoutingEngine:
                     "prior_quality and the config's prices decide; vlroute/auto is the "
                     "quality preset"}
         described = {k: v for k, v in self.bundle.describe().items() if k != "path"}
-        return {"mode": "bundle", **described,
+        return {"mode": "bundle", **described, "runtime": self.runtime,
                 "backends": {n: self.bundle.models[k] for n, k in self.column.items()}}
 
     def scenario(self, name: str) -> Scenario:

@@ -1,0 +1,154 @@
+"""MiniLM and EfficientNet-Lite0 on onnxruntime: the same features as the torch encoders
+(to 1e-4) from the ``*.onnx`` files ``vlroute export onnx`` writes, without torch.
+
+The tokenizer stays outside the graph (the ``tokenizers`` package reads the bundled
+``tokenizer.json``); the text graph is the transformer plus mean pooling over the attention
+mask and L2 normalisation, as sentence-transformers computes them. The image graph is the
+network's pooled features; the pixels come from :func:`vlroute.features.image.lite_pixels`,
+the function the torch encoder reads, so both see the same input bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlroute._optional import require
+from vlroute._typing import FloatArray
+from vlroute.features.base import Encoder, Item
+from vlroute.features.image import _mean_per_item, lite_pixels
+
+#: what the edge runtime needs (``pip install 'vlroute[edge]'``)
+EXTRA = "edge"
+
+
+def onnx_session(path: Path, threads: int = 1) -> Any:
+    """An onnxruntime CPU session for ``path`` with ``threads`` intra-op threads, one
+    inter-op thread and every graph optimisation."""
+    ort = require("onnxruntime", extra=EXTRA)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # a gateway shares its cores with the event loop: idle pool threads must not spin
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxTextEncoder(Encoder):
+    """Sentence embeddings (L2-normalised) from an exported text graph and its tokenizer.
+
+    Parameters
+    ----------
+    model : Path
+        The graph (inputs ``input_ids``, ``attention_mask``; output ``embedding``).
+    tokenizer : Path
+        A ``tokenizers`` JSON file.
+    encoder_id : str
+        The id of the torch encoder it was exported from (its features are the same).
+    dim : int
+        Embedding width.
+    max_length : int
+        Tokens kept per text (sentence-transformers' ``max_seq_length``).
+    threads : int
+        onnxruntime intra-op threads.
+    """
+
+    modality = "text"
+
+    def __init__(self, model: Path, tokenizer: Path, *, encoder_id: str,
+                 dim: int, max_length: int = 256, threads: int = 1,
+                 batch_size: int = 64) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._encoder_id = encoder_id
+        self._dim = dim
+        self.max_length = max_length
+        self.threads = threads
+        self.batch_size = batch_size
+        self._loaded: tuple[Any, Any] | None = None
+
+    @property
+    def encoder_id(self) -> str:
+        """The torch encoder's id."""
+        return self._encoder_id
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return self._dim
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            tokenizers = require("tokenizers", extra=EXTRA)
+            tok = tokenizers.Tokenizer.from_file(str(self.tokenizer))
+            tok.enable_truncation(self.max_length)
+            tok.enable_padding()          # to the longest text of the batch
+            self._loaded = (tok, onnx_session(self.model, self.threads))
+        return self._loaded
+
+    def encode_batch(self, items: Sequence[Item]) -> FloatArray:
+        """Normalised embeddings of the items' texts."""
+        tok, session = self._load()
+        encoded = tok.encode_batch([item.text for item in items])
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)            # (n, seq)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(vectors, dtype=np.float64)                       # (n, dim)
+
+
+class OnnxImageEncoder(Encoder):
+    """EfficientNet-Lite0 pooled features (1280-d) from an exported image graph; several
+    images per item are averaged and an item without images gets a zero row, as the torch
+    encoder does.
+
+    Parameters
+    ----------
+    model : Path
+        The graph (input ``pixels`` (n, 3, 224, 224) in [-1, 1]; output ``features``).
+    encoder_id : str
+        The id of the torch encoder it was exported from.
+    dim : int
+        Feature width.
+    threads : int
+        onnxruntime intra-op threads.
+    """
+
+    modality = "image"
+
+    def __init__(self, model: Path, *, encoder_id: str, dim: int = 1280, threads: int = 1,
+                 batch_size: int = 16) -> None:
+        self.model = model
+        self._encoder_id = encoder_id
+        self._dim = dim
+        self.threads = threads
+        self.batch_size = batch_size
+        self._session: Any = None
+
+    @property
+    def encoder_id(self) -> str:
+        """The torch encoder's id."""
+        return self._encoder_id
+
+    @property
+    def dim(self) -> int:
+        """Feature width."""
+        return self._dim
+
+    def _load(self) -> Any:
+        if self._session is None:
+            self._session = onnx_session(self.model, self.threads)
+        return self._session
+
+    def encode_batch(self, items: Sequence[Item]) -> FloatArray:
+        """Pooled features of each item's images."""
+        if not any(item.images for item in items):     # a text-only request
+            return np.zeros((len(items), self.dim))
+        session = self._load()
+        pixels = np.ascontiguousarray(lite_pixels(items).transpose(0, 3, 1, 2))  # NCHW
+        (pooled,) = session.run(None, {"pixels": pixels})                     # (n_images, dim)
+        return _mean_per_item(items, np.asarray(pooled, dtype=np.float64))

