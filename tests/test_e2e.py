@@ -274,3 +274,21 @@ def test_gateway_serves_a_quality_mode_e2e_bundle(token_bench: Path, tmp_path: P
     with pytest.raises(ConfigError, match="trained on image tokens"), \
             client(wrong, Upstream()):
         pass
+
+
+def test_cutting_the_padding_changes_no_output() -> None:
+    # the last two text positions are padding everywhere, and a batch of image-less requests
+    # has no real image token: the cut tensors must give the uncut ones' embeddings
+    import torch
+
+    from vlroute.routers._fusion import to_tensors
+    router, X, _ = fitted("vlc_q")
+    net = router._network()
+    rows = np.arange(0, 12, 3)                     # every third request has no image
+    cut = to_tensors(torch, X, rows)
+    b = X.batch(rows)
+    full = tuple(torch.from_numpy(a) for a in (b.text, b.text_mask, b.image, b.image_mask))
+    assert cut[0].shape[1] == 6 and cut[2].shape[1] == 0 and full[0].shape[1] == 8
+    with torch.no_grad():
+        np.testing.assert_allclose(net.embed(*cut).numpy(), net.embed(*full).numpy(),
+                                   atol=1e-5)

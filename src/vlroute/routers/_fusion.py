@@ -105,8 +105,8 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
                 scen = self.mes_proj(mes) + self.by_embed(by)
                 parts.append(scen[:, None, :])
                 keep.append(torch.ones(n, 1, dtype=torch.bool))
-            parts += [self.text_proj(text) + self.text_pos, self.image_proj(image)
-                      + self.image_pos]
+            parts += [self.text_proj(text) + self.text_pos[:text.shape[1]],
+                      self.image_proj(image) + self.image_pos[:image.shape[1]]]
             keep += [text_mask, image_mask]
             h = self.in_norm(torch.cat(parts, dim=1))
             out = self.encoder(h, src_key_padding_mask=~torch.cat(keep, dim=1))[:, 0]
@@ -128,10 +128,22 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
 
 
 def to_tensors(torch: Any, tokens: Tokens, rows: np.ndarray | None = None) -> tuple[Any, ...]:
-    """(text, text_mask, image, image_mask) tensors of ``rows`` of ``tokens``."""
+    """(text, text_mask, image, image_mask) tensors of ``rows`` of ``tokens``, cut after the
+    last position that is real in any row: padding is masked out of attention and only the
+    first (CLS) output is read, so the cut changes nothing but the work (most questions fill
+    a fraction of the 128 text tokens; a text-only set has no real image token)."""
     b = tokens.batch(rows)
-    return (torch.from_numpy(b.text), torch.from_numpy(b.text_mask),
-            torch.from_numpy(b.image), torch.from_numpy(b.image_mask))
+    text_len, image_len = _used(b.text_mask), _used(b.image_mask)
+    return (torch.from_numpy(np.ascontiguousarray(b.text[:, :text_len])),
+            torch.from_numpy(np.ascontiguousarray(b.text_mask[:, :text_len])),
+            torch.from_numpy(np.ascontiguousarray(b.image[:, :image_len])),
+            torch.from_numpy(np.ascontiguousarray(b.image_mask[:, :image_len])))
+
+
+def _used(mask: np.ndarray) -> int:
+    """One past the last column of ``mask`` that is True in some row (0 if none is)."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[-1]) + 1 if len(cols) else 0
 
 
 def export_state(net: Any) -> dict[str, np.ndarray]:
