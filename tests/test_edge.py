@@ -190,7 +190,7 @@ def test_refusals_say_what_is_wrong(built: Path, tmp_path: Path) -> None:
     with pytest.raises(IncompatibleArtifactError, match="exports minilm"):
         export_onnx(hashed)
     settings = RouterSettings(artifact=hashed, runtime="onnx")
-    with pytest.raises(ConfigError, match="carries no ONNX graphs.*vlroute export onnx"):
+    with pytest.raises(ConfigError, match=r"carries no ONNX graphs.*vlroute export onnx"):
         feature_encoders(settings, hashed)
     # auto without graphs is torch; a bundle exported without int8 refuses the int8 variant
     assert feature_encoders(RouterSettings(runtime="auto", text_encoder="hashing-text",
@@ -202,7 +202,7 @@ def test_refusals_say_what_is_wrong(built: Path, tmp_path: Path) -> None:
     for entry in manifest["encoders"].values():
         entry["files"].pop("int8")
     (fp32_only / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="no int8 text graph.*--quantize int8"):
+    with pytest.raises(ConfigError, match=r"no int8 text graph.*--quantize int8"):
         feature_encoders(RouterSettings(runtime="onnx", onnx_variant="int8"), fp32_only)
-    with pytest.raises(ConfigError, match="named by onnx.json but missing"):
+    with pytest.raises(ConfigError, match=r"named by onnx\.json but missing"):
         feature_encoders(RouterSettings(runtime="onnx"), fp32_only)

@@ -6,12 +6,18 @@ import importlib
 from types import ModuleType
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
 def require(module: str, *, extra: str) -> ModuleType:
-    """Import ``module`` or raise ImportError naming the extra that provides it."""
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides
+    it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{module} is needed here: pip install 'vlroute[{extra}]'") from exc
+        raise MissingExtraError(f"{module} is needed here: pip install 'vlroute[{extra}]'") \
+            from exc
 
 
 def quiet_transformers() -> None:

