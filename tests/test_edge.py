@@ -42,7 +42,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run("bench", "build", root / "toy", "--out", root / "bench")
     run("features", root / "bench")                         # MiniLM + EfficientNet-Lite0
     run("train", "knn", root / "bench", "--out", root / "knn", "--param", "n_neighbors=3")
-    out = run("export", "onnx", root / "knn", "--quantize", "int8")
+    out = run("export", "onnx", root / "knn", "--quantize", "int8", "--calibration",
+              root / "toy" / "images")
     assert "text_encoder.onnx" in out and "predicts with numpy" in out
     return root
 
@@ -61,6 +62,8 @@ def test_export_writes_every_file_and_the_manifest_last(built: Path) -> None:
     assert text["encoder_id"] == make_encoder("minilm").encoder_id
     assert text["max_length"] == 256 and text["files"]["int8"] == "text_encoder.int8.onnx"
     assert image["encoder_id"] == "efficientnet-lite0@57934424"
+    assert image["files"]["int8"] == "image_encoder.int8.onnx"
+    assert image["calibration"]["images"] == 24
     for entry in (text, image):
         for name in entry["sha256"]:
             assert (art / name).stat().st_size > 100_000

@@ -22,12 +22,15 @@ def export() -> None:
 @click.argument("bundle", type=BUNDLE)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write int8 variants (router.onnx_variant: int8 serves them).")
-def export_onnx_command(bundle: Path, quantize: str | None) -> None:
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="A folder of images to calibrate the int8 image graph on "
+              "(up to 100 are used; default: the embedded demo set's).")
+def export_onnx_command(bundle: Path, quantize: str | None, calibration: Path | None) -> None:
     """Write BUNDLE's encoders as ONNX into BUNDLE (needs torch), so that the gateway and
     `vlroute route` serve it with runtime: onnx from the [edge] install, without torch."""
     from vlroute.serve.edge import MANIFEST, export_onnx
 
-    manifest = export_onnx(bundle, quantize=quantize)
+    manifest = export_onnx(bundle, quantize=quantize, calibration=calibration)
     for kind, entry in manifest["encoders"].items():
         files = ", ".join(f"{v}: {f}" for v, f in entry["files"].items())
         console.print(f"{kind}: {entry['name']} ({entry['encoder_id']}) -> {files}")

@@ -33,10 +33,6 @@ FORMAT = "vlroute-onnx/1"
 #: the encoder ids the export knows how to write, by kind: (registry name, encoder id)
 EXPORTABLE = {"text": ("minilm", "st:all-MiniLM-L6-v2@gt-0.1.0"),
               "image": ("efficientnet-lite0", "efficientnet-lite0@57934424")}
-#: why the int8 variant keeps the fp32 image graph (python bench/onnx.py measures it)
-IMAGE_INT8_NOTE = ("dynamic int8 convolutions (ConvInteger) ran 8x slower than fp32 on this "
-                   "CPU and moved the features far; the int8 variant keeps the fp32 image "
-                   "graph")
 
 
 def _sha256(path: Path) -> str:
@@ -70,9 +66,12 @@ def _check_exportable(artifact: Path, doc: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def export_onnx(artifact: Path, *, quantize: str | None = None) -> dict[str, Any]:
+def export_onnx(artifact: Path, *, quantize: str | None = None,
+                calibration: Path | None = None) -> dict[str, Any]:
     """Export the bundle's encoders to ONNX into ``artifact`` and write its manifest;
-    ``quantize="int8"`` adds the int8 variants. Returns the manifest."""
+    ``quantize="int8"`` adds the int8 variants, the image graph's calibrated on up to 100
+    images of the folder ``calibration`` (default: the embedded demo set's). Returns the
+    manifest."""
     from vlroute.features import onnx_export
 
     if quantize not in (None, "int8"):
@@ -84,14 +83,19 @@ def export_onnx(artifact: Path, *, quantize: str | None = None) -> dict[str, Any
     if spec.get("text"):
         entries["text"] = onnx_export.export_text_encoder(artifact)
         if quantize:
-            onnx_export.quantize_int8(artifact / "text_encoder.onnx",
-                                      artifact / "text_encoder.int8.onnx")
+            onnx_export.quantize_text_int8(artifact / "text_encoder.onnx",
+                                           artifact / "text_encoder.int8.onnx")
             entries["text"]["files"]["int8"] = "text_encoder.int8.onnx"
     if spec.get("image"):
         entries["image"] = onnx_export.export_image_encoder(artifact)
         if quantize:
-            entries["image"]["files"]["int8"] = "image_encoder.onnx"
-            entries["image"]["int8_note"] = IMAGE_INT8_NOTE
+            images = onnx_export.calibration_images(calibration)
+            onnx_export.quantize_image_int8(artifact / "image_encoder.onnx",
+                                            artifact / "image_encoder.int8.onnx", images)
+            entries["image"]["files"]["int8"] = "image_encoder.int8.onnx"
+            entries["image"]["calibration"] = {
+                "images": len(images), "folder": str(calibration) if calibration
+                else "embedded demo set (DynaMath)", "method": "minmax, QDQ, per-channel"}
     for entry in entries.values():
         names = {*entry["files"].values(), *([entry["tokenizer"]] if "tokenizer" in entry
                                              else [])}

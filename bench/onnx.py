@@ -1,0 +1,256 @@
+"""The ONNX routing path measured: accuracy drift, encoder latency and install footprint. Run
+by hand (after bench/routers.py has built the DynaMath bench and its MiniLM +
+EfficientNet-Lite0 features):
+
+    python bench/onnx.py [--bench /tmp/vlroute-benches/dynamath] \
+        [--routers knn,linear,mlp,gbdt,irt] [--venvs /tmp/vlroute-venvs] [--out bench/results]
+
+1. **Drift.** Each router's serving bundle is trained on the bench (``vlroute train R BENCH``,
+   its train split, cost_weight tuned on dev); the first is exported (``vlroute export onnx
+   --quantize int8``, the int8 image graph calibrated on 100 of the train split's images; the
+   graphs depend on the encoders only, so the others get copies). The
+   test split's requests (question text, image files) go through the bundle's ONNX encoders,
+   fp32 and int8, and their outputs are compared with the bench's stored torch features (max
+   |difference| per encoder). Each bundle then decides on the torch features (what ``vlroute
+   eval --artifact`` measures), on fp32 and on int8 features (fused as the gateway fuses them:
+   each encoder's output rounded to float32, then the bundle's fusion), and the script counts
+   agreements.
+2. **Latency.** One request (text + one image) at a time on one thread (torch told so), the
+   p50 over ``--latency-samples`` test requests of the routing engine's feature step on each
+   runtime (image decode, resize, both encoders, fusion).
+3. **Footprint.** Two venvs, made when missing: ``edge`` (``pip install -e .[edge]``) and
+   ``torch`` (``pip install torch==2.13.0`` then ``pip install -e .[encoders,serve]``);
+   the size of each venv's site-packages, and ``vlroute route BUNDLE --text T --image I`` in
+   each from a cold process (wall time and peak RSS, median of 3): the edge venv on the onnx
+   runtime, the torch venv on the torch runtime.
+
+Writes ``onnx.json`` and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ROUTE_TEXT = "What is the period of this function? Answer with a number."
+
+
+def cli(*args: object) -> None:
+    subprocess.run([sys.executable, "-c", "from vlroute.cli import main; main()",
+                    *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+
+
+def train_bundles(bench: Path, routers: list[str], work: Path) -> dict[str, Path]:
+    """One exported bundle per router (the ONNX files are the same for all: copied)."""
+    from vlroute.serve.edge import MANIFEST, read_manifest
+
+    out = {}
+    for name in routers:
+        art = work / name
+        cli("train", name, bench, "--out", art, "--overwrite")
+        out[name] = art
+    first = out[routers[0]]
+    calibration = work / "calibration"           # the train split's images, never the test's
+    calibration.mkdir()
+    from vlroute.data import load_bench
+
+    b = load_bench(bench)
+    train = set(np.flatnonzero(b.samples["split"].to_numpy() == "train").tolist())
+    for idx, rel in zip(b.images["sample_idx"], b.images["path"], strict=True):
+        if int(idx) in train:
+            (calibration / Path(str(rel)).name).symlink_to(b.root / str(rel))
+    cli("export", "onnx", first, "--quantize", "int8", "--calibration", calibration)
+    manifest = read_manifest(first)
+    assert manifest is not None
+    files = {f for e in manifest["encoders"].values() for f in e["sha256"]}
+    for art in list(out.values())[1:]:
+        for f in [*sorted(files), MANIFEST]:
+            shutil.copyfile(first / f, art / f)
+    return out
+
+
+def onnx_features(art: Path, items: list[Any], variant: str) -> dict[str, np.ndarray]:
+    from vlroute.serve.edge import feature_encoders, route_config
+
+    settings = route_config(art, {"runtime": "onnx", "onnx_variant": variant}).router
+    encoders, _ = feature_encoders(settings, art)
+    return {kind: np.vstack([enc.encode_batch(items[i:i + 32])
+                             for i in range(0, len(items), 32)])
+            for kind, enc in encoders.items()}
+
+
+def fused(parts: dict[str, np.ndarray], spec: dict[str, Any]) -> np.ndarray:
+    """As :meth:`RoutingEngine._encode`: float32-rounded outputs, then the bundle's fusion."""
+    from vlroute.features.fusion import Fusion
+
+    rounded = {k: v.astype(np.float32).astype(np.float64) for k, v in parts.items()}
+    return Fusion(spec["fusion"], float(spec["text_weight"]))(rounded["text"],
+                                                              rounded["image"])
+
+
+def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
+    from vlroute.data import load_bench
+    from vlroute.features.store import bench_items, feature_matrix, load_feature_arrays
+    from vlroute.routers.bundle import load_bundle
+
+    bench = load_bench(bench_path)
+    test = np.flatnonzero(bench.samples["split"].to_numpy() == "test")
+    items = [bench_items(bench)[i] for i in test]
+    stored = load_feature_arrays(bench, ["minilm", "efficientnet-lite0"])
+    X_torch, spec = feature_matrix(bench, "minilm", "efficientnet-lite0")
+    first = next(iter(bundles.values()))
+    out: dict[str, Any] = {"n_test": len(test), "features": {}, "routers": {}}
+    X = {"torch": X_torch[test]}
+    for variant in ("fp32", "int8"):
+        start = time.perf_counter()
+        parts = onnx_features(first, items, variant)
+        out["features"][variant] = {
+            "max_abs_diff_text": float(np.abs(parts["text"] - stored["minilm"][test]).max()),
+            "max_abs_diff_image": float(np.abs(parts["image"]
+                                               - stored["efficientnet-lite0"][test]).max()),
+            "seconds": round(time.perf_counter() - start, 1)}
+        X[variant] = fused(parts, spec)
+    for name, art in bundles.items():
+        bundle = load_bundle(art, feature_spec=spec)
+        choice = {k: bundle.decide(bundle.predictions(v, bundle.scenario), bundle.scenario)
+                  for k, v in X.items()}
+        out["routers"][name] = {
+            "scenario": bundle.scenario.spec(),
+            "fp32_vs_torch": float((choice["fp32"] == choice["torch"]).mean()),
+            "int8_vs_fp32": float((choice["int8"] == choice["fp32"]).mean()),
+            "int8_vs_torch": float((choice["int8"] == choice["torch"]).mean())}
+    return out
+
+
+def latency(bench_path: Path, art: Path, n: int) -> dict[str, Any]:
+    """p50 ms of the routing engine's feature step, one request at a time, one thread."""
+    import torch
+
+    from vlroute.data import load_bench
+    from vlroute.features.store import bench_items
+    from vlroute.serve.edge import route_config
+    from vlroute.serve.requests import Prompt
+    from vlroute.serve.routing import RoutingEngine
+
+    torch.set_num_threads(1)
+    bench = load_bench(bench_path)
+    test = np.flatnonzero(bench.samples["split"].to_numpy() == "test")[:n]
+    items = [bench_items(bench)[i] for i in test]
+    prompts = [Prompt(it.text, tuple(p.read_bytes() for p in it.images)) for it in items]
+    out = {}
+    for runtime, variant in (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")):
+        engine = RoutingEngine.from_config(route_config(
+            art, {"runtime": runtime, "onnx_variant": variant}), art, required=True)
+        engine.warm_up()
+        times = []
+        for prompt in prompts:
+            start = time.perf_counter()
+            engine.features([prompt])
+            times.append((time.perf_counter() - start) * 1e3)
+        out[engine.runtime] = {"p50_ms": round(statistics.median(times), 2),
+                               "p90_ms": round(float(np.percentile(times, 90)), 2)}
+    return out
+
+
+def make_venv(path: Path, steps: list[list[str]]) -> Path:
+    python = path / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        for step in steps:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *step], check=True)
+    return python
+
+
+def site_packages_mb(python: Path) -> float:
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    total = sum(f.stat().st_size for f in Path(site).rglob("*") if f.is_file()
+                and not f.is_symlink())
+    return round(total / 1e6, 1)
+
+
+def cold_route(python: Path, art: Path, image: Path, runtime: str) -> dict[str, Any]:
+    """``vlroute route`` from a cold process: median wall seconds and peak RSS (MB) of 3."""
+    runs = []
+    for _ in range(3):
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", str(python), "-c",
+             "from vlroute.cli import main; main()", "route", str(art), "--text", ROUTE_TEXT,
+             "--image", str(image), "--runtime", runtime, "--json"],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
+        runs.append((float(wall), int(rss_kb) / 1024, json.loads(proc.stdout)["model"]))
+    return {"runtime": runtime, "cold_start_s": statistics.median(r[0] for r in runs),
+            "peak_rss_mb": round(statistics.median(r[1] for r in runs), 1),
+            "model": runs[0][2]}
+
+
+def footprint(venvs: Path, art: Path, image: Path) -> dict[str, Any]:
+    edge = make_venv(venvs / "edge", [["-e", f"{REPO}[edge]"]])
+    torch = make_venv(venvs / "torch", [["torch==2.13.0"], ["-e", f"{REPO}[encoders,serve]"]])
+    return {"edge": {"install": "pip install -e '.[edge]'",
+                     "site_packages_mb": site_packages_mb(edge),
+                     **cold_route(edge, art, image, "onnx")},
+            "torch": {"install": "pip install torch==2.13.0 && pip install -e "
+                                 "'.[encoders,serve]'",
+                      "site_packages_mb": site_packages_mb(torch),
+                      **cold_route(torch, art, image, "torch")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bench", type=Path, default=Path("/tmp/vlroute-benches/dynamath"))
+    parser.add_argument("--routers", default="knn,linear,mlp,gbdt,irt")
+    parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument("--venvs", type=Path, default=Path("/tmp/vlroute-venvs"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vlroute-onnx-"))
+    routers = args.routers.split(",")
+    bundles = train_bundles(args.bench, routers, work)
+    result: dict[str, Any] = {"bench": str(args.bench), "cores": os.cpu_count()}
+    result["drift"] = drift(args.bench, bundles)
+    result["latency_one_thread"] = latency(args.bench, bundles[routers[0]],
+                                           args.latency_samples)
+    from vlroute.data import load_bench
+
+    bench = load_bench(args.bench)
+    image = bench.root / str(bench.images["path"].iloc[0])
+    result["footprint"] = footprint(args.venvs, bundles[routers[0]], image)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "onnx.json").write_text(json.dumps(result, indent=1) + "\n")
+    d = result["drift"]
+    print(f"\nfeatures, {d['n_test']} test requests: " + "; ".join(
+        f"{v}: max |diff| text {f['max_abs_diff_text']:.2e}, image "
+        f"{f['max_abs_diff_image']:.2e}" for v, f in d["features"].items()))
+    print("\n| router | scenario | fp32 = torch | int8 = fp32 | int8 = torch |\n"
+          "|---|---|---|---|---|")
+    for name, r in d["routers"].items():
+        print(f"| {name} | {r['scenario']} | {r['fp32_vs_torch']:.1%} | "
+              f"{r['int8_vs_fp32']:.1%} | {r['int8_vs_torch']:.1%} |")
+    print("\n| runtime | features p50 ms | p90 ms |\n|---|---|---|")
+    for runtime, r in result["latency_one_thread"].items():
+        print(f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} |")
+    print("\n| install | site-packages MB | vlroute route cold start s | peak RSS MB |\n"
+          "|---|---|---|---|")
+    for name, r in result["footprint"].items():
+        print(f"| {name} ({r['runtime']}) | {r['site_packages_mb']} | {r['cold_start_s']} | "
+              f"{r['peak_rss_mb']} |")
+
+
+if __name__ == "__main__":
+    main()
