@@ -16,11 +16,17 @@ for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image
   decision), feature cache off;
 - ``vlroute routing, cached features``: the same with the feature cache on, so every request
   after the first finds its features there (what a repeated request costs);
+- ``vlroute routing, onnx`` and ``vlroute routing, onnx int8``: ``vlroute/auto`` with the
+  feature cache off on ``router.runtime: onnx`` (the bundle's encoders as ONNX graphs on
+  onnxruntime, one intra-op thread; no torch imported), fp32 and int8 graphs; the bundle is
+  exported first (``vlroute export onnx --quantize int8``) when it carries no graphs yet. The
+  torch rows say ``runtime: torch`` explicitly;
 - ``litellm``: LiteLLM proxy ``litellm[proxy]==1.106.2``, one worker, installed by this
   script into its own venv (``--litellm-venv``).
 Every target is measured ``--runs`` times, LiteLLM in the same runs; the table and JSON give
 the median run of each (p50, p99 and req/s medians taken separately), the JSON every run too.
-Writes ``gateway.json`` and prints a table.
+Writes ``gateway.json`` (``--name``) and prints a table; with ``--only`` the JSON is written
+only under another ``--name``.
 """
 
 from __future__ import annotations
@@ -138,7 +144,8 @@ def main() -> None:
     parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--only", default="", help="comma-separated targets to run (direct is "
-                        "always run); the JSON is not written then")
+                        "always run); the JSON is written only under another --name then")
+    parser.add_argument("--name", default="gateway.json", help="the JSON file's name")
     args = parser.parse_args()
     only = {t.strip() for t in args.only.split(",") if t.strip()}
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -158,13 +165,22 @@ def main() -> None:
                       "model": "stub", "router_model": "Qwen2-VL-7B-Instruct",
                       "tier": "edge"}],
         # wrk repeats one body: the feature cache would answer all but the first request
-        "router": {"artifact": str(artifact) if artifact else None, "cache_size": 0},
+        "router": {"artifact": str(artifact) if artifact else None, "cache_size": 0,
+                   "runtime": "torch"},
         "telemetry": {"url": f"sqlite:///{tmp / 'telemetry.db'}"},
         "limits": {"max_body_bytes": 5_000_000}}
     config, cached = tmp / "gateway.yaml", tmp / "gateway-cached.yaml"
     config.write_text(json.dumps(settings))
     cached.write_text(json.dumps({**settings, "router": {**settings["router"],
                                                          "cache_size": 4096}}))
+    onnx = {v: tmp / f"gateway-onnx-{v}.yaml" for v in ("fp32", "int8")}
+    for variant, path in onnx.items():
+        path.write_text(json.dumps({**settings, "router": {
+            **settings["router"], "runtime": "onnx", "onnx_variant": variant}}))
+    wants_onnx = not only or any("onnx" in t for t in only)
+    if artifact and wants_onnx and not (artifact / "onnx.json").is_file():
+        subprocess.run([*CLI, "export", "onnx", str(artifact), "--quantize", "int8"],
+                       check=True)
     ll_config = tmp / "litellm.yaml"
     ll_config.write_text(f"""general_settings: {{master_key: "{MASTER_KEY}"}}
 model_list:
@@ -182,6 +198,11 @@ model_list:
         ("vlroute", lambda: start([*CLI, "serve", "--config", str(cached), "--port",
                                    str(vl_port)], 0, log, {"OMP_NUM_THREADS": "1"}),
          vl_port, [("vlroute routing, cached features", "vlroute/auto", {})]),
+        *[("vlroute", lambda path=path: start([*CLI, "serve", "--config", str(path), "--port",
+                                                str(vl_port)], 0, log,
+                                               {"OMP_NUM_THREADS": "1"}),
+           vl_port, [(f"vlroute routing, onnx{' int8' if v == 'int8' else ''}",
+                      "vlroute/auto", {})]) for v, path in onnx.items()],
         ("litellm", lambda: start([litellm_bin(args.litellm_venv), "--config",
                                    str(ll_config), "--port", str(ll_port), "--num_workers",
                                    "1"], 0, log),
@@ -215,13 +236,14 @@ model_list:
         base = direct[(r["body"], r["connections"])]
         r["added_p50_ms"] = r["p50_ms"] - base["p50_ms"]
         r["added_p99_ms"] = r["p99_ms"] - base["p99_ms"]
-    if only:
+    if only and args.name == "gateway.json":
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gateway.json").write_text(json.dumps({
+    (args.out / args.name).write_text(json.dumps({
         "cores": os.cpu_count(),
         "pinning": "one server under test at a time, alone on core 0 (vlroute with "
-                   "OMP_NUM_THREADS=1); stub backend and wrk on core 1",
+                   "OMP_NUM_THREADS=1; on the onnx runtime one intra-op thread); stub "
+                   "backend and wrk on core 1", "only": sorted(only),
         "seconds": args.seconds, "artifact": str(artifact), "litellm": LITELLM,
         "runs": args.runs, "statistic": "median over runs", "rows": rows,
         "every_run": runs}, indent=1) + "\n")

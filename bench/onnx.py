@@ -173,13 +173,17 @@ def make_venv(path: Path, steps: list[list[str]]) -> Path:
     return python
 
 
-def site_packages_mb(python: Path) -> float:
-    site = subprocess.run([str(python), "-c", "import sysconfig; "
-                           "print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    total = sum(f.stat().st_size for f in Path(site).rglob("*") if f.is_file()
-                and not f.is_symlink())
-    return round(total / 1e6, 1)
+def site_packages(python: Path) -> dict[str, Any]:
+    """The installed size of a venv's site-packages (MB), and its five largest entries."""
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    sizes = {entry.name: sum(f.stat().st_size for f in entry.rglob("*")
+                             if f.is_file() and not f.is_symlink()) if entry.is_dir()
+             else entry.stat().st_size for entry in site.iterdir()}
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+    return {"site_packages_mb": round(sum(sizes.values()) / 1e6, 1),
+            "largest_mb": {k: round(v / 1e6, 1) for k, v in largest}}
 
 
 def cold_route(python: Path, art: Path, image: Path, runtime: str) -> dict[str, Any]:
@@ -203,11 +207,11 @@ def footprint(venvs: Path, art: Path, image: Path) -> dict[str, Any]:
     edge = make_venv(venvs / "edge", [["-e", f"{REPO}[edge]"]])
     torch = make_venv(venvs / "torch", [["torch==2.13.0"], ["-e", f"{REPO}[encoders,serve]"]])
     return {"edge": {"install": "pip install -e '.[edge]'",
-                     "site_packages_mb": site_packages_mb(edge),
+                     **site_packages(edge),
                      **cold_route(edge, art, image, "onnx")},
             "torch": {"install": "pip install torch==2.13.0 && pip install -e "
                                  "'.[encoders,serve]'",
-                      "site_packages_mb": site_packages_mb(torch),
+                      **site_packages(torch),
                       **cold_route(torch, art, image, "torch")}}
 
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from vlroute import __version__
 from vlroute.errors import VlrouteError
+
+#: command name -> "module:attribute": a command's module is imported when the command runs
+#: (or when --help lists them all), so that `vlroute route` on the edge install does not
+#: import pandas and pyarrow for the bench commands
+COMMANDS = {
+    "bench": "vlroute.cli.bench:bench", "report": "vlroute.cli.report:report",
+    "serve": "vlroute.cli.serve:serve", "dev-backends": "vlroute.cli.serve:dev_backends",
+    "logs": "vlroute.cli.serve:logs", "eval": "vlroute.cli.evaluate:eval_command",
+    "features": "vlroute.cli.features:features", "train": "vlroute.cli.train:train",
+    "routers": "vlroute.cli.evaluate:routers", "demo": "vlroute.cli.demo:demo",
+    "models": "vlroute.cli.models:models", "collect": "vlroute.cli.collect:collect_command",
+    "judge": "vlroute.cli.judge:judge", "loop": "vlroute.cli.loop:loop",
+    "export": "vlroute.cli.edge:export", "route": "vlroute.cli.edge:route"}
 
 
 class _Group(click.Group):
@@ -16,6 +30,15 @@ class _Group(click.Group):
     what was expected), value errors (bad input that a library check caught) and file-system
     errors as their message; anything else, which is a bug, as its type and message with a
     hint to rerun with ``--debug``. Click's usage errors keep their usage line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, attr = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -54,41 +77,6 @@ def cli(debug: bool) -> None:
     Build routing benchmarks from evaluation logs, evaluate routers under scenarios
     (fast, quality, eco), and run the demo on the embedded DynaMath subset.
     """
-
-
-def _register() -> None:
-    from vlroute.cli.bench import bench
-    from vlroute.cli.collect import collect_command
-    from vlroute.cli.demo import demo
-    from vlroute.cli.edge import export, route
-    from vlroute.cli.evaluate import eval_command, routers
-    from vlroute.cli.features import features
-    from vlroute.cli.judge import judge
-    from vlroute.cli.loop import loop
-    from vlroute.cli.models import models
-    from vlroute.cli.report import report
-    from vlroute.cli.serve import dev_backends, logs, serve
-    from vlroute.cli.train import train
-
-    cli.add_command(bench)
-    cli.add_command(report)
-    cli.add_command(serve)
-    cli.add_command(dev_backends)
-    cli.add_command(logs)
-    cli.add_command(eval_command)
-    cli.add_command(features)
-    cli.add_command(train)
-    cli.add_command(routers)
-    cli.add_command(demo)
-    cli.add_command(models)
-    cli.add_command(collect_command)
-    cli.add_command(judge)
-    cli.add_command(loop)
-    cli.add_command(export)
-    cli.add_command(route)
-
-
-_register()
 
 
 def main() -> None:
