@@ -24,7 +24,7 @@ EfficientNet-Lite0 features):
    each from a cold process (wall time and peak RSS, median of 3): the edge venv on the onnx
    runtime, the torch venv on the torch runtime.
 
-Writes ``onnx.json`` and prints tables.
+Writes ``onnx.json`` and ``onnx.md`` (the tables, also printed).
 """
 
 from __future__ import annotations
@@ -222,7 +222,12 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/vlroute-venvs"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--tables", action="store_true", help="only print (and write to "
+                        "onnx.md) the tables of an existing onnx.json in --out")
     args = parser.parse_args()
+    if args.tables:
+        write_tables(json.loads((args.out / "onnx.json").read_text()), args.out)
+        return
     work = Path(tempfile.mkdtemp(prefix="vlroute-onnx-"))
     routers = args.routers.split(",")
     bundles = train_bundles(args.bench, routers, work)
@@ -237,24 +242,34 @@ def main() -> None:
     result["footprint"] = footprint(args.venvs, bundles[routers[0]], image)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps(result, indent=1) + "\n")
-    d = result["drift"]
-    print(f"\nfeatures, {d['n_test']} test requests: " + "; ".join(
-        f"{v}: max |diff| text {f['max_abs_diff_text']:.2e}, image "
-        f"{f['max_abs_diff_image']:.2e}" for v, f in d["features"].items()))
-    print("\n| router | scenario | fp32 = torch | int8 = fp32 | int8 = torch |\n"
-          "|---|---|---|---|---|")
-    for name, r in d["routers"].items():
-        print(f"| {name} | {r['scenario']} | {r['fp32_vs_torch']:.1%} | "
-              f"{r['int8_vs_fp32']:.1%} | {r['int8_vs_torch']:.1%} |")
-    print("\n| runtime | features p50 ms | p90 ms |\n|---|---|---|")
-    for runtime, r in result["latency_one_thread"].items():
-        print(f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} |")
-    print("\n| install | site-packages MB | vlroute route cold start s | peak RSS MB |\n"
-          "|---|---|---|---|")
-    for name, r in result["footprint"].items():
-        print(f"| {name} ({r['runtime']}) | {r['site_packages_mb']} | {r['cold_start_s']} | "
-              f"{r['peak_rss_mb']} |")
+    write_tables(result, args.out)
 
+
+def write_tables(result: dict[str, Any], out: Path) -> None:
+    """Print the tables and write them to ``onnx.md``."""
+    d = result["drift"]
+    lines = [f"features, {d['n_test']} test requests: " + "; ".join(
+        f"{v}: max |diff| text {f['max_abs_diff_text']:.2e}, image "
+        f"{f['max_abs_diff_image']:.2e}" for v, f in d["features"].items()), "",
+        "| router | scenario | fp32 = torch | int8 = fp32 | int8 = torch |",
+        "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['scenario']} | {r['fp32_vs_torch']:.1%} | "
+              f"{r['int8_vs_fp32']:.1%} | {r['int8_vs_torch']:.1%} |"
+              for name, r in d["routers"].items()]
+    lines += ["", "| runtime | features p50 ms | p90 ms |", "|---|---|---|"]
+    lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} |"
+              for runtime, r in result["latency_one_thread"].items()]
+    lines += ["", "| install | site-packages MB | largest | vlroute route cold start s | "
+              "peak RSS MB |", "|---|---|---|---|---|"]
+    lines += [f"| {name} ({r['runtime']}) | {r['site_packages_mb']} | "
+              + ", ".join(f"{k} {v}" for k, v in r["largest_mb"].items())
+              + f" | {r['cold_start_s']} | {r['peak_rss_mb']} |"
+              for name, r in result["footprint"].items()]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (out / "onnx.md").write_text(f"Written by `python bench/onnx.py` (bench {result['bench']}, "
+                                 f"{result['cores']} cores); the numbers are in onnx.json.\n\n"
+                                 + text)
 
 if __name__ == "__main__":
     main()
