@@ -16,7 +16,7 @@ for 1 and 16 connections, a text-only body and a body with a 200 KB base64 image
   decision), feature cache off;
 - ``vlroute routing, cached features``: the same with the feature cache on, so every request
   after the first finds its features there (what a repeated request costs);
-- ``vlroute routing, onnx`` and ``vlroute routing, onnx int8``: ``vlroute/auto`` with the
+- ``vlroute routing onnx`` and ``vlroute routing onnx int8``: ``vlroute/auto`` with the
   feature cache off on ``router.runtime: onnx`` (the bundle's encoders as ONNX graphs on
   onnxruntime, one intra-op thread; no torch imported), fp32 and int8 graphs; the bundle is
   exported first (``vlroute export onnx --quantize int8``) when it carries no graphs yet. The
@@ -201,7 +201,7 @@ model_list:
         *[("vlroute", lambda path=path: start([*CLI, "serve", "--config", str(path), "--port",
                                                 str(vl_port)], 0, log,
                                                {"OMP_NUM_THREADS": "1"}),
-           vl_port, [(f"vlroute routing, onnx{' int8' if v == 'int8' else ''}",
+           vl_port, [(f"vlroute routing onnx{' int8' if v == 'int8' else ''}",
                       "vlroute/auto", {})]) for v, path in onnx.items()],
         ("litellm", lambda: start([litellm_bin(args.litellm_venv), "--config",
                                    str(ll_config), "--port", str(ll_port), "--num_workers",
