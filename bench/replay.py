@@ -9,6 +9,11 @@ candidate, MiniLM + EfficientNet-Lite0 and the feature cache off, gets every tes
 client would send it (question text and image as a data URL) on ``/v1/route``. The choices
 are compared: equal, near-ties (decision margin under 1e-6) and real disagreements. Runs
 ``vlroute demo`` first when ``--demo`` has no bench. Writes ``replay.json`` and prints a table.
+
+``--runtime onnx`` replays through ``router.runtime: onnx`` (the bundles' fp32 ONNX graphs,
+exported first with ``vlroute export onnx`` when a bundle has none) and writes
+``replay-onnx.json``; the default ``torch`` is set explicitly, so an exported bundle is still
+replayed on torch.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from vlroute.serve.replay import compare, read_decisions, replay_config, replay_
 BUNDLES = ("router", "router-qwen2-vl")
 
 
-def replay(demo: Path, name: str, work: Path) -> dict[str, object]:
+def replay(demo: Path, name: str, work: Path, runtime: str = "torch") -> dict[str, object]:
     """Eval's decisions for bundle ``name`` against the gateway's, on the test split."""
     artifact, decisions = demo / name, work / f"{name}.jsonl"
     subprocess.run([*CLI, "eval", str(demo / "bench"), "--artifact", str(artifact),
@@ -40,6 +45,10 @@ def replay(demo: Path, name: str, work: Path) -> dict[str, object]:
     bundle = load_bundle(artifact)
     config = replay_config(artifact.resolve(), list(bundle.candidates), "minilm",
                            "efficientnet-lite0", f"sqlite:///{work / (name + '.db')}")
+    config["router"]["runtime"] = runtime
+    if runtime == "onnx" and not (artifact / "onnx.json").is_file():
+        subprocess.run([*CLI, "export", "onnx", str(artifact)], check=True,
+                       capture_output=True)
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -60,7 +69,7 @@ def replay(demo: Path, name: str, work: Path) -> dict[str, object]:
         server.terminate()
         server.wait(timeout=30)
     report = compare(rows, served)
-    return {"bundle": name, "scenario": bundle.scenario.spec(),
+    return {"bundle": name, "runtime": runtime, "scenario": bundle.scenario.spec(),
             "candidates": list(bundle.candidates), "seconds": round(seconds, 2), **report}
 
 
@@ -68,17 +77,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo-out"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     args = parser.parse_args()
     if not (args.demo / "bench" / "manifest.json").is_file() or \
             not all((args.demo / b / "router.json").is_file() for b in BUNDLES):
         subprocess.run([*CLI, "demo", "--out", str(args.demo)], check=True,
                        stdout=subprocess.DEVNULL)
     with tempfile.TemporaryDirectory(prefix="vlroute-replay-") as tmp:
-        results = [replay(args.demo, name, Path(tmp)) for name in BUNDLES]
+        results = [replay(args.demo, name, Path(tmp), args.runtime) for name in BUNDLES]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "replay.json").write_text(json.dumps(
-        {"encoders": ["minilm", "efficientnet-lite0"], "cache": "off", "split": "test",
-         "bundles": results}, indent=1) + "\n")
+    name = "replay.json" if args.runtime == "torch" else f"replay-{args.runtime}.json"
+    (args.out / name).write_text(json.dumps(
+        {"encoders": ["minilm", "efficientnet-lite0"], "runtime": args.runtime,
+         "cache": "off", "split": "test", "bundles": results}, indent=1) + "\n")
     print("| bundle | scenario | test samples | equal | near-ties | disagreements | s |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
