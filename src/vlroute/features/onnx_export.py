@@ -119,11 +119,14 @@ def export_image_encoder(out_dir: Path) -> dict[str, Any]:
 
 
 def quantize_text_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the text graph's weights (activations quantised per
-    batch at run time), written atomically to ``target``."""
+    """Dynamic int8 quantisation of the text graph's MatMul weights, per output channel
+    (activations quantised per batch at run time), written atomically to ``target``. The
+    embedding tables stay fp32: on DynaMath, quantising every op per tensor moved the
+    features 2.7x as far (max 0.078 against 0.028) at the same speed."""
     quantization = require("onnxruntime.quantization", extra="onnx-export")
     with atomic_path(target) as tmp, _quiet():
-        quantization.quantize_dynamic(str(source), str(tmp),
+        quantization.quantize_dynamic(str(source), str(tmp), per_channel=True,
+                                      op_types_to_quantize=["MatMul"],
                                       weight_type=quantization.QuantType.QInt8)
 
 
