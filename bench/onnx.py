@@ -14,7 +14,8 @@ EfficientNet-Lite0 features):
    |difference| per encoder). Each bundle then decides on the torch features (what ``vlroute
    eval --artifact`` measures), on fp32 and on int8 features (fused as the gateway fuses them:
    each encoder's output rounded to float32, then the bundle's fusion), and the script counts
-   agreements.
+   agreements; also with one int8 encoder at a time (the other's features torch's), to see
+   which one moves the decisions.
 2. **Latency.** One request (text + one image) at a time on one thread (torch told so), the
    p50 over ``--latency-samples`` test requests of the routing engine's feature step on each
    runtime (image decode, resize, both encoders, fusion).
@@ -113,9 +114,13 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
     first = next(iter(bundles.values()))
     out: dict[str, Any] = {"n_test": len(test), "features": {}, "routers": {}}
     X = {"torch": X_torch[test]}
+    torch_parts = {"text": stored["minilm"][test], "image": stored["efficientnet-lite0"][test]}
     for variant in ("fp32", "int8"):
         start = time.perf_counter()
         parts = onnx_features(first, items, variant)
+        if variant == "int8":         # one int8 encoder at a time, the other torch's
+            X["text_int8"] = fused({**torch_parts, "text": parts["text"]}, spec)
+            X["image_int8"] = fused({**torch_parts, "image": parts["image"]}, spec)
         out["features"][variant] = {
             "max_abs_diff_text": float(np.abs(parts["text"] - stored["minilm"][test]).max()),
             "max_abs_diff_image": float(np.abs(parts["image"]
@@ -130,7 +135,10 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
             "scenario": bundle.scenario.spec(),
             "fp32_vs_torch": float((choice["fp32"] == choice["torch"]).mean()),
             "int8_vs_fp32": float((choice["int8"] == choice["fp32"]).mean()),
-            "int8_vs_torch": float((choice["int8"] == choice["torch"]).mean())}
+            "int8_vs_torch": float((choice["int8"] == choice["torch"]).mean()),
+            "text_int8_only_vs_torch": float((choice["text_int8"] == choice["torch"]).mean()),
+            "image_int8_only_vs_torch": float((choice["image_int8"]
+                                               == choice["torch"]).mean())}
     return out
 
 
@@ -251,10 +259,12 @@ def write_tables(result: dict[str, Any], out: Path) -> None:
     lines = [f"features, {d['n_test']} test requests: " + "; ".join(
         f"{v}: max |diff| text {f['max_abs_diff_text']:.2e}, image "
         f"{f['max_abs_diff_image']:.2e}" for v, f in d["features"].items()), "",
-        "| router | scenario | fp32 = torch | int8 = fp32 | int8 = torch |",
-        "|---|---|---|---|---|"]
+        "| router | scenario | fp32 = torch | int8 = fp32 | int8 = torch | int8 text only "
+        "= torch | int8 image only = torch |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['scenario']} | {r['fp32_vs_torch']:.1%} | "
-              f"{r['int8_vs_fp32']:.1%} | {r['int8_vs_torch']:.1%} |"
+              f"{r['int8_vs_fp32']:.1%} | {r['int8_vs_torch']:.1%} | "
+              f"{r.get('text_int8_only_vs_torch', float('nan')):.1%} | "
+              f"{r.get('image_int8_only_vs_torch', float('nan')):.1%} |"
               for name, r in d["routers"].items()]
     lines += ["", "| runtime | features p50 ms | p90 ms |", "|---|---|---|"]
     lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} |"
