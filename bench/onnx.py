@@ -168,7 +168,27 @@ def latency(bench_path: Path, art: Path, n: int) -> dict[str, Any]:
             engine.features([prompt])
             times.append((time.perf_counter() - start) * 1e3)
         out[engine.runtime] = {"p50_ms": round(statistics.median(times), 2),
-                               "p90_ms": round(float(np.percentile(times, 90)), 2)}
+                               "p90_ms": round(float(np.percentile(times, 90)), 2),
+                               "stages_p50_ms": stages(engine, items)}
+    return out
+
+
+def stages(engine: Any, items: list[Any]) -> dict[str, float]:
+    """p50 ms of each step of the feature step, one request at a time: the image's decode
+    and resize (``lite_pixels``), the text encoder, the image encoder (with its decode)."""
+    from vlroute.features.image import lite_pixels
+
+    steps = {"image_decode_resize": lambda it: lite_pixels([it]),
+             "text_encoder": lambda it: engine.encoders["text"].encode_batch([it]),
+             "image_encoder_with_decode": lambda it: engine.encoders["image"].encode_batch([it])}
+    out = {}
+    for name, step in steps.items():
+        times = []
+        for item in items:
+            start = time.perf_counter()
+            step(item)
+            times.append((time.perf_counter() - start) * 1e3)
+        out[name] = round(statistics.median(times), 2)
     return out
 
 
@@ -230,11 +250,22 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/vlroute-venvs"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--latency-only", action="store_true", help="rerun only the latency "
+                        "part (a kNN bundle exported afresh) into an existing onnx.json")
     parser.add_argument("--tables", action="store_true", help="only print (and write to "
                         "onnx.md) the tables of an existing onnx.json in --out")
     args = parser.parse_args()
     if args.tables:
         write_tables(json.loads((args.out / "onnx.json").read_text()), args.out)
+        return
+    if args.latency_only:           # rerun the latency part into an existing onnx.json
+        result = json.loads((args.out / "onnx.json").read_text())
+        art = Path(tempfile.mkdtemp(prefix="vlroute-onnx-")) / "knn"
+        cli("train", "knn", args.bench, "--out", art)
+        cli("export", "onnx", art, "--quantize", "int8")
+        result["latency_one_thread"] = latency(args.bench, art, args.latency_samples)
+        (args.out / "onnx.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_tables(result, args.out)
         return
     work = Path(tempfile.mkdtemp(prefix="vlroute-onnx-"))
     routers = args.routers.split(",")
@@ -266,8 +297,11 @@ def write_tables(result: dict[str, Any], out: Path) -> None:
               f"{r.get('text_int8_only_vs_torch', float('nan')):.1%} | "
               f"{r.get('image_int8_only_vs_torch', float('nan')):.1%} |"
               for name, r in d["routers"].items()]
-    lines += ["", "| runtime | features p50 ms | p90 ms |", "|---|---|---|"]
-    lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} |"
+    lines += ["", "| runtime | features p50 ms | p90 ms | image decode + resize | text encoder "
+              "| image encoder (with decode) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} | " + " | ".join(
+              str(r.get("stages_p50_ms", {}).get(k, "")) for k in
+              ("image_decode_resize", "text_encoder", "image_encoder_with_decode")) + " |"
               for runtime, r in result["latency_one_thread"].items()]
     lines += ["", "| install | site-packages MB | largest | vlroute route cold start s | "
               "peak RSS MB |", "|---|---|---|---|---|"]
