@@ -209,3 +209,13 @@ def test_refusals_say_what_is_wrong(built: Path, tmp_path: Path) -> None:
         feature_encoders(RouterSettings(runtime="onnx", onnx_variant="int8"), fp32_only)
     with pytest.raises(ConfigError, match=r"named by onnx\.json but missing"):
         feature_encoders(RouterSettings(runtime="onnx"), fp32_only)
+
+
+def test_end_to_end_routers_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from vlroute.serve.edge import _check_exportable
+
+    doc = {"router": "vlc", "feature_spec": {"kind": "tokens"}, "bundle": {}}
+    with pytest.raises(IncompatibleArtifactError, match=r"end-to-end router.*runtime: torch"):
+        _check_exportable(tmp_path, doc)
+    with pytest.raises(IncompatibleArtifactError, match="without a serving bundle"):
+        _check_exportable(tmp_path, {"router": "knn", "feature_spec": {"text": "x"}})
