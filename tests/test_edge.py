@@ -37,6 +37,7 @@ DEMO = demo_set_path()
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx", reason="the export needs `pip install -e '.[dev]'` (onnx)")
     root = tmp_path_factory.mktemp("edge")
     make_set(root / "toy", n_groups=8, per_group=3)
     run("bench", "build", root / "toy", "--out", root / "bench")
