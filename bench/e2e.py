@@ -96,7 +96,12 @@ def main() -> None:
                         help="one label_lambda for the policy routers instead of the dev "
                              "search over {0, 100, inf} (a third of the trainings)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge these e2e.json files "
+                        "into --out (no runs)")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     params = {} if args.label_lambda is None else {
         name: {"label_lambda": args.label_lambda} for name in E2E_POLICY}
     docs = {}
@@ -129,14 +134,54 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "e2e.json").write_text(json.dumps(json_safe(docs), indent=1) + "\n")
         (args.out / "e2e.md").write_text(markdown(docs))
-    print(f"wrote {args.out / 'e2e.json'} and e2e.md")
+        figure(doc, args.out / f"e2e-tau-{name}.svg")
+    print(f"wrote {args.out / 'e2e.json'}, e2e.md and the tau figures")
+
+
+def figure(doc: dict[str, Any], path: Path) -> None:
+    """ECVL-Router's Figure 2 analogue: test edge share against test APSP drop along tau,
+    one line per router, the point chosen on dev marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for c in doc.get("tau_curves", []):
+        pts = [p for p in c["curve"]["test"] if p["apsp_drop"] is not None]
+        line, = ax.plot([p["apsp_drop"] * 100 for p in pts], [p["edge_share"] for p in pts],
+                        label=c["router"], lw=1.5)
+        t = c["test_at_chosen"]
+        if t is not None:
+            ax.plot([t["apsp_drop"] * 100], [t["edge_share"]], "o", color=line.get_color())
+    ax.axvline(5, color="#555555", ls=":", lw=1)
+    pair = doc["tau_curves"][0]["pair"] if doc.get("tau_curves") else ["?", "?"]
+    ax.set_xlabel("APSP drop against always-cloud (%, test)")
+    ax.set_ylabel("share of requests on the edge (test)")
+    ax.set_title(f"{pair[0]} / {pair[1]}, MES 6 (dots: tau chosen on dev)", fontsize=9)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """``python bench/e2e.py --merge A/e2e.json B/e2e.json``: one e2e.json, e2e.md and the
+    figures from runs made per set (in parallel, one per core)."""
+    docs: dict[str, Any] = {}
+    for path in paths:
+        docs.update(json.loads(path.read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e.json").write_text(json.dumps(docs, indent=1) + "\n")
+    (out / "e2e.md").write_text(markdown(docs))
+    for name, doc in docs.items():
+        figure(doc, out / f"e2e-tau-{name}.svg")
 
 
 def markdown(docs: dict[str, Any]) -> str:
     """Tables of ``e2e.json``: rows, latency and the tau curves' chosen points."""
     out = ["# End-to-end and ECVL routers beside feature-level ones", "",
-           "Written by `python bench/e2e.py`; test split, grouped seeds, cost_weight (and "
-           "label_lambda for the policy routers) chosen on dev; costs estimated.", ""]
+           "Written by `python bench/e2e.py`; test split, grouped seeds, cost_weight chosen "
+           "on dev (the policy routers' label_lambda too, unless a set's heading gives "
+           "it); costs estimated. Tau figures: `e2e-tau-SET.svg`.", ""]
     for name, doc in docs.items():
         out += [f"## {name} ({doc['seeds']} seeds, {doc['scenario']}, policy label_lambda "
                 f"{doc.get('label_lambda', 'chosen on dev')})", "",

@@ -97,8 +97,18 @@ def main() -> None:
             lines += table(key, doc)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "routers.json").write_text(json.dumps(json_safe(docs), indent=1) + "\n")
-    (args.out / "routers.md").write_text("\n".join(lines) + "\n")
+    (args.out / "routers.md").write_text("\n".join(lines) + "\n" + _kept(args.out / "routers.md"))
     print(f"wrote {args.out / 'routers.json'} and routers.md")
+
+
+#: a hand-written section of routers.md (the end-to-end verdict, from bench/e2e.py's numbers)
+#: that a rerun of this script keeps
+KEPT = "## End-to-end routers"
+
+
+def _kept(path: Path) -> str:
+    text = path.read_text() if path.is_file() else ""
+    return text[text.index(KEPT):] if KEPT in text else ""
 
 
 def table(name: str, doc: dict[str, Any]) -> list[str]:
