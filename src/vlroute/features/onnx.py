@@ -39,7 +39,30 @@ def onnx_session(path: Path, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxTextEncoder(Encoder):
+class _Exported(Encoder):
+    """What both exported encoders share: the torch encoder's id and width they reproduce,
+    onnxruntime's threads and the batch size."""
+
+    def __init__(self, model: Path, *, encoder_id: str, dim: int, threads: int,
+                 batch_size: int) -> None:
+        self.model = model
+        self._encoder_id = encoder_id
+        self._dim = dim
+        self.threads = threads
+        self.batch_size = batch_size
+
+    @property
+    def encoder_id(self) -> str:
+        """The torch encoder's id."""
+        return self._encoder_id
+
+    @property
+    def dim(self) -> int:
+        """Feature width."""
+        return self._dim
+
+
+class OnnxTextEncoder(_Exported):
     """Sentence embeddings (L2-normalised) from an exported text graph and its tokenizer.
 
     Parameters
@@ -63,24 +86,11 @@ class OnnxTextEncoder(Encoder):
     def __init__(self, model: Path, tokenizer: Path, *, encoder_id: str,
                  dim: int, max_length: int = 256, threads: int = 1,
                  batch_size: int = 64) -> None:
-        self.model = model
+        super().__init__(model, encoder_id=encoder_id, dim=dim, threads=threads,
+                         batch_size=batch_size)
         self.tokenizer = tokenizer
-        self._encoder_id = encoder_id
-        self._dim = dim
         self.max_length = max_length
-        self.threads = threads
-        self.batch_size = batch_size
         self._loaded: tuple[Any, Any] | None = None
-
-    @property
-    def encoder_id(self) -> str:
-        """The torch encoder's id."""
-        return self._encoder_id
-
-    @property
-    def dim(self) -> int:
-        """Embedding width."""
-        return self._dim
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -101,7 +111,7 @@ class OnnxTextEncoder(Encoder):
         return np.asarray(vectors, dtype=np.float64)                       # (n, dim)
 
 
-class OnnxImageEncoder(Encoder):
+class OnnxImageEncoder(_Exported):
     """EfficientNet-Lite0 pooled features (1280-d) from an exported image graph; several
     images per item are averaged and an item without images gets a zero row, as the torch
     encoder does.
@@ -122,22 +132,9 @@ class OnnxImageEncoder(Encoder):
 
     def __init__(self, model: Path, *, encoder_id: str, dim: int = 1280, threads: int = 1,
                  batch_size: int = 16) -> None:
-        self.model = model
-        self._encoder_id = encoder_id
-        self._dim = dim
-        self.threads = threads
-        self.batch_size = batch_size
+        super().__init__(model, encoder_id=encoder_id, dim=dim, threads=threads,
+                         batch_size=batch_size)
         self._session: Any = None
-
-    @property
-    def encoder_id(self) -> str:
-        """The torch encoder's id."""
-        return self._encoder_id
-
-    @property
-    def dim(self) -> int:
-        """Feature width."""
-        return self._dim
 
     def _load(self) -> Any:
         if self._session is None:
