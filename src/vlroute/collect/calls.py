@@ -199,8 +199,10 @@ def parse_stream(body: bytes, ends: list[int], arrived: list[float], start: floa
     ``i`` ended and ``arrived[i]`` the time it arrived."""
     import orjson
 
-    lines = _DATA.findall(body)
-    data = [line for line in lines if line.strip() != b"[DONE]"]
+    matches = list(_DATA.finditer(body))
+    lines = [m.group(1) for m in matches]
+    kept = [k for k, line in enumerate(lines) if line.strip() != b"[DONE]"]
+    data = [lines[k] for k in kept]
     try:
         docs = orjson.loads(b"[" + b",".join(data) + b"]")
     except orjson.JSONDecodeError:
@@ -223,7 +225,7 @@ def parse_stream(body: bytes, ends: list[int], arrived: list[float], start: floa
         delta = _delta(doc)
         if delta:
             if first < 0:
-                first = k
+                first = matches[kept[k]].end()
             pieces.append(delta)
         if doc.get("usage") is not None:
             tokens = token_counts(doc["usage"])
@@ -231,22 +233,16 @@ def parse_stream(body: bytes, ends: list[int], arrived: list[float], start: floa
         return CallResult(status=200, error="broken answer: the stream ended before [DONE]",
                           latency_s=latency)
     return CallResult(status=200, text="".join(pieces), tokens=tokens,
-                      ttft_s=_arrival(body, first, ends, arrived, start), latency_s=latency)
+                      ttft_s=_arrival(first, ends, arrived, start), latency_s=latency)
 
 
-def _arrival(body: bytes, k: int, ends: list[int], arrived: list[float], start: float
-             ) -> float | None:
-    """When the ``k``-th data line (not counting ``[DONE]``) had arrived, from ``start``."""
-    if k < 0:
+def _arrival(end: int, ends: list[int], arrived: list[float], start: float) -> float | None:
+    """When the piece that held body offset ``end`` (the end of the first event with
+    content; -1: none had content) had arrived, from ``start``."""
+    if end < 0:
         return None
-    for match in _DATA.finditer(body):
-        if match.group(1).strip() == b"[DONE]":
-            continue
-        if k == 0:
-            piece = min(bisect.bisect_left(ends, match.end()), len(arrived) - 1)
-            return arrived[piece] - start
-        k -= 1
-    return None                                    # pragma: no cover - k < len(data)
+    piece = min(bisect.bisect_left(ends, end), len(arrived) - 1)
+    return arrived[piece] - start
 
 
 def _delta(doc: Any) -> str:

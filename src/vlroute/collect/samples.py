@@ -27,10 +27,16 @@ class Sample:
     images: tuple[str, ...]                      # relative to ``root``
     root: Path
     row: dict[str, Any] = field(compare=False, hash=False, default_factory=dict)
+    #: the image files, joined once (collect builds each sample's body, fingerprint and
+    #: token estimate from them, at thousands of calls a second)
+    _paths: tuple[Path, ...] = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_paths", tuple(self.root / rel for rel in self.images))
 
     def image_paths(self) -> list[Path]:
         """The image files, absolute."""
-        return [self.root / rel for rel in self.images]
+        return list(self._paths)
 
 
 @dataclass(frozen=True)
