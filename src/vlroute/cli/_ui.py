@@ -18,8 +18,10 @@ err_console = Console(stderr=True, highlight=False)
 
 
 @contextlib.contextmanager
-def steps(title: str, total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar of ``total`` named steps on stderr; yields ``note(step_name)``."""
+def steps(title: str, total: int, counted: str | None = None
+          ) -> Iterator[Callable[[str], None]]:
+    """A progress bar of ``total`` named steps on stderr; yields ``note(step_name)``. With
+    ``counted``, only the notes that start with it are steps (the others just show)."""
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=err_console, transient=True)
@@ -29,9 +31,10 @@ def steps(title: str, total: int) -> Iterator[Callable[[str], None]]:
 
         def note(step: str) -> None:
             nonlocal started
-            if started:
-                progress.advance(task)
-            started = True
+            if counted is None or step.startswith(counted):
+                if started:
+                    progress.advance(task)
+                started = True
             progress.update(task, description=f"{title}: {step}")
 
         yield note

@@ -19,6 +19,7 @@ from vlroute.errors import ParameterError, VlrouteError
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows, save_results
 from vlroute.evaluation.bundles import decision_rows, score_split
 from vlroute.evaluation.calibrate import Target
+from vlroute.evaluation.runner import plan_jobs, router_names
 from vlroute.features.store import feature_matrix
 from vlroute.features.tokens import load_tokens
 from vlroute.routers import BASELINES, E2E, LEARNED, ROUTERS, check_params
@@ -173,13 +174,18 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
 @click.option("--decisions", "decisions_out", type=click.Path(path_type=Path), default=None,
               help="With --artifact: write each sample's choice, per-model scores and "
                    "decision margin as JSON lines.")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
+              metavar="[ADDRESS]",
+              help="Run the (seed x router) jobs as Ray tasks: on a local Ray instance (--ray "
+                   "alone) or on the cluster at ADDRESS (host:port of `ray start --head`). "
+                   "Same document as a local run but for timings. Needs the [ray] extra.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
                  target: str | None, hints: str, labels: str,
                  seeds: int, splits: tuple[str, ...], models: str | None, all_models: bool,
                  feature_names: str, params: tuple[str, ...], json_out: Path | None,
                  results_out: Path | None, artifact: Path | None,
-                 decisions_out: Path | None) -> None:
+                 decisions_out: Path | None, ray_address: str | None) -> None:
     """Evaluate routers on a bench (fitted on train, reported on test).
 
     Learned routers (knn, linear, gbdt) use the stored features; add the scenario
@@ -221,8 +227,15 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
                     all_models=all_models, features=X, feature_spec=feature_spec, tokens=tokens,
                     params=router_params, labels=labels, protocol=protocol,
                     target=target, hints=() if hints == "none" else (hints,))
-    with steps("eval", seeds) as note:
-        doc = evaluate_bench(bench, spec, progress=note)
+    executor = None
+    if ray_address is not None:
+        from vlroute.evaluation.executors import RayExecutor
+
+        executor = RayExecutor(None if ray_address == "local" else ray_address)
+    total = len(plan_jobs(router_names(spec, bench.matrices(
+        list(spec.models) if spec.models else None, all_models=all_models)), seeds))
+    with steps("eval", total, counted="job ") as note:
+        doc = evaluate_bench(bench, spec, progress=note, executor=executor)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "
                         f"{fmt(doc['bench']['cost_bounds_per_10k'][0])}-"
                         f"{fmt(doc['bench']['cost_bounds_per_10k'][1])} $/10K; cost estimated)",

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from vlroute.cli._ui import console, err_console
 from vlroute.data import load_bench
 from vlroute.data.bench import Bench
+from vlroute.features.base import Encoder
 from vlroute.features.registry import NAMES, make_encoder
 from vlroute.features.store import compute_features
 from vlroute.features.tokens import compute_tokens, make_token_encoder
@@ -30,15 +31,30 @@ from vlroute.features.tokens import compute_tokens, make_token_encoder
                    "token states, 128 tokens, and the image's 7x7 feature map as 49 tokens, "
                    "float16) in DIRECTORY/features/tokens; --text and --image name the "
                    "towers (minilm, efficientnet-lite0).")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
+              metavar="[ADDRESS]",
+              help="Encode on Ray: a pool of actors per encoder (each loads its model once), "
+                   "on a local Ray instance (--ray alone) or the cluster at ADDRESS; the "
+                   "bench must be at the same path on every node. Needs the [ray] extra.")
 def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
-             cache: Path | None, tokens: bool) -> None:
+             cache: Path | None, tokens: bool, ray_address: str | None) -> None:
     """Encode every sample of the bench in DIRECTORY into DIRECTORY/features/<encoder>.npy."""
     bench = load_bench(directory)
     if tokens:
+        if ray_address is not None:
+            raise click.BadParameter("--tokens runs here only; leave out --ray.",
+                                     param_hint="--ray")
         _tokens(bench, directory, text, image, extra)
         return
     names = [n for n in (text, image, *extra) if n and n != "none"]
-    encoders = {name: make_encoder(name) for name in dict.fromkeys(names)}
+    encoders: dict[str, Encoder]
+    if ray_address is not None:
+        from vlroute.features.on_ray import RayEncoder
+
+        address = None if ray_address == "local" else ray_address
+        encoders = {name: RayEncoder(name, address) for name in dict.fromkeys(names)}
+    else:
+        encoders = {name: make_encoder(name) for name in dict.fromkeys(names)}
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=err_console, transient=True)

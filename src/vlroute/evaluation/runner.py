@@ -16,6 +16,7 @@ from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import ScenarioError, ScenarioMismatchError
 from vlroute.evaluation.auto import AutoChoice, labelled, select_auto
 from vlroute.evaluation.calibrate import Target, calibrate
+from vlroute.evaluation.executors import Executor, LocalExecutor
 from vlroute.evaluation.results import aggregate, bench_section, breakdown_rows, new_document
 from vlroute.evaluation.scoring import ScoringContext, clean, reference_model, score
 from vlroute.metrics import (
@@ -26,6 +27,7 @@ from vlroute.metrics import (
     pareto_frontier,
 )
 from vlroute.routers import BASELINES, BaseRouter, make_router
+from vlroute.routers.baselines import BestSingleByRankRouter
 from vlroute.routers.labels import LABEL_LAMBDAS
 from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import QualityRouter
@@ -258,13 +260,19 @@ def _calibrated(  # noqa: PLR0913 - the evaluation loop's state, passed explicit
 
 
 def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
-                   progress: Progress | None = None) -> dict[str, Any]:
+                   progress: Progress | None = None, executor: Executor | None = None
+                   ) -> dict[str, Any]:
     """Fit every router on each seed's train split and score it on ``spec.splits``.
 
     Learned routers get ``spec.features``. In the ``cost_weight@dev`` scenario each quality
     router's cost_weight, and each policy router's label_lambda (a retraining per value), is
     the one with the best Rank Score on dev; baselines decide as always. Policy routers sit out
     the scenarios they cannot decide (listed under ``skipped``).
+
+    The work is cut into jobs, one per (seed, learned router) and one per seed for a run of
+    baselines (:func:`plan_jobs`); ``executor`` runs them (default: one after the other, here;
+    :class:`vlroute.evaluation.executors.RayExecutor` on a Ray cluster) and their parts are
+    merged in job order, so every executor writes the same document but for timings.
     Returns a ``vlroute-results/2`` document (see :mod:`vlroute.evaluation.results`).
     """
     note = progress or (lambda _msg: None)
@@ -277,41 +285,113 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                          f"{m.n_samples} samples.")
     bounds = cost_bounds(m.cost)
     bounds_10k = (bounds[0] * 1e4, bounds[1] * 1e4)
-    singles = [f"single:{model}" for model in m.models] if spec.singles else []
-    names = list(dict.fromkeys([*spec.routers, "oracle", "best_single_by_rank", *singles]))
-    rows: list[dict[str, Any]] = []
-    times: dict[str, list[float]] = {}
+    names = router_names(spec, m)
     doc = new_document(bench, spec, m, bounds_10k)
     doc["protocol"] = spec.protocol
     if spec.protocol == "random" and bench.manifest.get("split", {}).get("official"):
         doc["protocol_note"] = ("random protocol: the set's official split is ignored, as "
                                 "VL-RouterBench's per-sample splits do")
-    for k in range(spec.seeds):
-        note(f"seed {k + 1}/{spec.seeds}")
-        mk = _seed_matrices(bench, m, k, spec.protocol)
-        parts = {s: _Split.of(mk, s, spec.features, spec.tokens)
-                 for s in ("train", "dev", "test")}
-        ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
-        fitted = _fit([n for n in names if n != AUTO], parts["train"], bounds, spec)
-        auto = None
-        if AUTO in names:
-            choice = _select_auto(parts, bounds, ctx, spec, note)
-            fitted[AUTO], auto = choice.router, choice.scenario
-            doc.setdefault("auto", []).append({"seed": k, **choice.summary()})
-        routers = {n: fitted[n] for n in names}
-        for scenario in spec.scenarios:
-            active, chosen = _for_scenario(routers, scenario, parts, bounds, ctx, spec, doc, k,
-                                           auto)
+    seeds = [_seed_matrices(bench, m, k, spec.protocol) for k in range(spec.seeds)]
+    jobs = plan_jobs(names, spec.seeds)
+    run = executor or LocalExecutor()
+    parts = run.map(run_job, jobs, seeds, spec, bounds, note=note)
+    rows: list[dict[str, Any]] = []
+    times: dict[str, list[float]] = {}
+    for k, mk in enumerate(seeds):
+        mine = [part for job, part in zip(jobs, parts, strict=True) if job.seed == k]
+        for p in mine:
+            if p["auto"] is not None:
+                doc.setdefault("auto", []).append(p["auto"])
+        for s in range(len(spec.scenarios)):
+            for key in ("curves", "skipped", "calibrations", "breakdown"):
+                entries = [e for p in mine for e in p["scenarios"][s][key]]
+                if entries:
+                    doc.setdefault(key, []).extend(entries)
             for split in spec.splits:
-                rows.extend(_score_split(active, chosen, parts[split], ctx, split, k, spec,
-                                         doc, times))
-        doc["seeds"].append({"seed": k, "reference_model": m.models[ctx.reference],
-                             "best_single_by_rank":
-                                 m.models[routers["best_single_by_rank"].choice_],  # type: ignore[attr-defined]
+                rows.extend(r for p in mine for r in p["scenarios"][s]["rows"]
+                            if r["split"] == split)
+        for p in mine:
+            for name, values in p["times"].items():
+                times.setdefault(name, []).extend(values)
+        train = _Split.of(mk, "train", None).data
+        doc["seeds"].append({"seed": k, "reference_model": m.models[reference_model(train)],
+                             "best_single_by_rank": m.models[
+                                 BestSingleByRankRouter().fit(train, bounds=bounds).choice_],
                              "split_sizes": {s: int((mk.splits == s).sum())
                                              for s in ("train", "dev", "test")}})
     _finish(doc, rows, times, spec, m, bounds_10k)
     return doc
+
+
+def router_names(spec: EvalSpec, m: RoutingMatrices) -> list[str]:
+    """Every router a run scores, in the document's order: the asked ones, the two baselines
+    gap closed is measured against, then each single model."""
+    singles = [f"single:{model}" for model in m.models] if spec.singles else []
+    return list(dict.fromkeys([*spec.routers, "oracle", "best_single_by_rank", *singles]))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of an evaluation: some routers (a learned one, or a run of baselines) on one
+    seed."""
+
+    seed: int
+    names: tuple[str, ...]
+
+
+#: baselines gap closed is measured against (every job fits them, only their own job
+#: reports them)
+_REFERENCES = ("oracle", "best_single_by_rank")
+
+
+def plan_jobs(names: list[str], seeds: int) -> list[Job]:
+    """The jobs of a run, seed by seed: each learned router alone (``auto`` included), each
+    run of consecutive training-free routers together (they fit in milliseconds)."""
+    groups: list[list[str]] = []
+    for name in names:
+        light = name.startswith("single:") or name in BASELINES
+        if light and groups and all(n.startswith("single:") or n in BASELINES
+                                    for n in groups[-1]):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return [Job(k, tuple(g)) for k in range(seeds) for g in groups]
+
+
+def run_job(job: Job, seeds: list[RoutingMatrices], spec: EvalSpec,
+            bounds: tuple[float, float], note: Progress | None = None) -> dict[str, Any]:
+    """Fit and score ``job``'s routers on its seed (see :func:`evaluate_bench`): the auto
+    entry, per scenario the rows and document entries of its routers, and their timings."""
+    say = note or (lambda _msg: None)
+    mk = seeds[job.seed]
+    bounds_10k = (bounds[0] * 1e4, bounds[1] * 1e4)
+    parts = {s: _Split.of(mk, s, spec.features, spec.tokens) for s in ("train", "dev", "test")}
+    ctx = ScoringContext(bounds_10k, reference_model(parts["train"].data))
+    own = set(job.names)
+    names = [*job.names, *(n for n in _REFERENCES if n not in own)]
+    fitted = _fit([n for n in names if n != AUTO], parts["train"], bounds, spec)
+    out: dict[str, Any] = {"auto": None, "scenarios": [], "times": {}}
+    auto = None
+    if AUTO in own:
+        choice = _select_auto(parts, bounds, ctx, spec, say)
+        fitted[AUTO], auto = choice.router, choice.scenario
+        out["auto"] = {"seed": job.seed, **choice.summary()}
+    routers = {n: fitted[n] for n in names}
+    times: dict[str, list[float]] = {}
+    for scenario in spec.scenarios:
+        doc: dict[str, Any] = {"curves": [], "breakdown": []}
+        active, chosen = _for_scenario(routers, scenario, parts, bounds, ctx, spec, doc,
+                                       job.seed, auto)
+        rows: list[dict[str, Any]] = []
+        for split in spec.splits:
+            rows.extend(r for r in _score_split(active, chosen, parts[split], ctx, split,
+                                                job.seed, spec, doc, times)
+                        if r["router"].removesuffix("+task") in own)
+        out["scenarios"].append({"rows": rows, **{
+            key: [e for e in doc.get(key, []) if e["router"] in own]
+            for key in ("curves", "skipped", "calibrations", "breakdown")}})
+    out["times"] = {n: v for n, v in times.items() if n in own}
+    return out
 
 
 def _select_auto(parts: dict[str, _Split], bounds: tuple[float, float], ctx: ScoringContext,
@@ -341,9 +421,10 @@ def _score_split(  # noqa: PLR0913 - the evaluation loop's state, passed explici
             scored[name]["cost_weight"] = scenario.cost_weight
             scored[name]["cost_axis"] = scenario.cost_axis
         if isinstance(router, QualityRouter) and _x(router, part) is not None:
-            scored[name]["ece"] = expected_calibration_error(
-                router.predict_quality(_x(router, part)),
-                                                             part.data.quality)
+            # at 6 decimals: the last bits of the predictions depend on the BLAS threads of
+            # the process (a Ray worker has one), and nothing is said beyond the 4th
+            scored[name]["ece"] = round(expected_calibration_error(
+                router.predict_quality(_x(router, part)), part.data.quality), 6)
         if seed == 0 and split == "test" and spec.breakdown and name in spec.routers:
             doc["breakdown"].extend(breakdown_rows(name, scenario, decisions, part.data))
         if "task" in spec.hints and isinstance(router, QualityRouter) \
@@ -404,4 +485,5 @@ def _finish(doc: dict[str, Any], rows: list[dict[str, Any]], times: dict[str, li
     doc["bench"].update(n_samples=m.n_samples, n_models=m.n_models)
 
 
-__all__ = ["EvalSpec", "bench_section", "evaluate_bench"]
+__all__ = ["EvalSpec", "Job", "bench_section", "evaluate_bench", "plan_jobs", "router_names",
+           "run_job"]

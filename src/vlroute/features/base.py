@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,17 +78,26 @@ class Encoder(ABC):
                 out[i] = hit
             elif key:
                 todo.append(i)
-        for start in range(0, len(todo), self.batch_size):
-            rows = todo[start:start + self.batch_size]
-            vectors = np.asarray(self.encode_batch([items[i] for i in rows]), dtype=np.float32)
+        done = 0
+        for rows, vectors in self.encode_rows(items, todo):
             out[rows] = vectors
             if cache is not None:
                 cache.put_many(self.encoder_id, [keys[i] for i in rows], vectors)
+            done += len(rows)
             if progress:
-                progress(min(start + self.batch_size, len(todo)), len(todo))
+                progress(done, len(todo))
         if cache is not None:
             cache.flush()
         return out.astype(np.float64)
+
+    def encode_rows(self, items: Sequence[Item], rows: Sequence[int]
+                    ) -> Iterator[tuple[list[int], FloatArray]]:
+        """``(rows, vectors)`` for batches of ``batch_size`` of the given rows of ``items``,
+        in any order (here: in order; a distributed encoder yields them as they finish)."""
+        for start in range(0, len(rows), self.batch_size):
+            part = list(rows[start:start + self.batch_size])
+            yield part, np.asarray(self.encode_batch([items[i] for i in part]),
+                                   dtype=np.float32)
 
     def _has_input(self, item: Item) -> bool:
         return bool(item.images) if self.modality == "image" else True

@@ -1,0 +1,86 @@
+"""Where an evaluation's jobs run: here, one after the other (:class:`LocalExecutor`), or as
+Ray tasks on a local instance or a cluster (:class:`RayExecutor`, the ``[ray]`` extra).
+
+An executor maps ``fn(job, *shared)`` over the jobs and returns the results in job order;
+``shared`` (the seeds' matrices, the spec with its feature arrays, the bounds) is the same
+for every job, so Ray stores it once and every task reads it from the object store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from vlroute._optional import require
+from vlroute._ray import connect
+
+Note = Callable[[str], None]
+
+
+class Executor(Protocol):
+    """Runs jobs; results in job order."""
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[Any], *shared: Any,
+            note: Note | None = None) -> list[Any]: ...
+
+
+class LocalExecutor:
+    """Every job in this process, in order."""
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[Any], *shared: Any,
+            note: Note | None = None) -> list[Any]:
+        out = []
+        for k, job in enumerate(jobs):
+            if note:
+                note(f"job {k + 1}/{len(jobs)}: {_label(job)}")
+            out.append(fn(job, *shared, note))
+        return out
+
+
+class RayExecutor:
+    """Every job as a Ray task (one CPU each) on the cluster at ``address``, or on a local
+    instance started here when it is None (``num_cpus`` caps it; default every core).
+
+    The workers import vlroute: on a cluster, install it (and the extras the routers need)
+    on every node, and keep the bench where every node reads it at the same path. A local
+    instance started here is shut down when the map is done; a cluster is left running.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[Any], *shared: Any,
+            note: Note | None = None) -> list[Any]:
+        ray = require("ray", extra="ray")
+        started = connect(self.address, self.num_cpus)
+        try:
+            remote = ray.remote(num_cpus=1)(_call)
+            refs = [ray.put(value) for value in shared]
+            pending = {remote.remote(fn, job, *refs): k for k, job in enumerate(jobs)}
+            out: list[Any] = [None] * len(jobs)
+            left = list(pending)
+            while left:
+                done, left = ray.wait(left, num_returns=1)
+                k = pending[done[0]]
+                out[k] = ray.get(done[0])
+                if note:
+                    note(f"job {len(jobs) - len(left)}/{len(jobs)} done: {_label(jobs[k])}")
+            return out
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _call(fn: Callable[..., Any], job: Any, *shared: Any) -> Any:
+    return fn(job, *shared, None)
+
+
+def _label(job: Any) -> str:
+    names = getattr(job, "names", ())
+    seed = getattr(job, "seed", None)
+    shown = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+    return f"seed {seed}: {shown}" if seed is not None else shown
+
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor"]
