@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,19 @@ def test_jobs_are_one_per_learned_router_and_one_per_run_of_baselines() -> None:
         Job(k, g) for k in range(2)
         for g in (("oracle",), ("knn",), ("random",), ("auto",),
                   ("best_single_by_rank", "single:a", "single:b"))]
+
+
+def test_an_address_nothing_answers_at_fails_at_once_naming_it() -> None:
+    from vlroute._ray import _check_reachable
+    from vlroute.errors import VlrouteError
+
+    with socket.socket() as s:                      # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(VlrouteError, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'"):
+        _check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(VlrouteError, match="expected HOST:PORT"):
+        _check_reachable("head-node")
 
 
 @pytest.fixture(scope="module")

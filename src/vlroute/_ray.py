@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from vlroute._optional import require
 from vlroute.errors import VlrouteError
@@ -11,10 +12,12 @@ from vlroute.errors import VlrouteError
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """Join the Ray cluster at ``address``, or start a local instance (without dashboard);
     True when this call started it (the caller shuts it down). An unreachable address is a
-    :class:`vlroute.errors.VlrouteError` naming it."""
+    :class:`vlroute.errors.VlrouteError` naming it, at once."""
     ray = require("ray", extra="ray")
     if ray.is_initialized():
         return False
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
@@ -27,6 +30,22 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                            "--head` and pass its address (host:port), or leave the address "
                            "out to start a local instance.") from exc
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, naming ``address``, when nothing answers there (ray.init would retry
+    for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise VlrouteError(f"Ray address {address!r}: expected HOST:PORT (the address `ray "
+                           "start --head` prints, e.g. 10.0.0.5:6379), ray://HOST:PORT or "
+                           "auto.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise VlrouteError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it "
+                           "with `ray start --head` there, or leave the address out to start "
+                           "a local instance.") from None
 
 
 __all__ = ["connect"]
