@@ -102,8 +102,23 @@ def test_ray_eval_writes_the_local_document(ray_instance: Any, bench: Bench) -> 
         json.dumps(_without_timings(remote), default=str)
     assert {r["router"] for r in remote["timings"]} == set(spec.routers)
     jobs = [n for n in notes if n.startswith("job ")]
-    assert len(jobs) == len(plan_jobs(["oracle", "random", "auto", "knn", "linear", "prior",
+    assert jobs[0] == "job 0/14: 14 jobs sent to Ray"      # then one note per job done
+    assert len(jobs) == 1 + len(plan_jobs(["oracle", "random", "auto", "knn", "linear", "prior",
                                        "irt", "best_single_by_rank", "single:x"], 2))
+
+
+def test_a_job_error_comes_back_as_itself(ray_instance: Any, bench: Bench) -> None:
+    from vlroute.evaluation.executors import RayExecutor
+
+    X, fs = feature_matrix(bench, "hashing-text", "hashing-image")
+    spec = EvalSpec(routers=("knn",), features=X, feature_spec=fs,
+                    params={"knn": {"n_neighbors": 0}})
+    with pytest.raises(ValueError) as local:
+        evaluate_bench(bench, spec)
+    with pytest.raises(ValueError) as remote:        # not Ray's wrapper and its traceback
+        evaluate_bench(bench, spec, executor=RayExecutor())
+    assert type(remote.value) is type(local.value)
+    assert str(remote.value) == str(local.value)
 
 
 def test_cli_features_and_eval_on_ray(ray_instance: Any, bench: Bench) -> None:
@@ -115,3 +130,5 @@ def test_cli_features_and_eval_on_ray(ray_instance: Any, bench: Bench) -> None:
     assert "knn" in out
     with pytest.raises(Exception, match="--tokens runs here only"):
         run_cli("features", bench.root, "--tokens", "--ray")
+    with pytest.raises(Exception, match="--artifact scores a bundle here"):
+        run_cli("eval", bench.root, "--artifact", bench.root, "--ray")

@@ -10,22 +10,26 @@ from vlroute.errors import VlrouteError
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
-    """Join the Ray cluster at ``address``, or start a local instance (without dashboard);
-    True when this call started it (the caller shuts it down). An unreachable address is a
-    :class:`vlroute.errors.VlrouteError` naming it, at once."""
+    """Join the Ray cluster at ``address`` ("auto": the one ``RAY_ADDRESS`` or ``ray start``
+    on this machine names), or start a new local instance (None or "local"; without
+    dashboard, ``num_cpus`` caps it), even where a cluster runs; True when this call started
+    Ray (the caller shuts it down). A session this process already holds is reused as it
+    is. An unreachable address is a :class:`vlroute.errors.VlrouteError` naming it, at
+    once."""
     ray = require("ray", extra="ray")
     if ray.is_initialized():
         return False
-    if address and address != "auto":
-        _check_reachable(address)
+    local = address in (None, "", "local")
+    if not local and address != "auto":
+        _check_reachable(str(address))
     try:
-        if address:
+        if not local:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        where = "a local Ray instance" if local else f"the Ray cluster at {address!r}"
         raise VlrouteError(f"cannot connect to {where}: {exc}. Start one with `ray start "
                            "--head` and pass its address (host:port), or leave the address "
                            "out to start a local instance.") from exc

@@ -176,9 +176,10 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
                    "decision margin as JSON lines.")
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
               metavar="[ADDRESS]",
-              help="Run the (seed x router) jobs as Ray tasks: on a local Ray instance (--ray "
-                   "alone) or on the cluster at ADDRESS (host:port of `ray start --head`). "
-                   "Same document as a local run but for timings. Needs the [ray] extra.")
+              help="Run the (seed x router) jobs as Ray tasks: on a new local Ray instance "
+                   "(--ray alone, after DIRECTORY) or on the cluster at ADDRESS (host:port "
+                   "of `ray start --head`, or auto). Same document as a local run but for "
+                   "timings. Needs the [ray] extra.")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
                  target: str | None, hints: str, labels: str,
@@ -198,6 +199,9 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         raise click.BadParameter("--decisions needs --artifact (the bundle whose decisions "
                                  "to write).", param_hint="--decisions")
     if artifact is not None:
+        if ray_address is not None:
+            raise click.BadParameter("--artifact scores a bundle here; leave out --ray.",
+                                     param_hint="--ray")
         _eval_artifact(bench, artifact, splits[0], feature_names, decisions_out, json_out)
         return
     text, _, image = feature_names.partition(",")

@@ -34,7 +34,8 @@ from vlroute.features.tokens import compute_tokens, make_token_encoder
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
               metavar="[ADDRESS]",
               help="Encode on Ray: a pool of actors per encoder (each loads its model once), "
-                   "on a local Ray instance (--ray alone) or the cluster at ADDRESS; the "
+                   "on a new local Ray instance (--ray alone, after DIRECTORY) or the "
+                   "cluster at ADDRESS (host:port, or auto); the "
                    "bench must be at the same path on every node. Needs the [ray] extra.")
 def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
              cache: Path | None, tokens: bool, ray_address: str | None) -> None:

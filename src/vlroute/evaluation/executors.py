@@ -39,11 +39,17 @@ class LocalExecutor:
 
 class RayExecutor:
     """Every job as a Ray task (one CPU each) on the cluster at ``address``, or on a local
-    instance started here when it is None (``num_cpus`` caps it; default every core).
+    instance started here when it is None or "local" (``num_cpus`` caps it; default every
+    core). See :func:`vlroute._ray.connect`.
 
     The workers import vlroute: on a cluster, install it (and the extras the routers need)
-    on every node, and keep the bench where every node reads it at the same path. A local
-    instance started here is shut down when the map is done; a cluster is left running.
+    on every node. The shared values (the seeds' matrices, the spec with its features and
+    any token arrays, which are read whole) go to the object store once. A local instance
+    started here is shut down when the map is done; a cluster is left running.
+
+    Torch routers (mlp, mf, irt) train with one thread in a task of one CPU and with
+    torch's default threads here: their float sums may then differ in the last bits, which
+    can move a decision that sits on a tie.
     """
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -60,10 +66,20 @@ class RayExecutor:
             pending = {remote.remote(fn, job, *refs): k for k, job in enumerate(jobs)}
             out: list[Any] = [None] * len(jobs)
             left = list(pending)
+            if note:                    # a step that starts the count; each job ends one
+                note(f"job 0/{len(jobs)}: {len(jobs)} jobs sent to Ray")
             while left:
                 done, left = ray.wait(left, num_returns=1)
                 k = pending[done[0]]
-                out[k] = ray.get(done[0])
+                try:
+                    out[k] = ray.get(done[0])
+                except ray.exceptions.RayTaskError as exc:
+                    # the job's own error (a bad parameter, a missing extra on a node), not
+                    # Ray's wrapper whose text is the whole remote traceback
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None
+                    raise
                 if note:
                     note(f"job {len(jobs) - len(left)}/{len(jobs)} done: {_label(jobs[k])}")
             return out

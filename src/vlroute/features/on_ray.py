@@ -3,9 +3,10 @@
 :class:`RayEncoder` wraps a named encoder: the cache, the keys and the arrays stay with the
 caller (:meth:`vlroute.features.base.Encoder.encode`), and the rows to encode go through a
 Ray Data ``map_batches`` over a pool of actors, each of which loads the model once. Workers
-read the images at the paths the bench gives: on a cluster the bench must sit where every
-node sees it at the same path (shared storage). Vectors equal the local path's up to the
-last bits of float32 (actors run one BLAS thread each; ``bench/scale.py`` measures it).
+read the images at the bench's paths (made absolute here): on a cluster the bench must sit
+where every node sees it at the same path (shared storage). Vectors equal the local path's
+up to the last bits of float32 (actors run one BLAS thread each; ``bench/scale.py``
+measures it).
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ class RayEncoder(Encoder):
         ray = require("ray", extra="ray")
         started = connect(self.address, self.num_cpus)
         try:
-            actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            # no more actors than batches: each loads the model
+            batches = -(-len(rows) // self.batch_size)
+            actors = min(self.actors or max(1, int(ray.cluster_resources().get("CPU", 1))),
+                         batches)
             quiet_ray_data(ray)
             records = [{"row": int(r), "text": items[r].text,
-                        "images": _SEP.join(str(p) for p in items[r].images)} for r in rows]
+                        "images": _SEP.join(str(p.resolve()) for p in items[r].images)}
+                       for r in rows]
             ds = ray.data.from_items(records).map_batches(
                 _actor_class(self.name), batch_size=self.batch_size,
                 batch_format="numpy", num_cpus=1,
-                compute=ray.data.ActorPoolStrategy(size=min(actors, len(records))))
+                compute=ray.data.ActorPoolStrategy(size=actors))
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 yield [int(r) for r in batch["row"]], np.asarray(batch["vector"],
                                                                  dtype=np.float32)
