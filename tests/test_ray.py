@@ -92,9 +92,10 @@ def test_ray_eval_writes_the_local_document(ray_instance: Any, bench: Bench) -> 
     from vlroute.evaluation.executors import RayExecutor
 
     X, fs = feature_matrix(bench, "hashing-text", "hashing-image")
-    spec = EvalSpec(routers=("oracle", "random", "auto", "knn", "linear", "prior", "irt"),
+    spec = EvalSpec(routers=("oracle", "random", "auto", "knn", "linear", "prior", "irt",
+                             "prknn"),
                     scenarios=(parse_scenario(TUNED), PRESETS["quality"]), seeds=2,
-                    features=X, feature_spec=fs)
+                    features=X, feature_spec=fs, hints=("task",))
     notes: list[str] = []
     local = evaluate_bench(bench, spec)
     remote = evaluate_bench(bench, spec, executor=RayExecutor(), progress=notes.append)
@@ -102,9 +103,12 @@ def test_ray_eval_writes_the_local_document(ray_instance: Any, bench: Bench) -> 
         json.dumps(_without_timings(remote), default=str)
     assert {r["router"] for r in remote["timings"]} == set(spec.routers)
     jobs = [n for n in notes if n.startswith("job ")]
-    assert jobs[0] == "job 0/14: 14 jobs sent to Ray"      # then one note per job done
+    assert jobs[0] == "job 0/16: 16 jobs sent to Ray"      # then one note per job done
     assert len(jobs) == 1 + len(plan_jobs(["oracle", "random", "auto", "knn", "linear", "prior",
-                                       "irt", "best_single_by_rank", "single:x"], 2))
+                                           "irt", "prknn", "best_single_by_rank", "single:x"],
+                                          2))
+    # what this covers too: a policy router sitting a scenario out, and hinted rows
+    assert remote["skipped"] and any(r["router"] == "prior+task" for r in remote["rows"])
 
 
 def test_a_job_error_comes_back_as_itself(ray_instance: Any, bench: Bench) -> None:
