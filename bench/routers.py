@@ -3,7 +3,7 @@ tau curve. Run by hand:
 
     python bench/routers.py [--shared ../shared/data] [--work /tmp/vlroute-benches] \
         [--seeds 5] [--routers auto,knn,prior,blend,mf,irt,stack,calibrated] \
-        [--protocols grouped,random] [--out bench/results] [--keep]
+        [--protocols grouped,random] [--out bench/results] [--keep] [--ray [ADDRESS]]
 
 For each set: build the bench, compute features (MiniLM text; EfficientNet-Lite0 image where the
 set has images), evaluate the baselines and the routers with cost_weight chosen on dev
@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlroute._ray import connect
 from vlroute.data import READERS, build_bench, load_bench
 from vlroute.data.bench import Bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows
+from vlroute.evaluation.executors import RayExecutor
 from vlroute.evaluation.results import json_safe, load_result_set
 from vlroute.evaluation.tau import tau_curve
 from vlroute.features.registry import make_encoder
@@ -67,11 +69,17 @@ def main() -> None:
     parser.add_argument("--protocols", default="grouped,random")
     parser.add_argument("--keep", action="store_true",
                         help="Keep the sets and protocols of routers.json not run now.")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="Run eval's (seed x router) jobs on Ray: a local instance, or "
+                             "the cluster at ADDRESS (the same documents but timings).")
     parser.add_argument("--tau-only", action="store_true",
                         help="Recompute only the tau curves of an existing routers.json.")
     args = parser.parse_args()
     docs, lines = {}, ["# Routers on the shared sets", ""]
     previous = load_result_set(args.out / "routers.json") if args.tau_only else {}
+    executor = RayExecutor(args.ray) if args.ray else None
+    if executor is not None:                 # one Ray session for every set, not one each
+        connect(None if args.ray == "local" else args.ray)
     for name in args.sets.split(","):
         bench, image = prepare(name, args.shared, args.work)
         X, spec = feature_matrix(bench, "minilm", image)
@@ -81,7 +89,7 @@ def main() -> None:
             doc = previous.get(key) or evaluate_bench(bench, EvalSpec(
                 routers=(*BASELINES, *args.routers.split(",")),
                 scenarios=(parse_scenario(TUNED),), seeds=args.seeds, features=X,
-                feature_spec=spec, singles=True, protocol=protocol))
+                feature_spec=spec, singles=True, protocol=protocol), executor=executor)
             doc["seconds"] = round(time.perf_counter() - start, 1)
             pair = SETS[name]
             if pair and protocol == "grouped":
