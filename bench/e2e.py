@@ -2,7 +2,7 @@
 
     python bench/e2e.py [--work /tmp/vlroute-benches] [--sets dynamath,mathv] [--seeds 2] \
         [--routers vlc,zooter,routerdc,cosinecls,vlc_q,zooter_q,routerdc_q,ecvl] \
-        [--compare knn,mlp,gbdt,mf] [--out bench/results]
+        [--compare knn,mlp,gbdt,mf] [--out bench/results] [--ray [ADDRESS]]
 
 Needs the benches of ``bench/routers.py`` (pooled features) and their token caches
 (``vlroute features DIR --tokens``). For each set and router, ``evaluate_bench`` under
@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 from routers import SETS
 
+from vlroute._ray import connect
 from vlroute.data import load_bench
 from vlroute.evaluation import EvalSpec, evaluate_bench, flat_rows
+from vlroute.evaluation.executors import RayExecutor
 from vlroute.evaluation.results import json_safe
 from vlroute.evaluation.tau import tau_curve
 from vlroute.evaluation.throughput import TimingPlan, measure
@@ -39,7 +41,7 @@ from vlroute.scenarios import PRESETS, TUNED, parse_scenario
 
 
 def evaluate(bench: Any, X: np.ndarray, spec: dict[str, Any], tokens: Any, routers: list[str],
-             seeds: int, params: dict[str, dict[str, Any]]
+             seeds: int, params: dict[str, dict[str, Any]], executor: Any = None
              ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
@@ -48,7 +50,7 @@ def evaluate(bench: Any, X: np.ndarray, spec: dict[str, Any], tokens: Any, route
         doc = evaluate_bench(bench, EvalSpec(
             routers=(*BASELINES, name) if k == 0 else (name,),
             scenarios=(parse_scenario(TUNED),), seeds=seeds, features=X, feature_spec=spec,
-            tokens=tokens, singles=k == 0, params=params))
+            tokens=tokens, singles=k == 0, params=params), executor=executor)
         seconds[name] = (time.perf_counter() - start) / seeds
         rows += [r for r in flat_rows(doc) if k == 0 or r["router"].startswith(name)]
         print(f"{name}: {seconds[name]:.1f} s per seed", flush=True)
@@ -96,12 +98,18 @@ def main() -> None:
                         help="one label_lambda for the policy routers instead of the dev "
                              "search over {0, 100, inf} (a third of the trainings)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="Run each router's seeds as Ray tasks (a local instance, or the "
+                             "cluster at ADDRESS): the seconds per seed are then wall time "
+                             "over seeds run side by side.")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these e2e.json files "
                         "into --out (no runs)")
     args = parser.parse_args()
     if args.merge:
         merge(args.merge, args.out)
         return
+    if args.ray:                             # one Ray session for every router and set
+        connect(None if args.ray == "local" else args.ray)
     params = {} if args.label_lambda is None else {
         name: {"label_lambda": args.label_lambda} for name in E2E_POLICY}
     docs = {}
@@ -112,7 +120,8 @@ def main() -> None:
         tokens, token_spec = load_tokens(bench)
         spec = {**spec, "tokens": token_spec}
         routers = [*args.compare.split(","), *args.routers.split(",")]
-        rows, seconds = evaluate(bench, X, spec, tokens, routers, args.seeds, params)
+        rows, seconds = evaluate(bench, X, spec, tokens, routers, args.seeds, params,
+                                 RayExecutor(args.ray) if args.ray else None)
         doc: dict[str, Any] = {"set": name, "seeds": args.seeds, "scenario": TUNED,
                                "label_lambda": args.label_lambda or "chosen on dev",
                                "rows": rows, "seconds_per_seed": seconds}
