@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -15,6 +16,17 @@ console = Console(highlight=False)
 if not console.is_terminal:  # pipes and CI logs: wide enough for the results tables
     console = Console(highlight=False, width=160)
 err_console = Console(stderr=True, highlight=False)
+
+
+def ray_option(what: str) -> Callable[[Any], Any]:
+    """``--ray [ADDRESS]`` (the ``ray_address`` parameter: None without it, "local" for a
+    new local instance, else the address), its help starting with ``what``."""
+    return click.option(
+        "--ray", "ray_address", default=None, is_flag=False, flag_value="local",
+        metavar="[ADDRESS]",
+        help=f"{what}: on a new local Ray instance (--ray alone, after DIRECTORY) or on the "
+             "cluster at ADDRESS (host:port of `ray start --head`, or auto). Needs the [ray] "
+             "extra.")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from vlroute._io import write_json_atomic, write_text_atomic
-from vlroute.cli._ui import console, fmt, steps, table
+from vlroute.cli._ui import console, fmt, ray_option, steps, table
 from vlroute.data import load_bench
 from vlroute.data.bench import Bench
 from vlroute.errors import ParameterError, VlrouteError
@@ -174,12 +174,8 @@ COLUMNS = ["router", "scenario", "split", "avg acc", "$/10K", "rank score", "gap
 @click.option("--decisions", "decisions_out", type=click.Path(path_type=Path), default=None,
               help="With --artifact: write each sample's choice, per-model scores and "
                    "decision margin as JSON lines.")
-@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
-              metavar="[ADDRESS]",
-              help="Run the (seed x router) jobs as Ray tasks: on a new local Ray instance "
-                   "(--ray alone, after DIRECTORY) or on the cluster at ADDRESS (host:port "
-                   "of `ray start --head`, or auto). Same document as a local run but for "
-                   "timings. Needs the [ray] extra.")
+@ray_option("Run the (seed x router) jobs as Ray tasks (the same document as a local run "
+            "but for timings)")
 def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         directory: Path, router_text: str | None, scenarios: tuple[str, ...], protocol: str,
                  target: str | None, hints: str, labels: str,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vlroute.cli._ui import console, err_console
+from vlroute.cli._ui import console, err_console, ray_option
 from vlroute.data import load_bench
 from vlroute.data.bench import Bench
 from vlroute.features.base import Encoder
@@ -31,12 +31,8 @@ from vlroute.features.tokens import compute_tokens, make_token_encoder
                    "token states, 128 tokens, and the image's 7x7 feature map as 49 tokens, "
                    "float16) in DIRECTORY/features/tokens; --text and --image name the "
                    "towers (minilm, efficientnet-lite0).")
-@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="local",
-              metavar="[ADDRESS]",
-              help="Encode on Ray: a pool of actors per encoder (each loads its model once), "
-                   "on a new local Ray instance (--ray alone, after DIRECTORY) or the "
-                   "cluster at ADDRESS (host:port, or auto); the "
-                   "bench must be at the same path on every node. Needs the [ray] extra.")
+@ray_option("Encode with a pool of Ray actors per encoder (each loads its model once; on a "
+            "cluster the bench must be at the same path on every node)")
 def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
              cache: Path | None, tokens: bool, ray_address: str | None) -> None:
     """Encode every sample of the bench in DIRECTORY into DIRECTORY/features/<encoder>.npy."""
