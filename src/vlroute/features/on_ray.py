@@ -67,7 +67,7 @@ class RayEncoder(Encoder):
             batches = -(-len(rows) // self.batch_size)
             actors = min(self.actors or max(1, int(ray.cluster_resources().get("CPU", 1))),
                          batches)
-            quiet_ray_data(ray)
+            _quiet_ray_data(ray)
             records = [{"row": int(r), "text": items[r].text,
                         "images": _SEP.join(str(p.resolve()) for p in items[r].images)}
                        for r in rows]
@@ -83,7 +83,7 @@ class RayEncoder(Encoder):
                 ray.shutdown()
 
 
-def quiet_ray_data(ray: Any) -> None:
+def _quiet_ray_data(ray: Any) -> None:
     """Library code never prints: no progress bars or execution logs from Ray Data, and
     none of its own deprecation warnings."""
     with warnings.catch_warnings():
@@ -97,8 +97,7 @@ def quiet_ray_data(ray: Any) -> None:
 
 def _actor_class(name: str) -> type:
     """The actor class of encoder ``name``: it loads the encoder once, then encodes one
-    batch per call. The name is closed over (Ray pickles the class by value) rather than
-    passed as a constructor argument, which Ray would keep in its object store."""
+    batch per call (the name is closed over: Ray pickles the class by value)."""
 
     class Encode:
         def __init__(self) -> None:
