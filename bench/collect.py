@@ -22,7 +22,10 @@ pinned to core 1. The client under test runs alone on core 0:
   ratio to it shows collect's own bookkeeping alone.
 
 Every target runs ``--runs`` times; the table and ``collect.json`` give the median run. The
-target: collect at 32 reaches at least 90% of the bare loop's rate at 32.
+target: collect at 32 reaches at least 90% of the bare loop's rate at 32. Beside the rates,
+the CPU each client spends per call (user + system seconds of its process, less those of
+the same command run without calls: collect run again on its finished folder, the bare
+loop with no requests), which a neighbour's load on a shared machine moves far less.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,12 +79,13 @@ uvicorn.run(app, port=int(sys.argv[1]), log_level="warning", http="httptools", l
 """
 
 BARE = r"""
-import asyncio, json, sys, time
+import asyncio, json, os, sys, time
 from pathlib import Path
 import aiohttp, orjson, pybase64
 root, url, concurrency = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 splice = len(sys.argv) > 4
 rows = [json.loads(l) for l in (root / "samples.jsonl").read_text().splitlines()]
+rows = rows[:int(os.environ.get("BARE_REQUESTS", len(rows)))]
 async def main():
     queue = list(reversed(rows))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -122,28 +127,44 @@ def make_set(root: Path, n: int, kb: int = 200) -> None:
     (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def pinned(cmd: list[str], core: int, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["taskset", "-c", str(core), *cmd], capture_output=True, text=True,
+def pinned(cmd: list[str], core: int, **kwargs: Any
+           ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cmd`` on ``core``; its result and the CPU seconds (user + system) it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(["taskset", "-c", str(core), *cmd], capture_output=True, text=True,
                           check=True, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return done, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run_collect(root: Path, config: Path, concurrency: int, tmp: Path) -> dict[str, Any]:
     out = tmp / f"run-{concurrency}-{time.monotonic_ns()}"
+    command = [*CLI, "collect", str(root), "--backends", str(config), "--out", str(out),
+               "--concurrency", str(concurrency)]
+    env = {**os.environ, "COLUMNS": "120"}
     start = time.perf_counter()
-    pinned([*CLI, "collect", str(root), "--backends", str(config), "--out", str(out),
-            "--concurrency", str(concurrency)], 0, env={**os.environ, "COLUMNS": "120"})
+    _, cpu = pinned(command, 0, env=env)
     wall = time.perf_counter() - start
     report = json.loads((out / "run.json").read_text())
     assert report["made"] == report["planned"] and report["failed"] == 0, report
+    # the same command again repeats no call: what it costs is the command without its calls
+    # (start, planning, reading the journal, writing the run folder)
+    _, rest = pinned(command, 0, env=env)
     shutil.rmtree(out)
     return {"seconds": report["calls_s"], "wall_s": wall, "requests": report["made"],
-            "rps": report["made"] / report["calls_s"]}
+            "rps": report["made"] / report["calls_s"],
+            "cpu_ms_per_call": 1e3 * (cpu - rest) / report["made"]}
 
 
 def run_bare(root: Path, url: str, concurrency: int, splice: bool = False) -> dict[str, Any]:
-    doc = json.loads(pinned([sys.executable, "-c", BARE, str(root), url, str(concurrency),
-                             *(["splice"] if splice else [])], 0).stdout)
-    return {**doc, "rps": doc["requests"] / doc["seconds"]}
+    extra = ["splice"] if splice else []
+    done, cpu = pinned([sys.executable, "-c", BARE, str(root), url, str(concurrency), *extra],
+                       0)
+    doc = json.loads(done.stdout)
+    _, rest = pinned([sys.executable, "-c", BARE, str(root), url, str(concurrency), *extra],
+                     0, env={**os.environ, "BARE_REQUESTS": "0"})
+    return {**doc, "rps": doc["requests"] / doc["seconds"],
+            "cpu_ms_per_call": 1e3 * (cpu - rest) / doc["requests"]}
 
 
 def main() -> None:
@@ -188,6 +209,12 @@ def main() -> None:
     # the ratio of each run's own collect and bare rates (measured a few seconds apart, so
     # slower spells of a shared machine hit both): the median and the spread
     paired = sorted(run[2]["rps"] / run[5]["rps"] for run in runs)
+    # CPU per call (the client's user + system seconds, its command run without calls
+    # subtracted): what a neighbour's load on a shared machine moves far less than rates
+    cpu = {(r["target"], r["concurrency"]): float(np.median([run[i]["cpu_ms_per_call"]
+                                                             for run in runs]))
+           for i, r in enumerate(runs[0])}
+    cpu_ratio = cpu[("bare aiohttp", 32)] / cpu[("collect", 32)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "collect.json").write_text(json.dumps({
         "cores": os.cpu_count(), "requests": args.requests, "image_kb": 200,
@@ -199,14 +226,20 @@ def main() -> None:
         "collect_vs_bare_at_32_per_run": paired,
         "collect_vs_bare_at_32_paired_median": float(np.median(paired)),
         "collect_vs_spliced_bare_at_32": spliced, "target": 0.9,
+        "cpu_ms_per_call": {f"{t} at {c}": v for (t, c), v in cpu.items()},
+        "bare_cpu_over_collect_cpu_at_32": cpu_ratio,
         "every_run": runs}, indent=1) + "\n")
-    print("\n| client | concurrency | req/s |\n|---|---|---|")
+    print("\n| client | concurrency | req/s | CPU ms per call |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['target']} | {r['concurrency']} | {r['rps']:.0f} |")
+        print(f"| {r['target']} | {r['concurrency']} | {r['rps']:.0f} | "
+              f"{cpu[(r['target'], r['concurrency'])]:.3f} |")
     print(f"collect at 32 reaches {100 * ratio:.1f}% of the bare loop's rate (target 90%); "
           f"per run {100 * paired[0]:.0f}-{100 * paired[-1]:.0f}%, median "
           f"{100 * float(np.median(paired)):.0f}%; {100 * spliced:.1f}% of a bare loop that "
           "splices the body as collect does.")
+    print(f"CPU per call at 32: collect {cpu[('collect', 32)]:.3f} ms, bare "
+          f"{cpu[('bare aiohttp', 32)]:.3f} ms: a CPU-bound collect would reach "
+          f"{100 * cpu_ratio:.1f}% of the bare loop's rate.")
 
 
 if __name__ == "__main__":
