@@ -232,8 +232,8 @@ def eval_command(  # noqa: PLR0913 - one parameter per CLI option
         from vlroute.evaluation.executors import RayExecutor
 
         executor = RayExecutor(None if ray_address == "local" else ray_address)
-    total = len(plan_jobs(router_names(spec, bench.matrices(
-        list(spec.models) if spec.models else None, all_models=all_models)), seeds))
+    total = len(plan_jobs(router_names(spec, spec.models or bench.candidate_models(
+        all_models=all_models)), seeds))
     with steps("eval", total, counted="job ") as note:
         doc = evaluate_bench(bench, spec, progress=note, executor=executor)
     console.print(table(f"{bench.name}: routers (Rank Score bounds "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +285,7 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                          f"{m.n_samples} samples.")
     bounds = cost_bounds(m.cost)
     bounds_10k = (bounds[0] * 1e4, bounds[1] * 1e4)
-    names = router_names(spec, m)
+    names = router_names(spec, m.models)
     doc = new_document(bench, spec, m, bounds_10k)
     doc["protocol"] = spec.protocol
     if spec.protocol == "random" and bench.manifest.get("split", {}).get("official"):
@@ -323,10 +323,10 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     return doc
 
 
-def router_names(spec: EvalSpec, m: RoutingMatrices) -> list[str]:
-    """Every router a run scores, in the document's order: the asked ones, the two baselines
-    gap closed is measured against, then each single model."""
-    singles = [f"single:{model}" for model in m.models] if spec.singles else []
+def router_names(spec: EvalSpec, models: Sequence[str]) -> list[str]:
+    """Every router a run over ``models`` scores, in the document's order: the asked ones,
+    the two baselines gap closed is measured against, then each single model."""
+    singles = [f"single:{model}" for model in models] if spec.singles else []
     return list(dict.fromkeys([*spec.routers, "oracle", "best_single_by_rank", *singles]))
 
 
