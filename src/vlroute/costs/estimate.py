@@ -56,20 +56,53 @@ def _per_model(econ: Sequence[ModelEconomics], catalog: Catalog) -> dict[str, Fl
 
 
 def _image_tokens(catalog: Catalog, econ: Sequence[ModelEconomics], samples: SampleInputs
-                  ) -> FloatArray:
-    """(n_samples, n_models) image tokens; models sharing a rule share the work."""
+                  ) -> tuple[FloatArray, IntArray]:
+    """Image tokens per (rule, sample) and each model's rule: (n_rules, n_samples) and
+    (n_models,). Models sharing a rule share the work, and a 2M x 50 bench needs no
+    (n_samples, n_models) table."""
     n = len(samples.text_chars)
-    out = np.zeros((n, len(econ)))
-    for rule_name in sorted({e.image_rule for e in econ}):
+    rules = sorted({e.image_rule for e in econ})
+    out = np.zeros((len(rules), n))
+    for r, rule_name in enumerate(rules):
         per_image = catalog.image_rule(rule_name)(samples.image_w, samples.image_h)
-        per_sample = np.bincount(samples.image_sample, weights=per_image, minlength=n)
-        for k, e in enumerate(econ):
-            if e.image_rule == rule_name:
-                out[:, k] = per_sample
-    return out
+        out[r] = np.bincount(samples.image_sample, weights=per_image, minlength=n)
+    return out, np.array([rules.index(e.image_rule) for e in econ], dtype=np.int64)
 
 
 CHUNK = 1 << 21  # pairs per step: bounds the temporaries on very large benches
+
+
+class PairEstimator:
+    """Estimates the economics of (sample, model) pairs, a chunk at a time: what depends on
+    samples and models alone is computed once, so a stream of records can be estimated in
+    pieces (:func:`estimate_pairs` for all pairs at once)."""
+
+    def __init__(self, catalog: Catalog, econ: Sequence[ModelEconomics],
+                 samples: SampleInputs) -> None:
+        self.catalog = catalog
+        self.per_model = _per_model(econ, catalog)
+        n = len(samples.text_chars)
+        text_tokens = np.ceil(samples.text_chars / catalog.chars_per_token)
+        upload_mb = np.bincount(samples.image_sample, weights=samples.image_bytes,
+                                minlength=n) / 1e6
+        self.per_sample = (text_tokens, upload_mb, *_image_tokens(catalog, econ, samples))
+
+    def estimate(self, sample_idx: IntArray, model_idx: IntArray, response_chars: FloatArray,
+                 measured: Mapping[str, FloatArray]) -> PairEconomics:
+        """Economics of each pair ``(sample_idx[i], model_idx[i])``; see
+        :func:`estimate_pairs`."""
+        n_pairs = len(sample_idx)
+        values = {q: np.empty(n_pairs) for q in QUANTITIES}
+        flags = {q: np.empty(n_pairs, dtype=bool) for q in QUANTITIES}
+        for start in range(0, n_pairs, CHUNK):
+            part = slice(start, start + CHUNK)
+            pairs = {"sample": sample_idx[part], "model": model_idx[part],
+                     "response_chars": response_chars[part]}
+            _estimate_chunk(self.catalog, self.per_model, self.per_sample, pairs,
+                            {k: v[part] for k, v in measured.items()},
+                            ({q: values[q][part] for q in QUANTITIES},
+                             {q: flags[q][part] for q in QUANTITIES}))
+        return PairEconomics(values, flags)
 
 
 def estimate_pairs(
@@ -86,32 +119,17 @@ def estimate_pairs(
     ``response_chars`` is NaN where no response is stored (then the catalog's default output
     length is used); ``measured`` maps quantity names to arrays, NaN where not measured.
     """
-    per_model = _per_model(econ, catalog)
-    text_tokens = np.ceil(samples.text_chars / catalog.chars_per_token)
-    upload_mb = np.bincount(samples.image_sample, weights=samples.image_bytes,
-                            minlength=len(samples.text_chars)) / 1e6
-    img = _image_tokens(catalog, econ, samples)
-    n_pairs = len(sample_idx)
-    values = {q: np.empty(n_pairs) for q in QUANTITIES}
-    flags = {q: np.empty(n_pairs, dtype=bool) for q in QUANTITIES}
-    for start in range(0, n_pairs, CHUNK):
-        part = slice(start, start + CHUNK)
-        pairs = {"sample": sample_idx[part], "model": model_idx[part],
-                 "response_chars": response_chars[part]}
-        _estimate_chunk(catalog, per_model, (text_tokens, upload_mb, img), pairs,
-                        {k: v[part] for k, v in measured.items()},
-                        ({q: values[q][part] for q in QUANTITIES},
-                         {q: flags[q][part] for q in QUANTITIES}))
-    return PairEconomics(values, flags)
+    return PairEstimator(catalog, econ, samples).estimate(sample_idx, model_idx,
+                                                          response_chars, measured)
 
 
 def _estimate_chunk(catalog: Catalog, m: dict[str, FloatArray],
-                    per_sample: tuple[FloatArray, FloatArray, FloatArray],
+                    per_sample: tuple[FloatArray, FloatArray, FloatArray, IntArray],
                     pairs: dict[str, np.ndarray], measured: Mapping[str, FloatArray],
                     out: tuple[dict[str, FloatArray], dict[str, BoolArray]]) -> None:
     """Fill ``out`` = (values, flags), views into the outputs, for one chunk of pairs."""
     cpt = catalog.chars_per_token
-    text_tokens, upload_mb, img = per_sample
+    text_tokens, upload_mb, img, rule_of = per_sample
     s_idx, m_idx, response_chars = pairs["sample"], pairs["model"], pairs["response_chars"]
     values, flags = out
 
@@ -125,7 +143,7 @@ def _estimate_chunk(catalog: Catalog, m: dict[str, FloatArray],
             values[name][:] = np.where(flags[name], estimate, given)
         return values[name]
 
-    t_in = settle("tokens_in", text_tokens[s_idx] + img[s_idx, m_idx])
+    t_in = settle("tokens_in", text_tokens[s_idx] + img[rule_of[m_idx], s_idx])
     t_out = settle("tokens_out", np.where(np.isnan(response_chars),
                                           catalog.default_output_tokens,
                                           np.ceil(np.nan_to_num(response_chars) / cpt)))

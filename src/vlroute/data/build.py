@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from vlroute import __version__
 from vlroute._io import atomic_directory, sha256_file, write_json_atomic
-from vlroute.costs import Catalog, estimate_pairs
-from vlroute.costs.estimate import QUANTITIES, SampleInputs
+from vlroute.costs import Catalog
+from vlroute.costs.estimate import QUANTITIES, PairEstimator, SampleInputs
 from vlroute.data.bench import SCHEMA, TEXT_COLUMNS, Bench, load_bench
 from vlroute.data.images import image_table
 from vlroute.data.repeats import collapse_repeats
@@ -29,36 +29,55 @@ from vlroute.errors import DataError
 Progress = Callable[[str], None]
 
 
-def _codes(t: SourceTables) -> tuple[np.ndarray, np.ndarray]:
-    """Row of each outcome's sample and model; unknown ids, repeated pairs and bad scores
-    fail with the outcome's row."""
-    sample_idx = pd.Categorical(t.outcomes["sample_id"],
-                                categories=t.samples["sample_id"]).codes.astype(np.int64)
-    model_idx = pd.Categorical(t.outcomes["model"],
-                               categories=t.models["model"]).codes.astype(np.int64)
-    for codes, column, what in ((sample_idx, "sample_id", "sample"), (model_idx, "model",
-                                                                      "model")):
-        if (codes < 0).any():
-            row = int(np.flatnonzero(codes < 0)[0])
-            raise DataError(f"{t.name}: outcome row {row} refers to unknown {what} "
-                            f"{t.outcomes[column].iloc[row]!r}.")
-    pair = sample_idx * len(t.models) + model_idx
-    order = np.argsort(pair, kind="stable")
-    repeated = np.flatnonzero(np.diff(pair[order]) == 0)
-    if len(repeated):
-        row = int(order[repeated[0] + 1])
-        raise DataError(f"{t.name}: outcome row {row} repeats the pair "
-                        f"({t.outcomes['sample_id'].iloc[row]!r}, "
-                        f"{t.outcomes['model'].iloc[row]!r}); if these are repeated runs "
-                        "of the model, build with `--repeats mean` (or \"repeats\": \"mean\" "
-                        "in set.json) to learn their success rate.")
-    scores = t.outcomes["score"].to_numpy(dtype=float)
-    bad = ~((scores >= 0) & (scores <= 1))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{t.name}: outcome row {row} has score {scores[row]}; expected a "
-                        "number in [0, 1].")
-    return sample_idx, model_idx
+class _PairCheck:
+    """Rows of each chunk's outcomes in the samples and models tables, checked: unknown ids,
+    a (sample, model) pair seen before (one bit per pair, so chunks are checked against all
+    earlier ones) and scores outside [0, 1] fail naming the outcome's row."""
+
+    def __init__(self, t: SourceTables) -> None:
+        self.name = t.name
+        self.samples = pd.Index(t.samples["sample_id"])
+        self.models = pd.Index(t.models["model"])
+        self.seen = np.zeros(len(self.samples) * len(self.models), dtype=bool)
+
+    def codes(self, chunk: pd.DataFrame, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample and model rows of ``chunk``, whose first row is outcome row ``first``."""
+        if "sample_idx" in chunk:        # a stream's chunks carry rows, checked when read
+            sample_idx = chunk["sample_idx"].to_numpy(dtype=np.int64)
+            model_idx = chunk["model_idx"].to_numpy(dtype=np.int64)
+        else:
+            sample_idx = self._rows(self.samples, chunk, "sample_id", "sample", first)
+            model_idx = self._rows(self.models, chunk, "model", "model", first)
+        pair = sample_idx * len(self.models) + model_idx
+        again = self.seen[pair]
+        _, firsts = np.unique(pair, return_index=True)
+        inside = np.ones(len(pair), dtype=bool)
+        inside[firsts] = False               # a later row of a pair seen in this chunk
+        repeated = np.flatnonzero(again | inside)
+        if len(repeated):
+            k = int(repeated[0])
+            raise DataError(f"{self.name}: outcome row {first + k} repeats the pair "
+                            f"({self.samples[sample_idx[k]]!r}, {self.models[model_idx[k]]!r})"
+                            "; if these are repeated runs of the model, build with "
+                            "`--repeats mean` (or \"repeats\": \"mean\" in set.json) to learn "
+                            "their success rate.")
+        self.seen[pair] = True
+        scores = chunk["score"].to_numpy(dtype=float)
+        bad = ~((scores >= 0) & (scores <= 1))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{self.name}: outcome row {first + k} has score {scores[k]}; "
+                            "expected a number in [0, 1].")
+        return sample_idx, model_idx
+
+    def _rows(self, index: pd.Index, chunk: pd.DataFrame, column: str, what: str,
+              first: int) -> np.ndarray:
+        rows = index.get_indexer(pd.Index(chunk[column])).astype(np.int64)
+        if (rows < 0).any():
+            k = int(np.flatnonzero(rows < 0)[0])
+            raise DataError(f"{self.name}: outcome row {first + k} refers to unknown {what} "
+                            f"{chunk[column].iloc[k]!r}.")
+        return rows
 
 
 def _check_ids(t: SourceTables) -> None:
@@ -91,9 +110,9 @@ def _split_groups(samples: pd.DataFrame, images: pd.DataFrame) -> list[str]:
     return merge_groups(groups, links)
 
 
-def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
-               samples: pd.DataFrame, images: pd.DataFrame, sample_idx: np.ndarray,
-               model_idx: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _economics(catalog: Catalog, models: pd.DataFrame, samples: pd.DataFrame,
+               images: pd.DataFrame) -> tuple[pd.DataFrame, PairEstimator]:
+    """The models table with their economics, and the estimator of each pair's."""
     econ = [catalog.economics(str(name), params_b=None if pd.isna(params) else float(params),
                               open_weights=bool(open_w))
             for name, params, open_w in zip(models["model"], models["params_b"],
@@ -105,26 +124,29 @@ def _economics(t: SourceTables, catalog: Catalog, models: pd.DataFrame,
         image_h=images["height"].to_numpy(dtype=float),
         image_bytes=images["bytes"].to_numpy(dtype=float),
     )
-    response = t.outcomes["response"]
-    response_chars: np.ndarray = (
-        response.str.len().to_numpy(dtype=float, na_value=np.nan)
-        if response.notna().any() else np.full(len(response), np.nan))
-    measured = {q: t.outcomes[q].to_numpy(dtype=float) for q in MEASURED_COLUMNS
-                if q in t.outcomes and t.outcomes[q].notna().any()}
-    pairs = estimate_pairs(catalog, econ, inputs, sample_idx, model_idx, response_chars,
-                           measured)
-    columns: dict[str, Any] = {}
-    for q in QUANTITIES:
-        columns[q] = pairs.values[q]
-        columns[f"{q}_estimated"] = pairs.estimated[q]
     models = models.assign(
         tier=[e.tier for e in econ], profile=[e.profile for e in econ],
         price_in=[e.price_in for e in econ], price_out=[e.price_out for e in econ],
         price_status=[e.price_status for e in econ], image_rule=[e.image_rule for e in econ],
         params_b=[np.nan if e.params_b is None else e.params_b for e in econ],
         economics_notes=["; ".join(e.notes) for e in econ])
-    summary = {q: round(float(np.mean(pairs.estimated[q])), 6) for q in QUANTITIES}
-    return models, {"columns": columns, "estimated_share": summary}
+    return models, PairEstimator(catalog, econ, inputs)
+
+
+def _pair_economics(estimator: PairEstimator, chunk: pd.DataFrame, sample_idx: np.ndarray,
+                    model_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Each pair's tokens, cost, latency and energy, and whether each was estimated."""
+    response = chunk["response"] if "response" in chunk else pd.Series([None] * len(chunk))
+    response_chars: np.ndarray = (
+        response.str.len().to_numpy(dtype=float, na_value=np.nan)
+        if response.notna().any() else np.full(len(response), np.nan))
+    measured = {q: chunk[q].to_numpy(dtype=float) for q in MEASURED_COLUMNS if q in chunk}
+    pairs = estimator.estimate(sample_idx, model_idx, response_chars, measured)
+    columns: dict[str, np.ndarray] = {}
+    for q in QUANTITIES:
+        columns[q] = pairs.values[q]
+        columns[f"{q}_estimated"] = pairs.estimated[q]
+    return columns
 
 
 def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = None,
@@ -148,7 +170,7 @@ def build_bench(tables: SourceTables, out: Path, *, catalog: Catalog | None = No
 def _build_into(tables: SourceTables, out: Path, catalog: Catalog, split: SplitSpec,
                 overwrite: bool, note: Progress) -> None:
     _check_ids(tables)
-    sample_idx, model_idx = _codes(tables)
+    check = _PairCheck(tables)
     with atomic_directory(Path(out), overwrite=overwrite) as staging:
         note("images")
         samples = tables.samples.reset_index(drop=True)
@@ -162,14 +184,18 @@ def _build_into(tables: SourceTables, out: Path, catalog: Catalog, split: SplitS
                                          datasets=samples["dataset"].tolist(),
                                          official=_official(samples, tables.info))
         note("economics")
-        models = tables.models.reset_index(drop=True)
-        models, econ = _economics(tables, catalog, models, samples, images, sample_idx,
-                                  model_idx)
-        records = _records_table(tables, samples, models, sample_idx, model_idx,
-                                 econ["columns"])
+        models, estimator = _economics(catalog, tables.models.reset_index(drop=True),
+                                       samples, images)
+        with _RecordsWriter(staging / "records.parquet", tables, samples, models) as records:
+            for chunk in tables.chunks():
+                sample_idx, model_idx = check.codes(chunk, records.rows)
+                records.write(chunk, sample_idx, model_idx,
+                              _pair_economics(estimator, chunk, sample_idx, model_idx))
+        estimated = {q: round(records.estimated[q] / max(records.rows, 1), 6)
+                     for q in QUANTITIES}
         note("writing")
-        frames = {"samples": samples, "images": images, "models": models, "records": records}
-        _write(staging, tables, catalog, split, frames, econ["estimated_share"])
+        frames = {"samples": samples, "images": images, "models": models}
+        _write(staging, tables, catalog, split, frames, records.rows, estimated)
 
 
 def _text_column(values: pd.Series) -> pa.Array:
@@ -177,37 +203,71 @@ def _text_column(values: pd.Series) -> pa.Array:
         if values.notna().any() else pa.nulls(len(values), pa.string())
 
 
-def _records_table(t: SourceTables, samples: pd.DataFrame, models: pd.DataFrame,
-                   sample_idx: np.ndarray, model_idx: np.ndarray,
-                   economics: dict[str, np.ndarray]) -> pa.Table:
-    """The records as an Arrow table built from numpy without a pandas copy (large benches)."""
-    ids = pa.array(samples["sample_id"].astype(str).tolist(), pa.string())
-    names = pa.array(models["model"].astype(str).tolist(), pa.string())
-    columns: dict[str, pa.Array] = {
-        "sample_idx": pa.array(sample_idx.astype(np.int32)),
-        "model_idx": pa.array(model_idx.astype(np.int16)),
-        "sample_id": pa.DictionaryArray.from_arrays(pa.array(sample_idx.astype(np.int32)), ids),
-        "model": pa.DictionaryArray.from_arrays(pa.array(model_idx.astype(np.int32)), names),
-        "score": pa.array(t.outcomes["score"].to_numpy(dtype=float)),
-    }
-    for name in TEXT_COLUMNS:
-        columns[name] = _text_column(t.outcomes[name])
-    columns.update({k: pa.array(v) for k, v in economics.items()})
-    if "ttft_s" in t.outcomes and t.outcomes["ttft_s"].notna().any():   # measured only
-        columns["ttft_s"] = pa.array(t.outcomes["ttft_s"].to_numpy(dtype=float))
-    return pa.table(columns)
+class _RecordsWriter:
+    """records.parquet written a chunk of outcomes at a time (a row group or more each),
+    built from numpy without a pandas copy; the estimated share of each quantity is counted
+    as it goes."""
+
+    def __init__(self, path: Path, t: SourceTables, samples: pd.DataFrame,
+                 models: pd.DataFrame) -> None:
+        self.ids = pa.array(samples["sample_id"].astype(str).tolist(), pa.string())
+        self.names = pa.array(models["model"].astype(str).tolist(), pa.string())
+        # ttft_s is measured only: a column only when the source has a value
+        frame = t.outcomes
+        self.ttft = ("ttft_s" in t.stream.columns if t.stream is not None else
+                     frame is not None and "ttft_s" in frame and frame["ttft_s"].notna().any())
+        fields = [("sample_idx", pa.int32()), ("model_idx", pa.int16()),
+                  ("sample_id", pa.dictionary(pa.int32(), pa.string())),
+                  ("model", pa.dictionary(pa.int32(), pa.string())), ("score", pa.float64()),
+                  *((name, pa.string()) for name in TEXT_COLUMNS)]
+        for q in QUANTITIES:
+            fields += [(q, pa.float64()), (f"{q}_estimated", pa.bool_())]
+        if self.ttft:
+            fields.append(("ttft_s", pa.float64()))
+        self.schema = pa.schema(fields)
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.rows = 0
+        self.estimated = dict.fromkeys(QUANTITIES, 0)
+
+    def __enter__(self) -> _RecordsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    def write(self, chunk: pd.DataFrame, sample_idx: np.ndarray, model_idx: np.ndarray,
+              economics: dict[str, np.ndarray]) -> None:
+        """Append one chunk's records."""
+        n = len(chunk)
+        columns: dict[str, pa.Array] = {
+            "sample_idx": pa.array(sample_idx.astype(np.int32)),
+            "model_idx": pa.array(model_idx.astype(np.int16)),
+            "sample_id": pa.DictionaryArray.from_arrays(pa.array(sample_idx.astype(np.int32)),
+                                                        self.ids),
+            "model": pa.DictionaryArray.from_arrays(pa.array(model_idx.astype(np.int32)),
+                                                    self.names),
+            "score": pa.array(chunk["score"].to_numpy(dtype=float)),
+        }
+        for name in TEXT_COLUMNS:
+            columns[name] = (_text_column(chunk[name]) if name in chunk
+                             else pa.nulls(n, pa.string()))
+        columns.update({k: pa.array(v) for k, v in economics.items()})
+        if self.ttft:
+            columns["ttft_s"] = pa.array(chunk["ttft_s"].to_numpy(dtype=float))
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+        self.rows += n
+        for q in QUANTITIES:
+            self.estimated[q] += int(economics[f"{q}_estimated"].sum())
 
 
 def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
-           frames: dict[str, Any], estimated: dict[str, float]) -> None:
+           frames: dict[str, pd.DataFrame], records: int, estimated: dict[str, float]) -> None:
     files = {}
     samples = frames["samples"]
-    for name, frame in frames.items():
+    for name in ("samples", "images", "models", "records"):
         path = staging / f"{name}.parquet"
-        if isinstance(frame, pa.Table):
-            pq.write_table(frame, path)
-        else:
-            frame.to_parquet(path, index=False)
+        if name != "records":                # written already, a chunk at a time
+            frames[name].to_parquet(path, index=False)
         files[path.name] = sha256_file(path)
     manifest = {
         "schema": SCHEMA,
@@ -223,7 +283,7 @@ def _write(staging: Path, t: SourceTables, catalog: Catalog, split: SplitSpec,
         "source_digest": hashlib.sha256(json.dumps(t.sources, sort_keys=True).encode())
         .hexdigest(),
         "counts": {"samples": len(samples), "models": len(frames["models"]),
-                   "records": frames["records"].num_rows,
+                   "records": records,
                    "images": len(frames["images"]), "groups": int(samples["group"].nunique())},
         "split": {"seed": split.seed, "fractions": [split.train, split.dev, split.test],
                   "stratify": split.stratify, "honour_official": split.honour_official,

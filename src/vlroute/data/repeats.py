@@ -17,9 +17,9 @@ from vlroute.errors import DataError
 POLICIES = ("error", "mean")
 
 
-def repeated_pairs(t: SourceTables) -> int:
-    """How many (sample, model) pairs have more than one outcome."""
-    counts = t.outcomes.groupby(["sample_id", "model"], sort=False).size()
+def repeated_pairs(outcomes: pd.DataFrame) -> int:
+    """How many (sample, model) pairs of ``outcomes`` have more than one outcome."""
+    counts = outcomes.groupby(["sample_id", "model"], sort=False, observed=True).size()
     return int((counts > 1).sum())
 
 
@@ -28,12 +28,20 @@ def collapse_repeats(t: SourceTables, policy: str) -> tuple[SourceTables, dict[s
     measured columns averaged, the first response and prediction kept, and the raw scores
     listed in ``raw_score`` (JSON: ``{"repeats": n, "scores": [...]}``). With "error", or
     with nothing repeated, ``t`` is returned unchanged. Also returns what was done (for the
-    manifest): pairs repeated, the largest count, and whether the labels became rates."""
+    manifest): pairs repeated, the largest count, and whether the labels became rates.
+
+    "error" leaves the check to the build, which fails at the first repeated pair (so a
+    bench built under it has none); "mean" reads a streamed source's outcomes whole.
+    """
     if policy not in POLICIES:
         raise DataError(f"repeats must be one of {', '.join(POLICIES)}, got {policy!r}.")
-    repeated = repeated_pairs(t)
-    if policy == "error" or not repeated:
-        return t, {"policy": policy, "pairs_repeated": repeated}
+    if policy == "error":
+        return t, {"policy": policy, "pairs_repeated": 0}
+    t = t.in_memory()
+    assert t.outcomes is not None
+    repeated = repeated_pairs(t.outcomes)
+    if not repeated:
+        return t, {"policy": policy, "pairs_repeated": 0}
     out = t.outcomes.copy()
     out["_n"] = 1
     keys = ["sample_id", "model"]
@@ -51,7 +59,7 @@ def collapse_repeats(t: SourceTables, policy: str) -> tuple[SourceTables, dict[s
         json.dumps({"repeats": int(n), "scores": [float(s) for s in values]})
         for n, values in zip(collapsed["_n"], collapsed["_scores"], strict=True)]
     most = int(collapsed["_n"].max())
-    collapsed = collapsed.drop(columns=["_n", "_scores"])[list(t.outcomes.columns)]
+    collapsed = collapsed.drop(columns=["_n", "_scores"])[list(out.columns[:-1])]
     binary = bool(np.isin(t.outcomes["score"].dropna().to_numpy(dtype=float), (0.0, 1.0)).all())
     info = dict(t.info)
     if binary:
