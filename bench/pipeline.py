@@ -55,21 +55,38 @@ def child_validate(bench_dir: Path, decode: bool) -> dict[str, float]:
 
 
 def child_synth(path: Path, n: int, m: int = 20) -> dict[str, float]:
+    """A long-format Parquet file of n samples x m models, written 100K samples at a time
+    (the generator must not hold 100M rows either)."""
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
-    ids = np.char.add("s", np.arange(n).astype(str))
-    frame = pd.DataFrame({
-        "sample_id": np.repeat(ids, m),
-        "model": np.tile([f"model-{k:02d}" for k in range(m)], n),
-        "score": (rng.random(n * m) < np.tile(np.linspace(0.2, 0.8, m), n)).astype(float),
-        "group": np.repeat(np.char.add("g", (np.arange(n) // 5).astype(str)), m),
-        "question": np.repeat(np.array(["What is the value of x in the figure?"] * n,
-                                       dtype=object), m),
-        "params_b": np.tile(np.linspace(1, 80, m), n)})
-    frame.to_parquet(path, index=False)
-    return {"rows": float(len(frame))}
+    models = pa.array([f"model-{k:02d}" for k in range(m)])
+    rates = np.linspace(0.2, 0.8, m)
+    question = "What is the value of x in the figure?"
+    writer = None
+    step = 100_000
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        ids = np.char.add("s", np.arange(start, start + count).astype(str))
+        model_idx = np.tile(np.arange(m, dtype=np.int32), count)
+        table = pa.table({
+            "sample_id": pa.array(np.repeat(ids, m)).dictionary_encode(),
+            "model": pa.DictionaryArray.from_arrays(pa.array(model_idx), models),
+            "score": (rng.random(count * m) < np.tile(rates, count)).astype(float),
+            "group": pa.array(np.repeat(np.char.add("g", (np.arange(start, start + count)
+                                                          // 5).astype(str)), m))
+            .dictionary_encode(),
+            "question": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(count * m, dtype=np.int32)), pa.array([question])),
+            "params_b": np.tile(np.linspace(1, 80, m), count)})
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    return {"rows": float(n * m)}
 
 
 def run_child(*args: str) -> dict[str, float]:
@@ -95,7 +112,7 @@ def main() -> None:
         elif kind == "validate":
             result = child_validate(Path(rest[0]), rest[1] == "decode")
         else:
-            result = child_synth(Path(rest[0]), int(rest[1]))
+            result = child_synth(Path(rest[0]), int(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
     rows: dict[str, dict[str, float]] = {}

@@ -14,7 +14,11 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ TABLES = ("samples", "images", "models", "records")
 #: text columns of records.parquet, read only on request (they can be most of its memory)
 TEXT_COLUMNS = ("raw_score", "response", "prediction")
 #: matrix field -> records column
+#: pairs (samples x models) past which :meth:`Bench.matrices` maps float32 arrays on disk
+OUT_OF_CORE_PAIRS = 25_000_000
 RECORD_COLUMNS = {"quality": "score", "cost": "cost_usd", "latency": "latency_s",
                   "energy": "energy_j", "tokens_in": "tokens_in", "tokens_out": "tokens_out"}
 
@@ -41,8 +47,8 @@ class Bench:
     """A loaded bench: its manifest and tables.
 
     Use :meth:`matrices` for the arrays routers and metrics work on. ``records`` (one row per
-    pair, the largest table) is read on first use; :meth:`matrices` streams it column by column
-    from disk when it has not been read, so a 1M x 20 bench never holds it whole.
+    pair, the largest table) is read on first use; :meth:`matrices` streams it a row group at a
+    time from disk when it has not been read, so a large bench is never held whole.
     """
 
     root: Path
@@ -64,12 +70,6 @@ class Bench:
     @records.setter
     def records(self, frame: pd.DataFrame) -> None:
         self._records = frame
-
-    def _record_column(self, name: str) -> np.ndarray:
-        if self._records is not None:
-            return np.asarray(self._records[name].to_numpy())
-        table = pq.read_table(self.root / "records.parquet", columns=[name])
-        return np.asarray(table.column(0).to_numpy())
 
     @property
     def name(self) -> str:
@@ -95,29 +95,42 @@ class Bench:
             return list(vlm)
         return list(models.loc[models["modality"] != "baseline", "model"])
 
-    def matrices(self, models: list[str] | None = None, *, all_models: bool = False
+    def matrices(self, models: list[str] | None = None, *, all_models: bool = False,
+                 fields: Sequence[str] = MATRIX_FIELDS, out_of_core: bool | None = None
                  ) -> RoutingMatrices:
-        """The routing matrices over ``models`` (default: :meth:`candidate_models`)."""
+        """The routing matrices over ``models`` (default: :meth:`candidate_models`).
+
+        Only ``fields`` are read; the others are all-NaN views that take no memory (an
+        evaluation needs no token counts). Records are read a row group at a time. Past
+        :data:`OUT_OF_CORE_PAIRS` pairs (or with ``out_of_core``) the matrices are float32
+        and memory-mapped on a temporary file the system can page out (``TMPDIR``), so a
+        2M x 50 bench evaluates in a few GB; otherwise float64 in memory.
+        """
         chosen = models if models is not None else self.candidate_models(all_models=all_models)
         known = list(self.models["model"])
         unknown = [m for m in chosen if m not in known]
         if unknown:
             raise BenchError(f"Unknown model(s) {', '.join(unknown)}; the bench has "
                              f"{', '.join(known)}.")
+        bad = [f for f in fields if f not in MATRIX_FIELDS]
+        if bad:
+            raise BenchError(f"Unknown matrix field(s) {', '.join(bad)}; expected some of "
+                             f"{', '.join(MATRIX_FIELDS)}.")
         n, m = len(self.samples), len(chosen)
+        big = out_of_core if out_of_core is not None else n * m > OUT_OF_CORE_PAIRS
+        dtype = np.float32 if big else np.float64
+        arrays = {name: (_mapped((n, m)) if big else np.full((n, m), np.nan))
+                  if name in fields else np.broadcast_to(np.asarray(np.nan, dtype), (n, m))
+                  for name in MATRIX_FIELDS}
         model_pos = {name: k for k, name in enumerate(chosen)}
         col_of = np.array([model_pos.get(name, -1) for name in known])
-        cols = col_of[self._record_column("model_idx")]
-        flat = self._record_column("sample_idx").astype(np.int64) * m + cols
-        keep = None if (cols >= 0).all() else cols >= 0
-        if keep is not None:
-            flat = flat[keep]
-        arrays: dict[str, np.ndarray] = {}
-        for name in MATRIX_FIELDS:
-            arr = np.full(n * m, np.nan)
-            values = self._record_column(RECORD_COLUMNS[name])
-            arr[flat] = values if keep is None else values[keep]
-            arrays[name] = arr.reshape(n, m)
+        for part in self._record_parts([RECORD_COLUMNS[f] for f in fields]):
+            cols = col_of[np.asarray(part["model_idx"])]
+            keep = cols >= 0
+            rows = np.asarray(part["sample_idx"]).astype(np.int64)[keep]
+            for name in fields:
+                values = np.asarray(part[RECORD_COLUMNS[name]])[keep]
+                arrays[name][rows, cols[keep]] = values
         tiers = dict(zip(self.models["model"], self.models["tier"], strict=True))
         s = self.samples
         return RoutingMatrices(
@@ -132,6 +145,30 @@ class Bench:
             rates=self.label == "rates",
             **arrays,
         )
+
+    def _record_parts(self, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """``sample_idx``, ``model_idx`` and ``columns`` of the records: the table read
+        already, or a row group at a time from disk."""
+        names = ["sample_idx", "model_idx", *columns]
+        if self._records is not None:
+            yield {c: self._records[c].to_numpy() for c in names}
+            return
+        handle = pq.ParquetFile(self.root / "records.parquet")
+        for batch in handle.iter_batches(batch_size=1 << 20, columns=names):
+            yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in names}
+
+
+def _mapped(shape: tuple[int, int]) -> np.ndarray:
+    """A float32 array of NaN on a temporary file, unlinked at once where the system
+    allows (the mapping keeps it until the array is freed)."""
+    handle, path = tempfile.mkstemp(prefix="vlroute-matrix-", suffix=".f32")
+    os.close(handle)
+    arr = np.memmap(path, dtype=np.float32, mode="w+", shape=shape) if shape[0] * shape[1] \
+        else np.zeros(shape, dtype=np.float32)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    arr[:] = np.nan
+    return arr
 
 
 def load_bench(root: Path | str, *, verify: bool = False, text: bool = False) -> Bench:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,11 +17,24 @@ MATRIX_FIELDS = ("quality", "cost", "latency", "energy", "tokens_in", "tokens_ou
 ROW_FIELDS = ("sample_ids", "groups", "datasets", "tasks", "splits")
 
 
+def _take(arr: np.ndarray, rows: IntArray | npt.NDArray[np.bool_] | slice,
+          cols: IntArray | None) -> np.ndarray:
+    """``arr[rows]`` or ``arr[rows, cols]``; a field that was not loaded (a view with no
+    memory behind it) stays one."""
+    if arr.ndim == 2 and 0 in arr.strides:
+        shape = np.empty(arr.shape[:1], dtype=bool)[rows].shape + \
+            ((arr.shape[1],) if cols is None else (len(cols),))
+        return np.broadcast_to(np.asarray(np.nan, dtype=arr.dtype), shape)
+    return arr[rows] if cols is None else arr[rows, cols]
+
+
 @dataclass(frozen=True, eq=False)
 class RoutingMatrices:
     """Outcomes of ``models`` (columns) on ``sample_ids`` (rows).
 
-    Every matrix is (n_samples, n_models) float64 with NaN where a pair was not evaluated:
+    Every matrix is (n_samples, n_models) float64 (float32 and memory-mapped on benches too
+    large for memory, see :meth:`vlroute.data.bench.Bench.matrices`) with NaN where a pair was
+    not evaluated (a field not loaded is an all-NaN view that keeps no memory):
     ``quality`` in [0, 1], ``cost`` in USD per request, ``latency`` in seconds, ``energy`` in
     joules, ``tokens_in`` / ``tokens_out`` counts. Row labels (``groups``, ``datasets``,
     ``tasks``, ``splits``) are object arrays of length n_samples; ``tiers`` gives each model's
@@ -73,7 +87,8 @@ class RoutingMatrices:
 
     def subset(self, rows: IntArray | npt.NDArray[np.bool_]) -> RoutingMatrices:
         """The matrices restricted to ``rows`` (indices or a boolean mask)."""
-        changes = {name: getattr(self, name)[rows] for name in (*MATRIX_FIELDS, *ROW_FIELDS)}
+        changes: dict[str, Any] = {name: _take(getattr(self, name), rows, None)
+                   for name in (*MATRIX_FIELDS, *ROW_FIELDS)}
         return replace(self, **changes)
 
     def split(self, name: str) -> RoutingMatrices:
@@ -113,7 +128,8 @@ class RoutingMatrices:
     def select_models(self, models: Sequence[str]) -> RoutingMatrices:
         """The matrices restricted to ``models``, in that order."""
         cols = np.array([self.model_index(m) for m in models], dtype=np.int64)
-        changes = {name: getattr(self, name)[:, cols] for name in MATRIX_FIELDS}
+        changes: dict[str, Any] = {name: _take(getattr(self, name), slice(None), cols)
+                   for name in MATRIX_FIELDS}
         return replace(self, models=tuple(models), tiers=tuple(self.tiers[c] for c in cols),
                        **changes)
 

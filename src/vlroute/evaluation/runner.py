@@ -276,7 +276,8 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
     Returns a ``vlroute-results/2`` document (see :mod:`vlroute.evaluation.results`).
     """
     note = progress or (lambda _msg: None)
-    m = bench.matrices(list(spec.models) if spec.models else None, all_models=spec.all_models)
+    m = bench.matrices(list(spec.models) if spec.models else None, all_models=spec.all_models,
+                       fields=scored_fields(spec.scenarios))
     if spec.features is not None and len(spec.features) != m.n_samples:
         raise ValueError(f"features have {len(spec.features)} rows; the bench has "
                          f"{m.n_samples} samples.")
@@ -321,6 +322,13 @@ def evaluate_bench(bench: Bench, spec: EvalSpec = EvalSpec(),
                                              for s in ("train", "dev", "test")}})
     _finish(doc, rows, times, spec, m, bounds_10k)
     return doc
+
+
+def scored_fields(scenarios: Sequence[Scenario]) -> tuple[str, ...]:
+    """The matrices a run reads: quality, cost (Rank Score), latency (AIL) and energy when a
+    scenario's cost is energy; never the token counts."""
+    energy = any(s.by == "energy" for s in scenarios)
+    return ("quality", "cost", "latency", *(("energy",) if energy else ()))
 
 
 def router_names(spec: EvalSpec, models: Sequence[str]) -> list[str]:

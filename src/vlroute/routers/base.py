@@ -8,6 +8,7 @@ it says so with ``uses_labels``.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
@@ -44,7 +45,9 @@ class BaseRouter(ABC):
         self.models_ = train.models
         self.tiers_ = train.tiers
         self.bounds_ = bounds
-        with np.errstate(all="ignore"):
+        # a column without values (a model never run, a matrix not loaded) has mean NaN
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             self.mean_quality_ = np.nanmean(train.quality, axis=0)
             self.mean_cost_ = {dim: np.nanmean(train.matrix(dim), axis=0)
                                for dim in ("usd", "latency", "energy")}

@@ -18,6 +18,6 @@ READERS.register("jsonl", "vlroute.data.readers.jsonl:read_jsonl_set")
 READERS.register("vlmevalkit", "vlroute.data.readers.vlmevalkit:read_vlmevalkit")
 READERS.register("lmms_eval", "vlroute.data.readers.lmms_eval:read_lmms_eval")
 READERS.register("csv", "vlroute.data.readers.tabular:read_csv")
-READERS.register("parquet", "vlroute.data.readers.tabular:read_parquet")
+READERS.register("parquet", "vlroute.data.readers.streamed:read_parquet")
 
 __all__ = ["READERS", "Reader"]

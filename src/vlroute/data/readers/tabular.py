@@ -1,5 +1,8 @@
 """Long-format ``csv`` and ``parquet`` readers: one row per (sample, model).
 
+CSV is read whole; Parquet in row batches (:mod:`vlroute.data.readers.streamed`), with the
+columns and defaults below and the helpers of this module.
+
 Required columns: ``sample_id``, ``model``, ``score`` (in [0, 1]). Optional sample columns
 (``dataset``, ``group``, ``task``, ``question``, ``answer``, ``images`` as a JSON list or
 ``image`` as one path, relative to the file's folder and inside it), outcome columns (``raw_score``,
@@ -20,7 +23,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from vlroute._io import sha256_file
 from vlroute.data.readers._checks import check_utf8, relative_image_path
@@ -51,19 +53,6 @@ def _is_binary(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
-
-
-def read_parquet(src: Path, staging: Path) -> SourceTables:
-    """Read a long-format Parquet file."""
-    try:
-        schema = pq.read_schema(src)
-        # Read repeated text as dictionaries: a 20M-row long table stays small in memory.
-        strings = [f.name for f in schema if pa.types.is_string(f.type)
-                   or pa.types.is_large_string(f.type)]
-        table = pq.read_table(src, read_dictionary=strings)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ReaderError(src, None, f"cannot read as Parquet ({exc})") from exc
-    return _from_table(Path(src), table, "parquet", first_row=0)
 
 
 def _row(index: int, first_row: int) -> str:
@@ -127,35 +116,41 @@ def _images(value: Any, src: Path, where: str) -> list[str]:
     return [relative_image_path(v, path=src, where=where) for v in parsed]
 
 
-def _samples(src: Path, table: pa.Table, ids: np.ndarray, first: np.ndarray,
-             sample_idx: np.ndarray, first_row: int) -> pd.DataFrame:
+def _check_groups(src: Path, table: pa.Table, ids: np.ndarray, first: np.ndarray,
+                  sample_idx: np.ndarray, first_row: int) -> None:
+    """Every row of a sample names the group of its first row."""
+    if "group" not in table.column_names:
+        return
+    group_idx, _ = _encode(src, table, "group", first_row)
+    bad = group_idx != group_idx[first[sample_idx]]
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ReaderError(src, _row(k, first_row), f"sample {ids[sample_idx[k]]!r} has "
+                                                   "several groups; a sample's fields "
+                                                   "must agree across its rows")
+
+
+def _samples(src: Path, firsts: pa.Table, ids: np.ndarray, where: np.ndarray
+             ) -> pd.DataFrame:
+    """The samples table from ``firsts``, the first row of each sample (``where``: their
+    rows in the file, for messages)."""
     n = len(ids)
-    names = set(table.column_names)
+    names = set(firsts.column_names)
 
     def col(name: str, default: Any) -> Any:
-        return _column(table, name, first) if name in names else np.full(n, default,
-                                                                         dtype=object)
+        return _column(firsts, name) if name in names else np.full(n, default, dtype=object)
 
     if "images" in names:
-        images = [_images(v, src, _row(int(r), first_row))
-                  for r, v in zip(first, col("images", None), strict=True)]
+        images = [_images(v, src, f"row {r}") for r, v in zip(where, col("images", None),
+                                                               strict=True)]
     elif "image" in names:
         images = [[] if v is None or v != v or v == "" else
-                  [relative_image_path(str(v), path=src, where=_row(int(r), first_row))]
-                  for r, v in zip(first, col("image", None), strict=True)]
+                  [relative_image_path(str(v), path=src, where=f"row {r}")]
+                  for r, v in zip(where, col("image", None), strict=True)]
     else:
         images = [[] for _ in range(n)]
-    if "group" in names:
-        group_idx, group_names = _encode(src, table, "group", first_row)
-        bad = group_idx != group_idx[first[sample_idx]]
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ReaderError(src, _row(k, first_row), f"sample {ids[sample_idx[k]]!r} has "
-                                                       "several groups; a sample's fields "
-                                                       "must agree across its rows")
-        groups = group_names[group_idx[first]]
-    else:
-        groups = ids
+    groups = (np.asarray(pc.cast(firsts["group"], pa.string()).to_pylist(), dtype=object)
+              if "group" in names else ids)
     question = col("question", "")
     return pd.DataFrame({
         "sample_id": ids, "dataset": col("dataset", src.stem), "group": groups,
@@ -165,7 +160,10 @@ def _samples(src: Path, table: pa.Table, ids: np.ndarray, first: np.ndarray,
     })
 
 
-def _models(src: Path, table: pa.Table, names: np.ndarray, first: np.ndarray) -> pd.DataFrame:
+def _models(src: Path, table: pa.Table, names: np.ndarray, first: np.ndarray | None = None
+            ) -> pd.DataFrame:
+    """The models table; ``first``: each model's first row of ``table`` (default: ``table``
+    has one row per model)."""
     cols = set(table.column_names)
     params = pd.to_numeric(pd.Series(_column(table, "params_b", first)), errors="coerce") \
         .to_numpy(dtype=float) if "params_b" in cols else np.full(len(names), np.nan)
@@ -207,8 +205,9 @@ def _from_table(src: Path, table: pa.Table, reader: str, first_row: int) -> Sour
     for c in MEASURED_COLUMNS:
         if c in table.column_names:
             outcomes[c] = pd.to_numeric(pd.Series(_column(table, c)), errors="coerce")
-    samples = _samples(src, table, sample_ids, _first_rows(sample_idx, len(sample_ids)),
-                       sample_idx, first_row)
+    first = _first_rows(sample_idx, len(sample_ids))
+    _check_groups(src, table, sample_ids, first, sample_idx, first_row)
+    samples = _samples(src, table.take(pa.array(first)), sample_ids, first + first_row)
     models = _models(src, table, model_ids, _first_rows(model_idx, len(model_ids)))
     return SourceTables(name=src.stem, reader=reader, samples=samples, outcomes=outcomes,
                         models=models, info={"name": src.stem, "label": "unknown"},
