@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlroute._io import describe_decode_error, read_utf8, sha256_file
-from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices
+from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices, release
 from vlroute.errors import BenchError
 
 SCHEMA = "vlroute-bench/1"
@@ -131,6 +133,9 @@ class Bench:
             for name in fields:
                 values = np.asarray(part[RECORD_COLUMNS[name]])[keep]
                 arrays[name][rows, cols[keep]] = values
+        for name in fields:
+            release(arrays[name])
+        pa.default_memory_pool().release_unused()  # the record batches' buffers
         tiers = dict(zip(self.models["model"], self.models["tier"], strict=True))
         s = self.samples
         return RoutingMatrices(
@@ -159,14 +164,20 @@ class Bench:
 
 
 def _mapped(shape: tuple[int, int]) -> np.ndarray:
-    """A float32 array of NaN on a temporary file, unlinked at once where the system
-    allows (the mapping keeps it until the array is freed)."""
+    """A float32 array of NaN on a temporary file, unlinked at once where the system allows
+    (the mapping keeps it until the array is freed); see :func:`release`."""
+    size = shape[0] * shape[1] * 4
+    if not size:
+        return np.zeros(shape, dtype=np.float32)
     handle, path = tempfile.mkstemp(prefix="vlroute-matrix-", suffix=".f32")
-    os.close(handle)
-    arr = np.memmap(path, dtype=np.float32, mode="w+", shape=shape) if shape[0] * shape[1] \
-        else np.zeros(shape, dtype=np.float32)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    try:
+        os.ftruncate(handle, size)
+        buffer = mmap.mmap(handle, size)
+    finally:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    arr = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
     arr[:] = np.nan
     return arr
 

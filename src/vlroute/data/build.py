@@ -203,6 +203,14 @@ def _text_column(values: pd.Series) -> pa.Array:
         if values.notna().any() else pa.nulls(len(values), pa.string())
 
 
+def _local_dictionary(index: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """``values[index]`` dictionary-encoded over the values the chunk uses (a row group with
+    a dictionary of every sample id would cost as much as the ids themselves)."""
+    used, local = np.unique(index, return_inverse=True)
+    return pa.DictionaryArray.from_arrays(pa.array(local.astype(np.int32)),
+                                          values.take(pa.array(used)))
+
+
 class _RecordsWriter:
     """records.parquet written a chunk of outcomes at a time (a row group or more each),
     built from numpy without a pandas copy; the estimated share of each quantity is counted
@@ -242,8 +250,7 @@ class _RecordsWriter:
         columns: dict[str, pa.Array] = {
             "sample_idx": pa.array(sample_idx.astype(np.int32)),
             "model_idx": pa.array(model_idx.astype(np.int16)),
-            "sample_id": pa.DictionaryArray.from_arrays(pa.array(sample_idx.astype(np.int32)),
-                                                        self.ids),
+            "sample_id": _local_dictionary(sample_idx, self.ids),
             "model": pa.DictionaryArray.from_arrays(pa.array(model_idx.astype(np.int32)),
                                                     self.names),
             "score": pa.array(chunk["score"].to_numpy(dtype=float)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +17,60 @@ from vlroute.errors import MatrixShapeError, UnknownComponentError
 ObjArray = npt.NDArray[np.object_]
 MATRIX_FIELDS = ("quality", "cost", "latency", "energy", "tokens_in", "tokens_out")
 ROW_FIELDS = ("sample_ids", "groups", "datasets", "tasks", "splits")
+
+
+def _mapping(arr: np.ndarray) -> mmap.mmap | None:
+    base: Any = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.base if isinstance(base, np.ndarray) else getattr(base, "obj", None)
+    return base
+
+
+def is_mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` lives on a memory-mapped file (an out-of-core matrix)."""
+    return _mapping(arr) is not None
+
+
+def release(arr: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped matrix (out of core, see
+    :meth:`vlroute.data.bench.Bench.matrices`) from this process's resident memory: they stay
+    in the file and the page cache and come back when read. Called after each full pass
+    over one; nothing happens to an array in memory."""
+    buffer = _mapping(arr)
+    if buffer is not None and hasattr(mmap, "MADV_DONTNEED"):
+        buffer.madvise(mmap.MADV_DONTNEED)
+
+
+#: rows per block of :func:`column_means`; a matrix of at most this many rows is averaged at once
+MEAN_BLOCK = 1 << 16
+
+
+def column_means(arr: np.ndarray, rows: npt.NDArray[np.bool_] | None = None) -> FloatArray:
+    """Mean of each column over its finite values (NaN where it has none, without a
+    warning), over ``rows`` (a mask) when given: ``np.nanmean(arr[rows], axis=0)``, a block of
+    rows at a time past :data:`MEAN_BLOCK` rows so that a memory-mapped 2M x 50 matrix
+    needs no full-size temporaries (sums in float64)."""
+    n, m = arr.shape
+    if 0 in arr.strides:                           # a field that was not loaded
+        return np.full(m, np.nan)
+    if n <= MEAN_BLOCK:
+        part = arr if rows is None else arr[rows]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means: FloatArray = np.nanmean(part, axis=0).astype(np.float64)
+        return means
+    sums, counts = np.zeros(m), np.zeros(m)
+    for start in range(0, n, MEAN_BLOCK):
+        block = np.asarray(arr[start:start + MEAN_BLOCK], dtype=np.float64)
+        if rows is not None:
+            block = block[rows[start:start + MEAN_BLOCK]]
+        finite = np.isfinite(block)
+        sums += np.where(finite, block, 0.0).sum(axis=0)
+        counts += finite.sum(axis=0)
+    release(arr)
+    with np.errstate(all="ignore"):
+        out: FloatArray = np.where(counts > 0, sums / counts, np.nan)
+    return out
 
 
 def _take(arr: np.ndarray, rows: IntArray | npt.NDArray[np.bool_] | slice,
@@ -87,8 +143,10 @@ class RoutingMatrices:
 
     def subset(self, rows: IntArray | npt.NDArray[np.bool_]) -> RoutingMatrices:
         """The matrices restricted to ``rows`` (indices or a boolean mask)."""
-        changes: dict[str, Any] = {name: _take(getattr(self, name), rows, None)
-                   for name in (*MATRIX_FIELDS, *ROW_FIELDS)}
+        changes: dict[str, Any] = {}
+        for name in (*MATRIX_FIELDS, *ROW_FIELDS):
+            changes[name] = _take(getattr(self, name), rows, None)
+            release(getattr(self, name))           # one mapped matrix resident at a time
         return replace(self, **changes)
 
     def split(self, name: str) -> RoutingMatrices:
@@ -128,8 +186,10 @@ class RoutingMatrices:
     def select_models(self, models: Sequence[str]) -> RoutingMatrices:
         """The matrices restricted to ``models``, in that order."""
         cols = np.array([self.model_index(m) for m in models], dtype=np.int64)
-        changes: dict[str, Any] = {name: _take(getattr(self, name), slice(None), cols)
-                   for name in MATRIX_FIELDS}
+        changes: dict[str, Any] = {}
+        for name in MATRIX_FIELDS:
+            changes[name] = _take(getattr(self, name), slice(None), cols)
+            release(getattr(self, name))
         return replace(self, models=tuple(models), tiers=tuple(self.tiers[c] for c in cols),
                        **changes)
 

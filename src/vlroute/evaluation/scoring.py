@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vlroute._typing import IntArray
-from vlroute.data.matrices import RoutingMatrices
+from vlroute.data.matrices import RoutingMatrices, column_means
 from vlroute.metrics import (
     ail,
     apsp,
@@ -36,8 +36,7 @@ class ScoringContext:
 
 def reference_model(train: RoutingMatrices) -> int:
     """The most accurate cloud-tier model on train (the most accurate model if none is cloud)."""
-    with np.errstate(all="ignore"):
-        means = np.nan_to_num(np.nanmean(train.quality, axis=0), nan=-np.inf)
+    means = np.nan_to_num(column_means(train.quality), nan=-np.inf)
     cloud = np.array([t == "cloud" for t in train.tiers])
     if cloud.any():
         means = np.where(cloud, means, -np.inf)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from vlroute._typing import FloatArray, IntArray
+from vlroute.data.matrices import column_means
 
 
 def chosen(matrix: FloatArray, decisions: IntArray) -> FloatArray:
@@ -47,7 +48,7 @@ def cost_bounds(cost: FloatArray) -> tuple[float, float]:
 
     Use the whole bench (every split), as VL-RouterBench does.
     """
-    means = np.nanmean(cost, axis=0)
+    means = column_means(cost)
     high = max(float(np.nanmax(means)), COST_FLOOR_USD)
     low = max(float(np.nanmin(means)), COST_FLOOR_RATIO * high, COST_FLOOR_USD)
     return low, high

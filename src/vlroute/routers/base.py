@@ -8,14 +8,13 @@ it says so with ``uses_labels``.
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from vlroute._typing import FloatArray, IntArray
-from vlroute.data.matrices import RoutingMatrices
+from vlroute.data.matrices import RoutingMatrices, column_means
 from vlroute.errors import NotFittedError
 from vlroute.routers._params import Constraint, validate_params
 from vlroute.scenarios import Scenario
@@ -46,11 +45,9 @@ class BaseRouter(ABC):
         self.tiers_ = train.tiers
         self.bounds_ = bounds
         # a column without values (a model never run, a matrix not loaded) has mean NaN
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.mean_quality_ = np.nanmean(train.quality, axis=0)
-            self.mean_cost_ = {dim: np.nanmean(train.matrix(dim), axis=0)
-                               for dim in ("usd", "latency", "energy")}
+        self.mean_quality_ = column_means(train.quality)
+        self.mean_cost_ = {dim: column_means(train.matrix(dim))
+                           for dim in ("usd", "latency", "energy")}
         self._check_features(X, train.n_samples)
         self._fit(train, X)
         return self

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from vlroute._typing import FloatArray, IntArray
-from vlroute.data.matrices import RoutingMatrices
+from vlroute.data.matrices import RoutingMatrices, column_means
 from vlroute.objectives import oracle_decisions, rank_score
 from vlroute.routers._params import Constraint, Interval
 from vlroute.routers.base import BaseRouter, argbest
@@ -55,9 +55,7 @@ class StrongestPerDatasetRouter(BaseRouter):
         keys = np.asarray([str(k) for k in self._keys(train)], dtype=object)
         self.best_: dict[str, int] = {}
         for key in sorted(set(keys.tolist())):
-            rows = keys == key
-            with np.errstate(all="ignore"):
-                means = np.nanmean(train.quality[rows], axis=0)
+            means = column_means(train.quality, keys == key)
             self.best_[key] = argbest(means, self.mean_cost_["usd"])
         self.fallback_ = argbest(self.mean_quality_, self.mean_cost_["usd"])
 

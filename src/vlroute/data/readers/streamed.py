@@ -59,51 +59,62 @@ def _ids(src: Path, table: pa.Table, name: str, first: int) -> pa.Array:
 class _FirstSeen:
     """The distinct values of an id column in order of first appearance, the first row of
     each in the file, and those rows' other ``fields``; with ``group`` among them, each
-    row's group is checked against its value's first row."""
+    row's group is checked against its value's first row. Work per batch is in the batch's
+    distinct values (a dict lookup each), never in the values seen so far."""
 
     def __init__(self, src: Path, key: str, fields: list[str]) -> None:
         self.src, self.key, self.fields = src, key, fields
-        self.known = pa.array([], pa.string())
-        self.groups = pa.array([], pa.string())
+        self.index: dict[str, int] = {}
+        self.groups: list[str] = []
         self.rows: list[np.ndarray] = []
         self.firsts: list[pa.Table] = []
 
     def add(self, table: pa.Table, first: int) -> None:
         """Take in one batch."""
-        ids = _ids(self.src, table, self.key, first)
-        encoded = pc.dictionary_encode(ids)
-        distinct, codes = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
-        where = pc.index_in(distinct, value_set=self.known)
-        new = where.is_null().to_numpy(zero_copy_only=False)
-        if new.any():
-            at = _first_rows(codes, len(distinct))[new]
-            self.firsts.append(table.select(self.fields).take(pa.array(at)))
-            self.rows.append(at + first)
-            self.known = pa.concat_arrays([self.known, distinct.filter(pa.array(new))])
-            if "group" in self.fields:
-                groups = _ids(self.src, table, "group", first).take(pa.array(at))
-                self.groups = pa.concat_arrays([self.groups, groups])
-            where = pc.index_in(distinct, value_set=self.known)
+        encoded = pc.dictionary_encode(_ids(self.src, table, self.key, first))
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        distinct = encoded.dictionary.to_pylist()
+        at = _first_rows(codes, len(distinct))         # each value's first row in the batch
+        new = np.array([v not in self.index for v in distinct], dtype=bool)
+        groups = None
         if "group" in self.fields:
-            index = np.asarray(where.to_numpy(zero_copy_only=False), dtype=np.int64)[codes]
-            self._check_groups(table, index, first)
+            groups = self._batch_groups(table, codes, at, first)
+            old = np.flatnonzero(~new)
+            known = [self.groups[self.index[distinct[k]]] for k in old]
+            bad = [k for k, g in zip(old, known, strict=True) if groups[k] != g]
+            if bad:
+                self._refuse(distinct[bad[0]], first + int(at[bad[0]]))
+        if new.any():
+            for k in np.flatnonzero(new):
+                self.index[distinct[k]] = len(self.index)
+                if groups is not None:
+                    self.groups.append(groups[k])
+            self.firsts.append(table.select(self.fields).take(pa.array(at[new])))
+            self.rows.append(at[new] + first)
 
-    def _check_groups(self, table: pa.Table, index: np.ndarray, first: int) -> None:
-        groups = _ids(self.src, table, "group", first)
-        bad = pc.not_equal(groups, self.groups.take(pa.array(index))).to_numpy(
-            zero_copy_only=False)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ReaderError(self.src, f"row {first + k}",
-                              f"sample {self.known[index[k]].as_py()!r} has several groups; "
-                              "a sample's fields must agree across its rows")
+    def _batch_groups(self, table: pa.Table, codes: np.ndarray, at: np.ndarray, first: int
+                      ) -> list[str]:
+        """The group of each distinct value's first row, every row checked against it."""
+        groups = pc.dictionary_encode(_ids(self.src, table, "group", first))
+        group_codes = groups.indices.to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(group_codes != group_codes[at[codes]])
+        if len(bad):
+            k = int(bad[0])
+            value = table[self.key][k].as_py()
+            self._refuse(str(value), first + k)
+        names = groups.dictionary.to_pylist()
+        return [names[c] for c in group_codes[at]]
+
+    def _refuse(self, value: str, row: int) -> None:
+        raise ReaderError(self.src, f"row {row}", f"sample {value!r} has several groups; a "
+                                                  "sample's fields must agree across its rows")
 
     def table(self) -> tuple[np.ndarray, pa.Table, np.ndarray]:
         """The values, their first rows' fields and those rows' numbers."""
         firsts = (pa.concat_tables(self.firsts, promote_options="permissive") if self.firsts
                   else pa.schema([]).empty_table())
         rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
-        return np.asarray(self.known.to_pylist(), dtype=object), firsts, rows
+        return np.asarray(list(self.index), dtype=object), firsts, rows
 
 
 def _has_values(meta: pq.FileMetaData, name: str) -> bool:
@@ -150,7 +161,8 @@ def read_parquet(src: Path, staging: Path, *, rows: int = CHUNK_ROWS) -> SourceT
 def _outcomes(src: Path, rows: int, columns: list[str], sample_ids: np.ndarray,
               model_ids: np.ndarray) -> Iterator[pd.DataFrame]:
     """The outcomes, a batch at a time, with sample and model rows in place of the ids."""
-    samples, models = pd.Index(sample_ids), pd.Index(model_ids)
+    samples = {v: k for k, v in enumerate(sample_ids)}
+    models = {v: k for k, v in enumerate(model_ids)}
     for first, table in _batches(src, ["sample_id", "model", "score", *columns], rows):
         chunk = pd.DataFrame({
             "sample_idx": _rows_of(samples, _ids(src, table, "sample_id", first)),
@@ -168,10 +180,11 @@ def _outcomes(src: Path, rows: int, columns: list[str], sample_ids: np.ndarray,
         yield chunk
 
 
-def _rows_of(index: pd.Index, ids: pa.Array) -> np.ndarray:
-    """Row of each id in ``index`` (every id is there: the first pass saw them all)."""
+def _rows_of(index: dict[str, int], ids: pa.Array) -> np.ndarray:
+    """Row of each id (every id is in ``index``: the first pass saw them all); a lookup per
+    distinct id of the batch."""
     encoded = pc.dictionary_encode(ids)
     codes = encoded.indices.to_numpy(zero_copy_only=False)
-    distinct = pd.Index(encoded.dictionary.to_pylist(), dtype=object)
-    rows: np.ndarray = np.asarray(index.get_indexer(distinct), dtype=np.int64)[codes]
-    return rows
+    rows = np.array([index[v] for v in encoded.dictionary.to_pylist()], dtype=np.int64)
+    found: np.ndarray = rows[codes]
+    return found
