@@ -2,7 +2,8 @@
 2 CPUs), and the out-of-core build. Run by hand (not in CI):
 
     python bench/scale.py [--shared ../shared/data] [--work /tmp/vlroute-scale] \
-        [--seeds 5] [--routers auto,knn,prior,blend,irt,mlp] [--out bench/results]
+        [--seeds 5] [--routers auto,knn,prior,blend,irt,mlp] [--out bench/results] \
+        [--steps ray,build] [--build-size 2000000x50]
 
 Every step is the CLI a user runs, in its own process, timed from start to exit (the Ray
 rows include starting the local instance, ~5 s):
@@ -12,9 +13,12 @@ rows include starting the local instance, ~5 s):
   and whether a kNN eval (2 seeds) on each gives the same rows (its calibration error
   aside, which a float32 tie can move in the 5th digit);
 - ``vlroute eval DIR --routers R --scenario cost_weight@dev --seeds N --results F`` vs the
-  same with ``--ray``: the two documents compared but for timings and timestamps.
+  same with ``--ray``: the two documents compared but for timings and timestamps;
+- ``build``: a synthetic long-format Parquet file of 2M samples x 50 models (100M records)
+  built into a bench and evaluated with the baselines out of core, in one process, its time
+  and peak resident memory (``bench/pipeline.py``'s measurement).
 
-Writes ``scale.json`` and prints a table.
+Writes ``scale.json`` (a run of some steps keeps the others' entries) and prints a table.
 """
 
 from __future__ import annotations
@@ -57,7 +61,44 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--routers", default="auto,knn,prior,blend,irt,mlp")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--steps", default="ray,build",
+                        help="ray (features and eval here vs on Ray), build (out of core)")
+    parser.add_argument("--build-size", default="2000000x50", help="SAMPLESxMODELS")
     args = parser.parse_args()
+    steps = set(args.steps.split(","))
+    path = args.out / "scale.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    if "ray" in steps:
+        doc.update(ray_steps(args))
+    if "build" in steps:
+        doc["build"] = build_step(args)
+        b = doc["build"]
+        print(f"build + baselines, {args.build_size}: {b['total_s']:.1f} s "
+              f"(read {b['read_s']:.1f}, build {b['build_s'] - b['read_s']:.1f}, baselines "
+              f"{b['baselines_s']:.1f}), peak {b['peak_mb']:.0f} MB")
+    doc["command"] = "python bench/scale.py " + " ".join(sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def build_step(args: argparse.Namespace) -> dict[str, Any]:
+    """The out-of-core build and baselines of a synthetic bench, in a process of its own."""
+    from pipeline import run_child
+
+    n, m = args.build_size.split("x")
+    work = args.work / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    run_child("synth", str(work / "long.parquet"), n, m)
+    try:
+        result = run_child("build", "parquet", str(work / "long.parquet"), str(work / "w"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"size": args.build_size, **result}
+
+
+def ray_steps(args: argparse.Namespace) -> dict[str, Any]:
+    """Features and eval here vs on a local Ray instance."""
     shutil.rmtree(args.work, ignore_errors=True)
     here, ray = args.work / "here", args.work / "ray"
     build_bench(READERS.get("jsonl")(args.shared / "dynamath", args.work / "st"), here)
@@ -96,10 +137,7 @@ def main() -> None:
            "rows": rows, "features_max_abs_diff": diff,
            "knn_rows_equal_but_ece_on_either_features": knn_same,
            "knn_ece_max_abs_diff": ece_diff,
-           "eval_documents_equal_but_timings": equal,
-           "command": "python bench/scale.py " + " ".join(sys.argv[1:])}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(doc, indent=1) + "\n")
+           "eval_documents_equal_but_timings": equal}
     print("\n| step | here (s) | Ray (s) |\n|---|---|---|")
     steps = dict.fromkeys(r["step"] for r in rows)
     for step in steps:
@@ -108,6 +146,7 @@ def main() -> None:
     print(f"features: largest difference {diff}; kNN rows on either equal but for ECE: "
           f"{knn_same} (ECE differs by at most {ece_diff:.2g})")
     print(f"eval documents equal but for timings: {equal}")
+    return doc
 
 
 if __name__ == "__main__":
