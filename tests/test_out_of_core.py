@@ -3,6 +3,7 @@ time, and routing matrices memory-mapped as float32."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -13,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlroute.data import READERS, build_bench, load_bench
-from vlroute.data.matrices import MATRIX_FIELDS, is_mapped, release
+from vlroute.data.matrices import MATRIX_FIELDS, column_means, is_mapped, release
 from vlroute.data.readers.streamed import read_parquet
 from vlroute.errors import BenchError, DataError, ReaderError
 from vlroute.evaluation import EvalSpec, evaluate_bench
+from vlroute.objectives import solved
 
 
 def _long_frame(n: int = 40, m: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -114,7 +116,7 @@ def test_out_of_core_matrices_are_float32_maps_equal_to_the_in_memory_ones(
     assert not is_mapped(test.quality)
     for name in MATRIX_FIELDS:
         np.testing.assert_allclose(getattr(mapped, name), getattr(full, name), rtol=1e-6)
-    assert not list(Path(tempfile.gettempdir()).glob("vlroute-matrix-*"))   # unlinked
+    assert not list(Path(tempfile.gettempdir()).glob("vlroute-matrix-*"))   # anonymous
     part = bench.matrices(fields=("quality",))
     assert np.isnan(part.cost).all() and part.cost.strides == (0, 0)
     test = part.split("test").select_models(list(part.models[:2]))
@@ -141,3 +143,75 @@ def test_an_evaluation_out_of_core_agrees_with_the_in_memory_one(
                 assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
             elif key != "route_ms":
                 assert b[key] == value, key
+
+
+def test_a_list_column_of_images_is_read(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 48)).save(tmp_path / "img" / f"{name}.png")
+    frame = pd.DataFrame({"sample_id": ["s1", "s1", "s2", "s2"], "model": ["m", "n"] * 2,
+                          "score": [1.0, 0.0, 0.0, 1.0],
+                          "images": [["img/a.png"], ["img/a.png"], ["img/a.png", "img/b.png"],
+                                     ["img/a.png", "img/b.png"]]})
+    frame.to_parquet(tmp_path / "runs.parquet", index=False)     # list<string>, nested
+    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path / "st"),
+                        tmp_path / "bench")
+    assert bench.samples["n_images"].tolist() == [1, 2]
+    assert bench.manifest["counts"]["images"] == 3
+
+
+def test_bad_sources_are_named_not_built(tmp_path: Path) -> None:
+    pd.DataFrame({"sample_id": pd.Series([], dtype=str), "model": pd.Series([], dtype=str),
+                  "score": pd.Series([], dtype=float)}).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ReaderError, match=r"empty.parquet.*no rows"):
+        read_parquet(tmp_path / "empty.parquet", tmp_path)
+    # a sample whose rows span batches: the earliest disagreeing row is named
+    frame = pd.DataFrame({"sample_id": ["a", "b", "a", "a"], "model": ["m", "m", "n", "o"],
+                          "score": [1.0, 0.0, 1.0, 0.0], "group": ["A", "B", "X", "A"]})
+    frame.to_parquet(tmp_path / "groups.parquet", index=False)
+    with pytest.raises(ReaderError, match=r"row 2: sample 'a' has several groups"):
+        read_parquet(tmp_path / "groups.parquet", tmp_path, rows=2)
+
+
+def test_unloaded_fields_stay_views_through_pickling_and_real_views_stay_data(
+        tmp_path: Path) -> None:
+    import pickle
+
+    _long_frame().to_parquet(tmp_path / "runs.parquet", index=False)
+    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path), tmp_path / "bench")
+    part = bench.matrices(fields=("quality", "cost"))
+    again = pickle.loads(pickle.dumps(part))
+    assert again.unloaded == part.unloaded == {"latency", "energy", "tokens_in", "tokens_out"}
+    assert again.latency.strides == (0, 0) and np.isnan(again.latency).all()
+    assert len(pickle.dumps(part)) < len(pickle.dumps(bench.matrices())) * 0.6
+    np.testing.assert_array_equal(again.cost, part.cost)
+    # a caller's own broadcast matrix is data, not a missing field
+    full = bench.matrices()
+    prices = np.broadcast_to(np.arange(full.n_models, dtype=float), full.cost.shape)
+    priced = dataclasses.replace(full, cost=prices)
+    assert priced.split("test").cost[0].tolist() == list(range(full.n_models))
+    assert column_means(prices).tolist() == list(range(full.n_models))
+
+
+def test_release_leaves_other_maps_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.npy"
+    np.save(path, np.zeros((8, 4)))
+    own = np.load(path, mmap_mode="c")          # a private copy-on-write map
+    own[0, 0] = 1.0
+    release(own)
+    assert own[0, 0] == 1.0 and not is_mapped(own)
+
+
+def test_graded_float32_qualities_are_solved_at_their_mes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    frame = _long_frame(n=200, m=4)
+    frame["score"] = rng.integers(0, 11, len(frame)) / 10      # graded, a 0.1 grid
+    frame.to_parquet(tmp_path / "runs.parquet", index=False)
+    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path), tmp_path / "bench")
+    mapped = bench.matrices(out_of_core=True).group_means()
+    exact = bench.matrices().group_means()
+    for mes in (7.0, 9.0):
+        np.testing.assert_array_equal(solved(mapped.quality, mes), solved(exact.quality, mes))

@@ -14,9 +14,7 @@ Layout::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import mmap
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlroute._io import describe_decode_error, read_utf8, sha256_file
-from vlroute.data.matrices import MATRIX_FIELDS, RoutingMatrices, release
+from vlroute.data.matrices import MATRIX_FIELDS, Mapping, RoutingMatrices, release, unloaded
 from vlroute.errors import BenchError
 
 SCHEMA = "vlroute-bench/1"
@@ -102,11 +100,12 @@ class Bench:
                  ) -> RoutingMatrices:
         """The routing matrices over ``models`` (default: :meth:`candidate_models`).
 
-        Only ``fields`` are read; the others are all-NaN views that take no memory (an
-        evaluation needs no token counts). Records are read a row group at a time. Past
-        :data:`OUT_OF_CORE_PAIRS` pairs (or with ``out_of_core``) the matrices are float32
-        and memory-mapped on a temporary file the system can page out (``TMPDIR``), so a
-        2M x 50 bench evaluates in a few GB; otherwise float64 in memory.
+        Only ``fields`` are read; the others are all-NaN views that take no memory, listed in
+        ``unloaded`` (an evaluation needs no token counts). Records are read a row group at a
+        time. Past :data:`OUT_OF_CORE_PAIRS` pairs (or with ``out_of_core``) the matrices are
+        float32 on a memory map of a temporary file (under ``TMPDIR``: put it on a disk, not
+        a RAM-backed tmpfs) whose pages leave resident memory after each full pass, so a
+        2M x 50 bench evaluates in about 3 GB; otherwise float64 in memory.
         """
         chosen = models if models is not None else self.candidate_models(all_models=all_models)
         known = list(self.models["model"])
@@ -122,7 +121,7 @@ class Bench:
         big = out_of_core if out_of_core is not None else n * m > OUT_OF_CORE_PAIRS
         dtype = np.float32 if big else np.float64
         arrays = {name: (_mapped((n, m)) if big else np.full((n, m), np.nan))
-                  if name in fields else np.broadcast_to(np.asarray(np.nan, dtype), (n, m))
+                  if name in fields else unloaded((n, m), dtype)
                   for name in MATRIX_FIELDS}
         model_pos = {name: k for k, name in enumerate(chosen)}
         col_of = np.array([model_pos.get(name, -1) for name in known])
@@ -148,6 +147,7 @@ class Bench:
             tiers=tuple(str(tiers[c]) for c in chosen),
             # repeated 0/1 outcomes collapsed to their mean (vlroute.data.repeats)
             rates=self.label == "rates",
+            unloaded=frozenset(MATRIX_FIELDS) - set(fields),
             **arrays,
         )
 
@@ -164,19 +164,23 @@ class Bench:
 
 
 def _mapped(shape: tuple[int, int]) -> np.ndarray:
-    """A float32 array of NaN on a temporary file, unlinked at once where the system allows
-    (the mapping keeps it until the array is freed); see :func:`release`."""
+    """A float32 array of NaN on an anonymous temporary file (under ``TMPDIR``; gone when the
+    array is freed), its space reserved up front so that a full disk is an error here, not a
+    crash on first write; see :func:`~vlroute.data.matrices.release`."""
     size = shape[0] * shape[1] * 4
     if not size:
         return np.zeros(shape, dtype=np.float32)
-    handle, path = tempfile.mkstemp(prefix="vlroute-matrix-", suffix=".f32")
-    try:
-        os.ftruncate(handle, size)
-        buffer = mmap.mmap(handle, size)
-    finally:
-        os.close(handle)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    with tempfile.TemporaryFile(prefix="vlroute-matrix-") as handle:
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, size)
+            else:
+                handle.truncate(size)
+            buffer = Mapping(handle.fileno(), size)
+        except OSError as exc:
+            raise BenchError(f"cannot map a {size / 2**20:,.0f} MB matrix in "
+                             f"{tempfile.gettempdir()} ({exc.strerror or exc}); give TMPDIR "
+                             "a disk with room, or evaluate fewer models.") from exc
     arr = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
     arr[:] = np.nan
     return arr

@@ -191,8 +191,10 @@ def _build_into(tables: SourceTables, out: Path, catalog: Catalog, split: SplitS
                 sample_idx, model_idx = check.codes(chunk, records.rows)
                 records.write(chunk, sample_idx, model_idx,
                               _pair_economics(estimator, chunk, sample_idx, model_idx))
-        estimated = {q: round(records.estimated[q] / max(records.rows, 1), 6)
-                     for q in QUANTITIES}
+        if not records.rows:
+            raise DataError(f"{tables.name}: no outcomes; a bench needs at least one "
+                            "(sample, model) result.")
+        estimated = {q: round(records.estimated[q] / records.rows, 6) for q in QUANTITIES}
         note("writing")
         frames = {"samples": samples, "images": images, "models": models}
         _write(staging, tables, catalog, split, frames, records.rows, estimated)

@@ -19,26 +19,37 @@ MATRIX_FIELDS = ("quality", "cost", "latency", "energy", "tokens_in", "tokens_ou
 ROW_FIELDS = ("sample_ids", "groups", "datasets", "tasks", "splits")
 
 
-def _mapping(arr: np.ndarray) -> mmap.mmap | None:
+class Mapping(mmap.mmap):
+    """The memory map under an out-of-core matrix (made by
+    :meth:`vlroute.data.bench.Bench.matrices`); :func:`release` touches no other map."""
+
+
+def _mapping(arr: np.ndarray) -> Mapping | None:
     base: Any = arr
     while base is not None and not isinstance(base, mmap.mmap):
         base = base.base if isinstance(base, np.ndarray) else getattr(base, "obj", None)
-    return base
+    return base if isinstance(base, Mapping) else None
 
 
 def is_mapped(arr: np.ndarray) -> bool:
-    """Whether ``arr`` lives on a memory-mapped file (an out-of-core matrix)."""
+    """Whether ``arr`` lives on an out-of-core matrix's memory map."""
     return _mapping(arr) is not None
 
 
 def release(arr: np.ndarray) -> None:
-    """Drop the pages of a memory-mapped matrix (out of core, see
-    :meth:`vlroute.data.bench.Bench.matrices`) from this process's resident memory: they stay
-    in the file and the page cache and come back when read. Called after each full pass
-    over one; nothing happens to an array in memory."""
+    """Drop the pages of an out-of-core matrix (see :meth:`vlroute.data.bench.Bench.matrices`)
+    from this process's resident memory: they stay in its file and the page cache and come
+    back when read. Called after each full pass over one; any other array (one in memory, a
+    map the caller made) is left alone."""
     buffer = _mapping(arr)
     if buffer is not None and hasattr(mmap, "MADV_DONTNEED"):
         buffer.madvise(mmap.MADV_DONTNEED)
+
+
+def unloaded(shape: tuple[int, int], dtype: Any = np.float64) -> np.ndarray:
+    """An all-NaN read-only view that takes no memory: a matrix field that was not loaded
+    (see :attr:`RoutingMatrices.unloaded`)."""
+    return np.broadcast_to(np.asarray(np.nan, dtype=dtype), shape)
 
 
 #: rows per block of :func:`column_means`; a matrix of at most this many rows is averaged at once
@@ -51,8 +62,6 @@ def column_means(arr: np.ndarray, rows: npt.NDArray[np.bool_] | None = None) -> 
     rows at a time past :data:`MEAN_BLOCK` rows so that a memory-mapped 2M x 50 matrix
     needs no full-size temporaries (sums in float64)."""
     n, m = arr.shape
-    if 0 in arr.strides:                           # a field that was not loaded
-        return np.full(m, np.nan)
     if n <= MEAN_BLOCK:
         part = arr if rows is None else arr[rows]
         with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -64,9 +73,9 @@ def column_means(arr: np.ndarray, rows: npt.NDArray[np.bool_] | None = None) -> 
         block = np.asarray(arr[start:start + MEAN_BLOCK], dtype=np.float64)
         if rows is not None:
             block = block[rows[start:start + MEAN_BLOCK]]
-        finite = np.isfinite(block)
-        sums += np.where(finite, block, 0.0).sum(axis=0)
-        counts += finite.sum(axis=0)
+        present = ~np.isnan(block)
+        sums += np.where(present, block, 0.0).sum(axis=0)
+        counts += present.sum(axis=0)
     release(arr)
     with np.errstate(all="ignore"):
         out: FloatArray = np.where(counts > 0, sums / counts, np.nan)
@@ -74,13 +83,12 @@ def column_means(arr: np.ndarray, rows: npt.NDArray[np.bool_] | None = None) -> 
 
 
 def _take(arr: np.ndarray, rows: IntArray | npt.NDArray[np.bool_] | slice,
-          cols: IntArray | None) -> np.ndarray:
-    """``arr[rows]`` or ``arr[rows, cols]``; a field that was not loaded (a view with no
-    memory behind it) stays one."""
-    if arr.ndim == 2 and 0 in arr.strides:
+          cols: IntArray | None, empty: bool = False) -> np.ndarray:
+    """``arr[rows]`` or ``arr[rows, cols]``; an ``empty`` (unloaded) field stays a view."""
+    if empty:
         shape = np.empty(arr.shape[:1], dtype=bool)[rows].shape + \
             ((arr.shape[1],) if cols is None else (len(cols),))
-        return np.broadcast_to(np.asarray(np.nan, dtype=arr.dtype), shape)
+        return unloaded(shape, arr.dtype)
     return arr[rows] if cols is None else arr[rows, cols]
 
 
@@ -113,6 +121,9 @@ class RoutingMatrices:
     #: ``quality`` holds rates of binary outcomes (e.g. group means of 0/1 labels), not
     #: graded scores: P(solved) is the quality itself
     rates: bool = False
+    #: matrix fields that were not loaded: all-NaN views of no memory (:func:`unloaded`),
+    #: kept so through subsets and pickling
+    unloaded: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         n, m = len(self.sample_ids), len(self.models)
@@ -131,6 +142,19 @@ class RoutingMatrices:
         if len(set(self.models)) != m:
             raise MatrixShapeError("model ids must be unique")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # an unloaded field travels as its dtype, not as n x m NaNs (Ray pickles matrices)
+        state = dict(self.__dict__)
+        for name in self.unloaded:
+            state[name] = getattr(self, name).dtype
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        shape = (len(state["sample_ids"]), len(state["models"]))
+        for name in state.get("unloaded", ()):
+            state[name] = unloaded(shape, state[name])
+        self.__dict__.update(state)
+
     @property
     def n_samples(self) -> int:
         """Number of rows."""
@@ -145,7 +169,7 @@ class RoutingMatrices:
         """The matrices restricted to ``rows`` (indices or a boolean mask)."""
         changes: dict[str, Any] = {}
         for name in (*MATRIX_FIELDS, *ROW_FIELDS):
-            changes[name] = _take(getattr(self, name), rows, None)
+            changes[name] = _take(getattr(self, name), rows, None, name in self.unloaded)
             release(getattr(self, name))           # one mapped matrix resident at a time
         return replace(self, **changes)
 
@@ -188,7 +212,8 @@ class RoutingMatrices:
         cols = np.array([self.model_index(m) for m in models], dtype=np.int64)
         changes: dict[str, Any] = {}
         for name in MATRIX_FIELDS:
-            changes[name] = _take(getattr(self, name), slice(None), cols)
+            changes[name] = _take(getattr(self, name), slice(None), cols,
+                                  name in self.unloaded)
             release(getattr(self, name))
         return replace(self, models=tuple(models), tiers=tuple(self.tiers[c] for c in cols),
                        **changes)

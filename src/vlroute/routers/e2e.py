@@ -42,7 +42,7 @@ import numpy as np
 from vlroute._typing import FloatArray, IntArray
 from vlroute.data.matrices import RoutingMatrices
 from vlroute.errors import NotFittedError
-from vlroute.objectives import pareto_frontier, rank_score
+from vlroute.objectives import pareto_frontier, rank_score, solved
 from vlroute.routers._fusion import (
     COST_DIMS,
     FusionConfig,
@@ -471,8 +471,7 @@ class _E2EQuality(_E2E, QualityRouter):
             return self.predict_quality(X, tasks)
         self._check_features(X, len(X))
         if mes not in self._by_mes:
-            labels = np.where(np.isnan(self._quality_train), np.nan,
-                              (10.0 * self._quality_train >= mes - 1e-9).astype(float))
+            labels = solved(self._quality_train, mes)
             self._by_mes[mes] = self._fit_estimator(self._X_train, labels)
         state = self._by_mes[mes]
         return _sigmoid(self._embed(X) @ state["coef"].T + state["intercept"])

@@ -20,7 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlroute._io import sha256_file
-from vlroute.data.readers.tabular import REQUIRED, _first_rows, _models, _samples, _scores
+from vlroute.data.readers.tabular import (
+    REQUIRED,
+    _column,
+    _first_rows,
+    _models,
+    _samples,
+    _scores,
+)
 from vlroute.data.tables import CHUNK_ROWS, MEASURED_COLUMNS, OutcomeStream, SourceTables
 from vlroute.errors import ReaderError
 
@@ -78,12 +85,15 @@ class _FirstSeen:
         new = np.array([v not in self.index for v in distinct], dtype=bool)
         groups = None
         if "group" in self.fields:
-            groups = self._batch_groups(table, codes, at, first)
+            groups, inside = self._batch_groups(table, codes, at, first)
             old = np.flatnonzero(~new)
             known = [self.groups[self.index[distinct[k]]] for k in old]
-            bad = [k for k, g in zip(old, known, strict=True) if groups[k] != g]
-            if bad:
-                self._refuse(distinct[bad[0]], first + int(at[bad[0]]))
+            bad = [int(at[k]) for k, g in zip(old, known, strict=True) if groups[k] != g]
+            if inside is not None:
+                bad.append(inside)
+            if bad:                                 # the earliest row that disagrees
+                row = min(bad)
+                self._refuse(distinct[codes[row]], first + row)
         if new.any():
             for k in np.flatnonzero(new):
                 self.index[distinct[k]] = len(self.index)
@@ -93,17 +103,14 @@ class _FirstSeen:
             self.rows.append(at[new] + first)
 
     def _batch_groups(self, table: pa.Table, codes: np.ndarray, at: np.ndarray, first: int
-                      ) -> list[str]:
-        """The group of each distinct value's first row, every row checked against it."""
+                      ) -> tuple[list[str], int | None]:
+        """The group of each distinct value's first row in the batch, and the first row
+        (in the batch) whose group is not its value's first row's, if any."""
         groups = pc.dictionary_encode(_ids(self.src, table, "group", first))
         group_codes = groups.indices.to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(group_codes != group_codes[at[codes]])
-        if len(bad):
-            k = int(bad[0])
-            value = table[self.key][k].as_py()
-            self._refuse(str(value), first + k)
         names = groups.dictionary.to_pylist()
-        return [names[c] for c in group_codes[at]]
+        return [names[c] for c in group_codes[at]], int(bad[0]) if len(bad) else None
 
     def _refuse(self, value: str, row: int) -> None:
         raise ReaderError(self.src, f"row {row}", f"sample {value!r} has several groups; a "
@@ -118,9 +125,12 @@ class _FirstSeen:
 
 
 def _has_values(meta: pq.FileMetaData, name: str) -> bool:
-    """Whether column ``name`` holds a value somewhere (from the row groups' statistics;
-    without statistics, assumed to)."""
-    at = meta.schema.names.index(name)
+    """Whether top-level column ``name`` holds a value somewhere (from the row groups'
+    statistics; a nested column, or one without statistics, is assumed to)."""
+    paths = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    if name not in paths:
+        return True
+    at = paths.index(name)
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(at).statistics
         if stats is None or not stats.has_null_count \
@@ -132,8 +142,11 @@ def _has_values(meta: pq.FileMetaData, name: str) -> bool:
 def read_parquet(src: Path, staging: Path, *, rows: int = CHUNK_ROWS) -> SourceTables:
     """Read a long-format Parquet file, ``rows`` rows at a time."""
     src = Path(src)
-    meta = _open(src).metadata
-    names = meta.schema.names
+    handle = _open(src)
+    meta, names = handle.metadata, handle.schema_arrow.names     # top-level columns
+    if not meta.num_rows:
+        raise ReaderError(src, None, "no rows; a long-format table needs one row per "
+                                     "(sample, model)")
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise ReaderError(src, None, f"missing column(s) {', '.join(missing)}; a long-format "
@@ -170,13 +183,12 @@ def _outcomes(src: Path, rows: int, columns: list[str], sample_ids: np.ndarray,
             "score": _scores(src, table, first)})
         for c in ("response", "prediction"):
             if c in columns:
-                chunk[c] = pd.Series(table[c].to_numpy(zero_copy_only=False), dtype=object)
+                chunk[c] = pd.Series(_column(table, c), dtype=object)
         if "raw_score" in columns:
             chunk["raw_score"] = [json.dumps(v) for v in table["raw_score"].to_pylist()]
         for c in MEASURED_COLUMNS:
             if c in columns:
-                chunk[c] = pd.to_numeric(pd.Series(table[c].to_numpy(zero_copy_only=False)),
-                                         errors="coerce")
+                chunk[c] = pd.to_numeric(pd.Series(_column(table, c)), errors="coerce")
         yield chunk
 
 

@@ -84,6 +84,8 @@ def _first_rows(codes: np.ndarray, n_values: int) -> np.ndarray:
 
 def _column(table: pa.Table, name: str, rows: np.ndarray | None = None) -> np.ndarray:
     column = table[name] if rows is None else table[name].take(pa.array(rows))
+    if pa.types.is_dictionary(column.type):   # to_numpy of a dictionary can misplace nulls
+        column = pc.cast(column, column.type.value_type)
     return np.asarray(column.to_numpy(zero_copy_only=False))
 
 
@@ -102,10 +104,10 @@ def _scores(src: Path, table: pa.Table, first_row: int) -> np.ndarray:
 
 
 def _images(value: Any, src: Path, where: str) -> list[str]:
+    if isinstance(value, list | tuple | np.ndarray):      # a list column
+        return [relative_image_path(str(v), path=src, where=where) for v in value]
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return []
-    if isinstance(value, list | tuple | np.ndarray):
-        return [relative_image_path(str(v), path=src, where=where) for v in value]
     try:
         parsed = json.loads(value)
     except (TypeError, json.JSONDecodeError):
