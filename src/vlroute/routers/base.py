@@ -46,8 +46,10 @@ class BaseRouter(ABC):
         self.bounds_ = bounds
         # a column without values (a model never run, a matrix not loaded) has mean NaN
         self.mean_quality_ = column_means(train.quality)
-        self.mean_cost_ = {dim: column_means(train.matrix(dim))
-                           for dim in ("usd", "latency", "energy")}
+        self.mean_cost_ = {dim: np.full(train.n_models, np.nan)
+                           if field in train.unloaded else column_means(train.matrix(dim))
+                           for dim, field in (("usd", "cost"), ("latency", "latency"),
+                                              ("energy", "energy"))}
         self._check_features(X, train.n_samples)
         self._fit(train, X)
         return self
