@@ -292,3 +292,56 @@ def test_cutting_the_padding_changes_no_output() -> None:
     with torch.no_grad():
         np.testing.assert_allclose(net.embed(*cut).numpy(), net.embed(*full).numpy(),
                                    atol=1e-5)
+
+
+def _tiny_towers(root: Path) -> dict[str, Path]:
+    """A ViT (tokens) and a ResNet (a feature map) built from configs, saved as a user's
+    local checkpoints are: what ``--image hf:<path>`` loads, without the hub."""
+    import transformers
+
+    towers = {"vit": root / "vit", "resnet": root / "resnet"}
+    transformers.ViTModel(transformers.ViTConfig(
+        image_size=32, patch_size=16, hidden_size=24, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32)).save_pretrained(towers["vit"])
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(
+        towers["vit"])
+    transformers.ResNetModel(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1])).save_pretrained(
+        towers["resnet"])
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 64},
+                                        crop_pct=1.0).save_pretrained(towers["resnet"])
+    return towers
+
+
+def test_hub_image_towers_load_by_path_and_feed_the_token_routers(tmp_path: Path) -> None:
+    from vlroute.data import load_bench
+    from vlroute.errors import UnknownComponentError
+    from vlroute.features.base import Item
+    from vlroute.features.tokens import TokenEncoder, load_tokens
+
+    pytest.importorskip("transformers")
+    towers = _tiny_towers(tmp_path / "towers")
+    toy = make_set(tmp_path / "toy", n_groups=6, per_group=2)
+    run_cli("bench", "build", toy, "--out", tmp_path / "b")
+    out = run_cli("features", tmp_path / "b", "--tokens", "--text", "hashing-text",
+                  "--image", f"hf:{towers['vit']}")
+    assert "5 image x 24" in out                       # 2 x 2 patches and the CLS token
+    bench = load_bench(tmp_path / "b")
+    tokens, spec = load_tokens(bench)
+    assert spec["image"] == f"hf:{towers['vit']}:last_hidden_state"
+    batch = tokens.batch()
+    assert batch.image_mask.all() and np.abs(batch.image).sum(axis=(1, 2)).min() > 0
+    encoder = TokenEncoder("hashing-text", f"hf:{towers['vit']}")
+    item = Item("q", tuple(bench.root / p for p in bench.images["path"][
+        bench.images["sample_idx"] == 2]))
+    assert np.allclose(encoder.encode_batch([item]).batch().image[0], batch.image[2],
+                       atol=1e-2)
+    resnet = TokenEncoder("hashing-text", f"hf:{towers['resnet']}")
+    assert (resnet.image_len, resnet.image_dim) == (64, 12)     # an 8 x 8 map of 12
+    assert resnet.encode_batch([item]).image.shape == (1, 64, 12)
+    with pytest.raises(UnknownComponentError, match="cannot load the image tower"):
+        _ = TokenEncoder("hashing-text", f"hf:{tmp_path / 'nothing'}").image_len
+    out = run_cli("eval", tmp_path / "b", "--routers", "vlc", *_tiny_params(("vlc",)),
+                  "--scenario", "cost_weight@dev", "--results", tmp_path / "r.json")
+    assert any(r["router"] == "vlc" for r in json.loads((tmp_path / "r.json").read_text())
+               ["rows"])

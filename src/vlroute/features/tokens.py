@@ -37,7 +37,7 @@ INDEX_KEY = "tokens"
 #: text tokens kept per request (VL-RouterBench's max_len)
 MAX_TEXT_TOKENS = 128
 TEXT_NAMES = ("minilm", "st:<name or path>", "hashing-text")
-IMAGE_NAMES = ("efficientnet-lite0", "hashing-image")
+IMAGE_NAMES = ("efficientnet-lite0", "hf:<name or path>", "hashing-image")
 
 
 class TokenEncoder:
@@ -50,7 +50,11 @@ class TokenEncoder:
         path>"`` (any sentence-transformers model: its first module's hidden states; a hub
         name needs hub access), or ``"hashing-text"`` (deterministic, for tests).
     image : str
-        ``"efficientnet-lite0"`` (49 tokens of 1280) or ``"hashing-image"`` (for tests).
+        ``"efficientnet-lite0"`` (49 tokens of 1280), ``"hf:<name or path>"`` (a transformers
+        vision model with its image processor, e.g. ``hf:google/vit-base-patch16-224``: its
+        last hidden states as tokens, a (C, H, W) map read as H x W tokens; the vision tower
+        of a two-tower model such as CLIP or SigLIP; a hub name needs hub access) or
+        ``"hashing-image"`` (for tests).
     max_text_tokens : int
         Text tokens kept (truncation and padding length).
     """
@@ -60,7 +64,7 @@ class TokenEncoder:
         if not (text in ("minilm", "hashing-text") or text.startswith("st:")):
             raise UnknownComponentError(f"Unknown token text encoder {text!r}. Available: "
                                         f"{', '.join(TEXT_NAMES)}.")
-        if image not in IMAGE_NAMES:
+        if not (image in IMAGE_NAMES or image.startswith("hf:")):
             raise UnknownComponentError(f"Unknown token image encoder {image!r}. Available: "
                                         f"{', '.join(IMAGE_NAMES)}.")
         if max_text_tokens < 1:
@@ -70,6 +74,8 @@ class TokenEncoder:
         self.max_text_tokens = max_text_tokens
         self.batch_size = batch_size
         self._st: Any = None
+        self._hf: tuple[Any, Any] | None = None
+        self._hf_shape: tuple[int, int] | None = None
         self._image_encoder = EfficientNetLite0Encoder() if image == "efficientnet-lite0" \
             else None
 
@@ -84,6 +90,8 @@ class TokenEncoder:
     @property
     def image_id(self) -> str:
         """Image tower id (its feature map)."""
+        if self.image.startswith("hf:"):
+            return f"{self.image}:last_hidden_state"
         return ("efficientnet-lite0@57934424:map7x7" if self.image == "efficientnet-lite0"
                 else "hashing-image-tokens-4x24")
 
@@ -105,11 +113,15 @@ class TokenEncoder:
     @property
     def image_len(self) -> int:
         """Image tokens per item."""
+        if self.image.startswith("hf:"):
+            return self._hf_tokens_shape()[0]
         return 49 if self.image == "efficientnet-lite0" else 4
 
     @property
     def image_dim(self) -> int:
         """Width of an image token."""
+        if self.image.startswith("hf:"):
+            return self._hf_tokens_shape()[1]
         return 1280 if self.image == "efficientnet-lite0" else 24
 
     # -- towers ---------------------------------------------------------------------------
@@ -125,6 +137,47 @@ class TokenEncoder:
 
                 self._st = SentenceTransformer(self.text.removeprefix("st:"), device="cpu")
         return self._st
+
+    def _load_hf(self) -> tuple[Any, Any]:
+        """A transformers vision model (the vision tower of a two-tower one) and its image
+        processor, loaded by hub name or local path."""
+        if self._hf is None:
+            require("torch", extra="encoders")
+            transformers = require("transformers", extra="encoders")
+            quiet_transformers()
+            name = self.image.removeprefix("hf:")
+            try:
+                model = transformers.AutoModel.from_pretrained(name)
+                processor = transformers.AutoImageProcessor.from_pretrained(name)
+            except (OSError, ValueError) as exc:
+                raise UnknownComponentError(
+                    f"cannot load the image tower {name!r} ({exc}); give a local folder "
+                    "with a transformers vision model and its preprocessor config, or a hub "
+                    "name where the hub is reachable.") from exc
+            self._hf = (getattr(model, "vision_model", model).eval(), processor)
+        return self._hf
+
+    def _hf_maps(self, images: list[Image.Image]) -> np.ndarray:
+        """(len(images), tokens, width) last hidden states of the hf tower."""
+        import torch
+
+        model, processor = self._load_hf()
+        out = []
+        for start in range(0, len(images), FORWARD_CHUNK):
+            pixels = processor(images=images[start:start + FORWARD_CHUNK],
+                               return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                states = model(pixel_values=pixels).last_hidden_state
+            if states.dim() == 4:                     # a (C, H, W) map: H x W tokens of C
+                states = states.flatten(2).transpose(1, 2)
+            out.append(states.float().numpy())
+        return np.concatenate(out)
+
+    def _hf_tokens_shape(self) -> tuple[int, int]:
+        if self._hf_shape is None:
+            probe = self._hf_maps([Image.new("RGB", (224, 224))])
+            self._hf_shape = (int(probe.shape[1]), int(probe.shape[2]))
+        return self._hf_shape
 
     def _text_tokens(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         n, L = len(texts), self.max_text_tokens
@@ -163,6 +216,9 @@ class TokenEncoder:
                     out[i] = np.random.default_rng(seed).normal(size=(L, D))
                     mask[i] = True
             return out, mask
+        if self.image.startswith("hf:"):
+            per_image = self._hf_maps([_rgb(p) for item in items for p in item.images])
+            return _average(items, per_image, out, mask)
         import torch
 
         net = self._image_encoder._load()
@@ -173,14 +229,7 @@ class TokenEncoder:
             maps = torch.cat([net.extract_features(batch[i:i + FORWARD_CHUNK])
                               for i in range(0, len(batch), FORWARD_CHUNK)])  # (m, 1280, 7, 7)
         per_image = maps.flatten(2).transpose(1, 2).float().numpy()           # (m, 49, 1280)
-        row = 0
-        for i, item in enumerate(items):
-            k = len(item.images)
-            if k:
-                out[i] = per_image[row:row + k].mean(axis=0)
-                mask[i] = True
-            row += k
-        return out, mask
+        return _average(items, per_image, out, mask)
 
     def encode_batch(self, items: Sequence[Item]) -> Tokens:
         """Tokens of ``items`` (float32 values rounded through float16, as the bench cache
@@ -189,6 +238,20 @@ class TokenEncoder:
         image, image_mask = self._image_tokens(items)
         return Tokens(text.astype(np.float16).astype(np.float32), text_mask,
                       image.astype(np.float16).astype(np.float32), image_mask)
+
+
+def _average(items: Sequence[Item], per_image: np.ndarray, out: np.ndarray, mask: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's image tokens: its images' averaged token by token (``per_image`` holds
+    every image of ``items`` in order)."""
+    row = 0
+    for i, item in enumerate(items):
+        k = len(item.images)
+        if k:
+            out[i] = per_image[row:row + k].mean(axis=0)
+            mask[i] = True
+        row += k
+    return out, mask
 
 
 def make_token_encoder(text: str | None, image: str | None) -> TokenEncoder:
