@@ -13,6 +13,7 @@ from vlroute.cli._ui import console, fmt, steps, table
 from vlroute.costs import Catalog
 from vlroute.data import READERS, SplitSpec, build_bench, load_bench
 from vlroute.data.bench import Bench
+from vlroute.data.matrices import column_means
 from vlroute.data.validate import validate_bench
 from vlroute.metrics import oracle_decisions
 
@@ -111,9 +112,8 @@ def describe_rows(b: Bench, all_models: bool) -> tuple[list[list[str]], dict[str
     """Per-model table rows and the oracle / best-single summary."""
     m = b.matrices(all_models=all_models)
     info = b.models.set_index("model")
-    with np.errstate(all="ignore"):
-        q, c = np.nanmean(m.quality, 0), np.nanmean(m.cost, 0) * 1e4
-        tin, tout = np.nanmean(m.tokens_in, 0), np.nanmean(m.tokens_out, 0)
+    q, c = column_means(m.quality), column_means(m.cost) * 1e4
+    tin, tout = column_means(m.tokens_in), column_means(m.tokens_out)
     rows = [[name, str(info.at[name, "tier"]), fmt(float(q[k])), fmt(float(c[k])),
              fmt(float(tin[k]), 0), fmt(float(tout[k]), 0), str(info.at[name, "price_status"])]
             for k, name in enumerate(m.models)]
@@ -127,31 +127,54 @@ def describe_rows(b: Bench, all_models: bool) -> tuple[list[list[str]], dict[str
     return rows, summary
 
 
-def _source(flags: np.ndarray) -> str:
-    if not len(flags) or flags.all():
+def _source(estimated: int, pairs: int) -> str:
+    if not pairs or estimated == pairs:
         return "estimated"
-    return "measured" if not flags.any() else f"measured {100 * (1 - flags.mean()):.0f}%"
+    return "measured" if not estimated else f"measured {100 * (1 - estimated / pairs):.0f}%"
 
 
 def economics_rows(b: Bench, models: list[str]) -> list[dict[str, object]]:
     """Per model: latency percentiles, time to first token, energy per request, and whether
-    each is measured (collect, records) or estimated (the catalog)."""
-    records = b.records
+    each is measured (collect, records) or estimated (the catalog). The records are read a
+    row group at a time (the latencies are held: 8 bytes a record)."""
+    names = [str(name) for name in b.models["model"]]
+    wanted = {names.index(name) for name in models}
+    quantities = ("latency_s", "energy_j", "cost_usd")
+    ttft = "ttft_s" in b.record_columns()
+    columns = [*quantities, *(f"{q}_estimated" for q in quantities),
+               *(["ttft_s"] if ttft else [])]
+    latency: dict[int, list[np.ndarray]] = {k: [] for k in wanted}
+    ttfts: dict[int, list[np.ndarray]] = {k: [] for k in wanted}
+    sums = {k: np.zeros(3) for k in wanted}       # energy sum, count, pairs
+    estimated = {k: np.zeros(3) for k in wanted}  # estimated latency, energy, cost
+    for part in b.record_parts(columns):
+        model_idx = part["model_idx"]
+        for k in wanted:
+            rows = model_idx == k
+            if not rows.any():
+                continue
+            latency[k].append(np.asarray(part["latency_s"][rows], dtype=float))
+            if ttft:
+                values = np.asarray(part["ttft_s"][rows], dtype=float)
+                ttfts[k].append(values[np.isfinite(values)])
+            energy = np.asarray(part["energy_j"][rows], dtype=float)
+            sums[k] += (np.nansum(energy), np.count_nonzero(~np.isnan(energy)), rows.sum())
+            estimated[k] += [np.count_nonzero(part[f"{q}_estimated"][rows])
+                             for q in quantities]
     out: list[dict[str, object]] = []
     for name in models:
-        mine = records[records["model"].astype(str) == name]
-        latency = mine["latency_s"].to_numpy(dtype=float)
-        ttft = mine["ttft_s"].to_numpy(dtype=float) if "ttft_s" in mine else np.array([])
-        ttft = ttft[np.isfinite(ttft)]
-        p50, p90, p99 = (np.percentile(latency, [50, 90, 99]) if len(latency)
+        k = names.index(name)
+        lat = np.concatenate(latency[k]) if latency[k] else np.zeros(0)
+        tt = np.concatenate(ttfts[k]) if ttfts[k] else np.zeros(0)
+        p50, p90, p99 = (np.percentile(lat, [50, 90, 99]) if len(lat)
                          else (np.nan, np.nan, np.nan))
+        energy_sum, energy_n, pairs = sums[k]
         out.append({"model": name, "latency_p50": float(p50), "latency_p90": float(p90),
                     "latency_p99": float(p99),
-                    "ttft_p50": float(np.median(ttft)) if len(ttft) else None,
-                    "energy_mean": float(mine["energy_j"].mean()) if len(mine) else None,
-                    **{f"{q}_source": _source(mine[f"{c}_estimated"].to_numpy(dtype=bool))
-                       for q, c in (("latency", "latency_s"), ("energy", "energy_j"),
-                                    ("cost", "cost_usd"))}})
+                    "ttft_p50": float(np.median(tt)) if len(tt) else None,
+                    "energy_mean": float(energy_sum / energy_n) if energy_n else None,
+                    **{f"{q}_source": _source(int(estimated[k][j]), int(pairs))
+                       for j, q in enumerate(("latency", "energy", "cost"))}})
     return out
 
 

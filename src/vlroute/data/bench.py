@@ -125,7 +125,7 @@ class Bench:
                   for name in MATRIX_FIELDS}
         model_pos = {name: k for k, name in enumerate(chosen)}
         col_of = np.array([model_pos.get(name, -1) for name in known])
-        for part in self._record_parts([RECORD_COLUMNS[f] for f in fields]):
+        for part in self.record_parts([RECORD_COLUMNS[f] for f in fields]):
             cols = col_of[np.asarray(part["model_idx"])]
             keep = cols >= 0
             rows = np.asarray(part["sample_idx"]).astype(np.int64)[keep]
@@ -151,10 +151,16 @@ class Bench:
             **arrays,
         )
 
-    def _record_parts(self, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
-        """``sample_idx``, ``model_idx`` and ``columns`` of the records: the table read
-        already, or a row group at a time from disk."""
-        names = ["sample_idx", "model_idx", *columns]
+    def record_columns(self) -> list[str]:
+        """The columns of records.parquet (read from its footer when not loaded)."""
+        if self._records is not None:
+            return list(self._records.columns)
+        return list(pq.read_schema(self.root / "records.parquet").names)
+
+    def record_parts(self, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """``sample_idx``, ``model_idx`` and ``columns`` of the records, as arrays: the table
+        read already, or a row group at a time from disk (a large bench is never whole)."""
+        names = list(dict.fromkeys(["sample_idx", "model_idx", *columns]))
         if self._records is not None:
             yield {c: self._records[c].to_numpy() for c in names}
             return

@@ -39,36 +39,51 @@ class Report:
                 "stats": self.stats}
 
 
-def _columns(report: Report, frame: pd.DataFrame, required: tuple[str, ...], table: str) -> bool:
-    missing = [c for c in required if c not in frame.columns]
+def _columns(report: Report, columns: list[str], required: tuple[str, ...], table: str
+             ) -> bool:
+    missing = [c for c in required if c not in columns]
     if missing:
         report.errors.append(f"{table}: missing column(s) {', '.join(missing)}")
     return not missing
 
 
 def _check_records(report: Report, bench: Bench) -> None:
-    rec, n, m = bench.records, len(bench.samples), len(bench.models)
-    s_idx = rec["sample_idx"].to_numpy(dtype=np.int64)
-    m_idx = rec["model_idx"].to_numpy(dtype=np.int64)
-    bad = (s_idx < 0) | (s_idx >= n) | (m_idx < 0) | (m_idx >= m)
-    if bad.any():
-        report.errors.append(f"records: {int(bad.sum())} row(s) refer to unknown samples or "
-                             f"models (first at row {int(np.flatnonzero(bad)[0])})")
-        return
-    pair = s_idx * m + m_idx
-    dup = int(len(pair) - len(np.unique(pair)))
+    """Ids in range, no repeated pair (a bit per pair), scores in [0, 1]; read a row group
+    at a time, so a bench of any size is checked in bounded memory."""
+    n, m = len(bench.samples), len(bench.models)
+    seen = np.zeros(n * m, dtype=bool)
+    counts = np.zeros(m, dtype=np.int64)
+    dup = out_of_range = 0
+    first_out: int | None = None
+    row = 0
+    for part in bench.record_parts(["score"]):
+        s_idx = part["sample_idx"].astype(np.int64)
+        m_idx = part["model_idx"].astype(np.int64)
+        bad = (s_idx < 0) | (s_idx >= n) | (m_idx < 0) | (m_idx >= m)
+        if bad.any():
+            report.errors.append(f"records: {int(bad.sum())} row(s) refer to unknown samples or "
+                                 f"models (first at row {row + int(np.flatnonzero(bad)[0])})")
+            return
+        pair = s_idx * m + m_idx
+        unique = np.unique(pair)
+        dup += len(pair) - len(unique) + int(seen[unique].sum())
+        seen[unique] = True
+        score = np.asarray(part["score"], dtype=float)
+        out = ~((score >= 0) & (score <= 1))
+        out_of_range += int(out.sum())
+        if first_out is None and out.any():
+            first_out = row + int(np.flatnonzero(out)[0])
+        counts += np.bincount(m_idx, minlength=m)
+        row += len(pair)
     if dup:
         report.errors.append(f"records: {dup} duplicate (sample, model) pair(s)")
-    score = rec["score"].to_numpy(dtype=float)
-    out = ~((score >= 0) & (score <= 1))
-    if out.any():
-        report.errors.append(f"records: {int(out.sum())} score(s) outside [0, 1] or missing "
-                             f"(first at row {int(np.flatnonzero(out)[0])})")
-    counts = np.bincount(m_idx, minlength=m)
+    if out_of_range:
+        report.errors.append(f"records: {out_of_range} score(s) outside [0, 1] or missing "
+                             f"(first at row {first_out})")
     coverage = {str(name): round(float(c) / max(n, 1), 6)
                 for name, c in zip(bench.models["model"], counts, strict=True)}
     report.stats["model_coverage"] = coverage
-    missing = n * m - (len(pair) - dup)
+    missing = n * m - (row - dup)
     report.stats["missing_pairs"] = int(missing)
     if missing:
         low = sorted(coverage, key=coverage.__getitem__)[:3]
@@ -128,8 +143,8 @@ def validate_bench(bench: Bench, *, decode_images: bool = False) -> Report:
     report = Report()
     report.stats["samples"] = len(bench.samples)
     report.stats["models"] = len(bench.models)
-    ok_s = _columns(report, bench.samples, _SAMPLE_REQUIRED, "samples")
-    ok_r = _columns(report, bench.records, _RECORD_REQUIRED, "records")
+    ok_s = _columns(report, list(bench.samples.columns), _SAMPLE_REQUIRED, "samples")
+    ok_r = _columns(report, bench.record_columns(), _RECORD_REQUIRED, "records")
     if ok_r:
         _check_records(report, bench)
     if ok_s:
