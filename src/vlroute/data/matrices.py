@@ -57,7 +57,7 @@ MEAN_BLOCK = 1 << 16
 
 
 def column_means(arr: np.ndarray, rows: npt.NDArray[np.bool_] | None = None) -> FloatArray:
-    """Mean of each column over its finite values (NaN where it has none, without a
+    """Mean of each column over its values that are not NaN (NaN where it has none, without a
     warning), over ``rows`` (a mask) when given: ``np.nanmean(arr[rows], axis=0)``, a block of
     rows at a time past :data:`MEAN_BLOCK` rows so that a memory-mapped 2M x 50 matrix
     needs no full-size temporaries (sums in float64)."""

@@ -63,14 +63,6 @@ class SourceTables:
     report: list[str] = field(default_factory=list)
     stream: OutcomeStream | None = None
 
-    @property
-    def n_outcomes(self) -> int:
-        """How many outcome rows there are."""
-        if self.stream is not None:
-            return self.stream.rows
-        assert self.outcomes is not None
-        return len(self.outcomes)
-
     def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
         """The outcomes a chunk at a time, in order: the stream's chunks, or slices of the
         frame of at most ``rows`` rows."""
