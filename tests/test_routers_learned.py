@@ -185,3 +185,30 @@ def test_impossible_targets_and_bad_specs_are_refused() -> None:
                   Scenario(cost_weight=0.0), BOUNDS)
     with pytest.raises(ScenarioError, match="Cannot parse target"):
         Target.parse("edge_share<=0.8")
+
+
+@pytest.mark.parametrize("family", ["knn", "blend"])
+def test_per_group_fits_one_row_per_group_and_round_trips(family: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from vlroute.routers.persistence import load_router, save_router
+    from vlroute.routers.quality import group_centroids
+
+    X, m = learnable()
+    groups = np.array([f"g{i // 4}" for i in range(m.n_samples)], dtype=object)
+    m = dataclasses.replace(m, groups=groups)
+    rows, centroids = group_centroids(m, X)
+    assert rows.n_samples == len(centroids) == m.n_samples // 4 and rows.rates
+    assert np.allclose(rows.quality[1], np.nanmean(m.quality[4:8], axis=0))
+    router = make_router(family, per="group").fit(m, bounds=BOUNDS, X=X)
+    assert router._X_train.shape == (m.n_samples // 4, X.shape[1])
+    save_router(router, tmp_path / "art", feature_spec={"dim": 6})
+    loaded = load_router(tmp_path / "art", feature_spec={"dim": 6})
+    scenario = Scenario(cost_weight=0.05)
+    assert (loaded.route(m, scenario, X) == router.route(m, scenario, X)).all()
+    # one request per group: the same router as per sample
+    single = dataclasses.replace(m, groups=np.array([f"s{i}" for i in range(m.n_samples)],
+                                                    dtype=object))
+    a = make_router(family, per="group").fit(single, bounds=BOUNDS, X=X)
+    b = make_router(family).fit(single, bounds=BOUNDS, X=X)
+    np.testing.assert_allclose(a.predict_quality(X), b.predict_quality(X), atol=1e-12)

@@ -2,7 +2,8 @@
 
 A bounded search: each family of :data:`SPACE` is fitted on the train split with per-sample
 labels and with group-mean labels (each training group's mean quality per model: DynaMath's
-10 variants of a question disagree often, and that noise is no feature's to predict), and its
+10 variants of a question disagree often, and that noise is no feature's to predict), or on
+one row per training group (``per="group"``: its centroid and mean quality), and its
 cost_weight and cost axis are tuned on dev by Rank Score; every single model is a candidate
 too ("always model X" wins when dev says routing does not pay). The router with the best dev
 Rank Score (ties go to the earlier, simpler candidate) has to *earn* its hop: it is
@@ -34,8 +35,10 @@ from vlroute.scenarios import TUNED, Scenario
 #: sets' sizes)
 SPACE: tuple[tuple[str, dict[str, Any]], ...] = (
     ("knn", {}),
+    ("knn", {"per": "group"}),
     ("prior", {}),
     ("blend", {"prior_weight": 0.5}),
+    ("blend", {"prior_weight": 0.5, "per": "group"}),
     ("mf", {}),
 )
 LABELS = ("sample", "group_mean")
@@ -95,8 +98,11 @@ def select_auto(  # noqa: PLR0913 - the splits and their features
     best: AutoChoice | None = None
     tried: list[dict[str, Any]] = []
     for name, params in space:
-        for labels in label_kinds[:1] if name in LABEL_FREE else label_kinds:
-            note(f"auto: {name} ({labels} labels)")
+        # a router fitted per group sees each group's mean either way
+        free = name in LABEL_FREE or params.get("per") == "group"
+        for labels in label_kinds[:1] if free else label_kinds:
+            per = " per group" if params.get("per") == "group" else ""
+            note(f"auto: {name}{per} ({labels} labels)")
             router = make_router(name, **params)
             assert isinstance(router, QualityRouter)
             router.fit(labelled(train, labels), bounds=bounds, X=X_train)

@@ -17,8 +17,8 @@ import numpy as np
 
 from vlroute._typing import FloatArray
 from vlroute.data.matrices import RoutingMatrices
-from vlroute.routers._params import Constraint, Interval, Name
-from vlroute.routers.quality import CANDIDATES, KNNRouter, QualityRouter
+from vlroute.routers._params import Constraint, Interval, Name, Options
+from vlroute.routers.quality import CANDIDATES, KNNRouter, QualityRouter, group_centroids
 
 #: task names with these prefixes were derived from how models did: never a routing signal
 OUTCOME_TASKS = ("difficulty",)
@@ -127,20 +127,25 @@ class BlendRouter(QualityRouter):
     prior_weight : float
         Weight of the task prior (1 - weight: kNN).
     n_neighbors, smoothing, C : the members' parameters.
+    per : {"sample", "group"}
+        Fit both members on the train requests, or on one row per train group (its
+        centroid and mean quality, as :class:`~vlroute.routers.quality.KNNRouter`'s ``per``).
     """
 
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         "prior_weight": Interval(float, 0, 1), "n_neighbors": Interval(int, 1),
         "smoothing": Interval(float, 0), "C": Interval(float, 0, open_low=True),
-        "candidates": CANDIDATES}
+        "candidates": CANDIDATES, "per": Options(("sample", "group"))}
 
     def __init__(self, *, prior_weight: float = 0.5, n_neighbors: int = 60,
-                 smoothing: float = 20.0, C: float = 0.05, candidates: str = "all") -> None:
+                 smoothing: float = 20.0, C: float = 0.05, candidates: str = "all",
+                 per: str = "sample") -> None:
         self.prior_weight = prior_weight
         self.n_neighbors = n_neighbors
         self.smoothing = smoothing
         self.C = C
         self.candidates = candidates
+        self.per = per
 
     def _members(self) -> tuple[KNNRouter, TaskPriorRouter]:
         return (KNNRouter(n_neighbors=self.n_neighbors, candidates="all"),
@@ -149,6 +154,9 @@ class BlendRouter(QualityRouter):
     hints: ClassVar[tuple[str, ...]] = ("task",)
 
     def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
+        if self.per == "group":
+            assert X is not None
+            train, X = group_centroids(train, X)
         self._codes, self._task_names = task_codes(train.tasks)
         super()._fit(train, X)
 

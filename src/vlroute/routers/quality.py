@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -150,16 +151,30 @@ class KNNRouter(QualityRouter):
         k.
     weighted : bool
         Weight neighbours by their (positive) similarity.
+    per : {"sample", "group"}
+        Neighbours among the train requests, or among the train split's groups (the groups
+        the split keeps together: DynaMath's 10 variants of one question), each the centroid
+        of its requests' unit features with their mean quality per model. Per sample, the k
+        nearest are mostly variants of a few questions; per group, k distinct questions
+        vote once each. With one request per group both are the same.
     """
 
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
-        "n_neighbors": Interval(int, 1), "weighted": Flag(), "candidates": CANDIDATES}
+        "n_neighbors": Interval(int, 1), "weighted": Flag(), "candidates": CANDIDATES,
+        "per": Options(("sample", "group"))}
 
     def __init__(self, *, n_neighbors: int = 60, weighted: bool = False,
-                 candidates: str = "pareto") -> None:
+                 candidates: str = "pareto", per: str = "sample") -> None:
         self.n_neighbors = n_neighbors
         self.weighted = weighted
         self.candidates = candidates
+        self.per = per
+
+    def _fit(self, train: RoutingMatrices, X: FloatArray | None) -> None:
+        assert X is not None
+        if self.per == "group":
+            train, X = group_centroids(train, X)
+        super()._fit(train, X)
 
     def _fit_estimator(self, X: FloatArray, quality: FloatArray) -> Any:
         return {"X": unit_rows(X), "y": quality}
@@ -187,6 +202,31 @@ class KNNRouter(QualityRouter):
             if self.weighted:
                 w = w * np.clip(sims, 1e-6, None)
             out[start:start + 1024] = (w @ labels) / np.maximum(w @ finite, 1e-12)
+
+
+def group_centroids(train: RoutingMatrices, X: FloatArray) -> tuple[RoutingMatrices,
+                                                                    FloatArray]:
+    """One row per group of ``train``: the centroid of its rows' unit features and their
+    mean quality per model (group order: first appearance)."""
+    _, first, codes = np.unique(train.groups.astype(str), return_index=True,
+                                return_inverse=True)
+    order = np.argsort(first, kind="stable")            # groups in order of appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    codes = rank[codes.ravel()]
+    n_groups = len(order)
+    centroids = np.zeros((n_groups, X.shape[1]))
+    np.add.at(centroids, codes, unit_rows(X))
+    finite = np.isfinite(train.quality)
+    sums, counts = np.zeros((n_groups, train.n_models)), np.zeros((n_groups, train.n_models))
+    np.add.at(sums, codes, np.where(finite, train.quality, 0.0))
+    np.add.at(counts, codes, finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / counts, np.nan)
+    binary = bool(np.isin(train.quality[finite], (0.0, 1.0)).all())
+    grouped = replace(train.subset(first[order]), quality=means,
+                      rates=train.rates or binary)
+    return grouped, centroids
 
 
 class LinearRouter(QualityRouter):
