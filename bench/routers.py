@@ -131,7 +131,9 @@ def table(name: str, doc: dict[str, Any]) -> list[str]:
                    f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
                    f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} | {ece} |")
     for seed in doc.get("auto", []):
-        out.append(f"\nauto, seed {seed['seed']}: {seed['router']} ({seed['labels']} labels, "
+        params = ", ".join(f"{k}={v}" for k, v in (seed.get("params") or {}).items())
+        out.append(f"\nauto, seed {seed['seed']}: {seed['router']}"
+                   f"{f' [{params}]' if params else ''} ({seed['labels']} labels, "
                    f"{seed['scenario']}), dev Rank Score {seed['dev']['rank_score']:.2f}")
     for curve in doc.get("tau_curves", []):
         c, t = curve["chosen_on_dev"], curve["test_at_chosen"]
