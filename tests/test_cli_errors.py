@@ -157,7 +157,7 @@ def test_unknown_reader(tmp_path: Path) -> None:
 def test_train_unknown_parameter_lists_the_valid_ones(bench: Path, tmp_path: Path) -> None:
     error_line(invoke("train", "knn", bench, "--param", "n_neighborz=3", "--features", FEATURES,
                       "--out", tmp_path / "a"),
-               "n_neighborz", "Did you mean: n_neighbors", "candidates, n_neighbors, weighted")
+               "n_neighborz", "Did you mean: n_neighbors", "candidates, n_neighbors, per, weighted")
     assert not (tmp_path / "a").exists()
 
 
