@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from vlroute.data import READERS, build_bench, load_bench
+from vlroute.data import READERS, Bench, build_bench, load_bench
 from vlroute.data.matrices import MATRIX_FIELDS, column_means, is_mapped, release
 from vlroute.data.readers.streamed import read_parquet
 from vlroute.errors import BenchError, DataError, ReaderError
@@ -33,6 +33,14 @@ def _long_frame(n: int = 40, m: int = 3, seed: int = 0) -> pd.DataFrame:
                          "response": None if s % 5 else "x = 4",
                          "latency_s": 0.25 if (s + k) % 7 == 0 else None})
     return pd.DataFrame(rows)
+
+
+def _streamed(tmp_path: Path, frame: pd.DataFrame, rows: int | None = None) -> Bench:
+    """``frame`` written as Parquet, read in batches of ``rows`` and built into a bench."""
+    frame.to_parquet(tmp_path / "runs.parquet", index=False)
+    tables = read_parquet(tmp_path / "runs.parquet", tmp_path / "st",
+                          **({"rows": rows} if rows else {}))
+    return build_bench(tables, tmp_path / "bench")
 
 
 def _same_bench(a: Path, b: Path) -> None:
@@ -103,9 +111,7 @@ def test_streamed_errors_name_the_file_row(tmp_path: Path) -> None:
 
 def test_out_of_core_matrices_are_float32_maps_equal_to_the_in_memory_ones(
         tmp_path: Path) -> None:
-    _long_frame().to_parquet(tmp_path / "runs.parquet", index=False)
-    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path, rows=7),
-                        tmp_path / "bench")
+    bench = _streamed(tmp_path, _long_frame(), rows=7)
     full = bench.matrices()
     mapped = bench.matrices(out_of_core=True)
     assert full.quality.dtype == np.float64 and not is_mapped(full.quality)
@@ -129,8 +135,7 @@ def test_out_of_core_matrices_are_float32_maps_equal_to_the_in_memory_ones(
 
 def test_an_evaluation_out_of_core_agrees_with_the_in_memory_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _long_frame(n=120).to_parquet(tmp_path / "runs.parquet", index=False)
-    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path), tmp_path / "bench")
+    bench = _streamed(tmp_path, _long_frame(n=120))
     spec = EvalSpec(seeds=2, breakdown=False)
     in_memory = evaluate_bench(load_bench(bench.root), spec)
     monkeypatch.setattr("vlroute.data.bench.OUT_OF_CORE_PAIRS", 0)
@@ -155,9 +160,7 @@ def test_a_list_column_of_images_is_read(tmp_path: Path) -> None:
                           "score": [1.0, 0.0, 0.0, 1.0],
                           "images": [["img/a.png"], ["img/a.png"], ["img/a.png", "img/b.png"],
                                      ["img/a.png", "img/b.png"]]})
-    frame.to_parquet(tmp_path / "runs.parquet", index=False)     # list<string>, nested
-    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path / "st"),
-                        tmp_path / "bench")
+    bench = _streamed(tmp_path, frame)        # images: list<string>, a nested column
     assert bench.samples["n_images"].tolist() == [1, 2]
     assert bench.manifest["counts"]["images"] == 3
 
@@ -179,8 +182,7 @@ def test_unloaded_fields_stay_views_through_pickling_and_real_views_stay_data(
         tmp_path: Path) -> None:
     import pickle
 
-    _long_frame().to_parquet(tmp_path / "runs.parquet", index=False)
-    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path), tmp_path / "bench")
+    bench = _streamed(tmp_path, _long_frame())
     part = bench.matrices(fields=("quality", "cost"))
     again = pickle.loads(pickle.dumps(part))
     assert again.unloaded == part.unloaded == {"latency", "energy", "tokens_in", "tokens_out"}
@@ -209,8 +211,7 @@ def test_graded_float32_qualities_are_solved_at_their_mes(
     rng = np.random.default_rng(1)
     frame = _long_frame(n=200, m=4)
     frame["score"] = rng.integers(0, 11, len(frame)) / 10      # graded, a 0.1 grid
-    frame.to_parquet(tmp_path / "runs.parquet", index=False)
-    bench = build_bench(read_parquet(tmp_path / "runs.parquet", tmp_path), tmp_path / "bench")
+    bench = _streamed(tmp_path, frame)
     mapped = bench.matrices(out_of_core=True).group_means()
     exact = bench.matrices().group_means()
     for mes in (7.0, 9.0):
