@@ -345,3 +345,115 @@ def test_hub_image_towers_load_by_path_and_feed_the_token_routers(tmp_path: Path
                   "--scenario", "cost_weight@dev", "--results", tmp_path / "r.json")
     assert any(r["router"] == "vlc" for r in json.loads((tmp_path / "r.json").read_text())
                ["rows"])
+
+
+def _tiny_text_tower(root: Path) -> Path:
+    """A two-layer BERT sentence-transformer built from a config (and a word-level vocab),
+    saved as a user's local checkpoint is: what ``--text st:<path>`` loads."""
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    try:                                             # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+
+    words = ("what is the area of shaded part find missing number a question without an "
+             "image choice yes no graph").split()
+    (root / "bert").mkdir(parents=True)
+    vocab = root / "bert" / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(root / "bert")
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128)).save_pretrained(root / "bert")
+    body = Transformer(str(root / "bert"), max_seq_length=128)
+    tower = SentenceTransformer(modules=[body, Pooling(16)], device="cpu")
+    tower.save(str(root / "tower"))
+    return root / "tower"
+
+
+def test_tuning_the_text_towers_last_layer(tmp_path: Path) -> None:
+    import torch
+
+    from vlroute.data import load_bench
+    from vlroute.errors import UnknownComponentError
+    from vlroute.features.base import Item
+    from vlroute.features.tokens import TokenEncoder, last_text_layer, load_tokens
+    from vlroute.routers._fusion import bert_layer
+
+    tower = f"st:{_tiny_text_tower(tmp_path)}"
+    # the layer written out equals the tower's own: its last layer on the penultimate
+    # states gives the last states (up to the float16 rounding both go through)
+    items = [Item("what is the area of the shaded part"), Item("find the missing number")]
+    last = TokenEncoder(tower, "hashing-image").encode_batch(items)
+    penultimate = TokenEncoder(tower, "hashing-image",
+                               text_states="penultimate").encode_batch(items)
+    assert penultimate.text_states == "penultimate" and penultimate.text_tower == tower
+    assert not np.allclose(last.text, penultimate.text, atol=1e-2)
+    shape, weights = last_text_layer(tower)
+    layer = bert_layer(shape)
+    layer.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    with torch.no_grad():
+        out = layer.eval()(torch.from_numpy(penultimate.text),
+                           torch.from_numpy(penultimate.text_mask)).numpy()
+    mask = last.text_mask
+    np.testing.assert_allclose(out[mask], last.text[mask], atol=1e-2)
+    with pytest.raises(UnknownComponentError, match="no layers"):
+        last_text_layer("hashing-text")
+
+    # a bench with penultimate states: a router fine-tunes the layer, round-trips, and
+    # refuses tokens of the last layer
+    toy = make_set(tmp_path / "toy", n_groups=8, per_group=3)
+    run_cli("bench", "build", toy, "--out", tmp_path / "b")
+    out = run_cli("features", tmp_path / "b", "--tokens", "--text", tower, "--image",
+                  "hashing-image", "--text-states", "penultimate")
+    assert "x 16" in out
+    bench = load_bench(tmp_path / "b")
+    tokens, spec = load_tokens(bench)
+    assert spec["text"].endswith(":penultimate") and tokens.text_states == "penultimate"
+    m = bench.matrices()
+    router = make_router("vlc_q", **{**TINY, "max_epochs": 2, "tune_text_layer": True}).fit(
+        m, bounds=BOUNDS, X=tokens)
+    assert router.text_layer_ == shape
+    tuned = router.state_["text_layer.query.weight"]
+    assert tuned.shape == (16, 16) and not np.allclose(tuned, weights["query.weight"])
+    save_router(router, tmp_path / "art")
+    again = load_router(tmp_path / "art")
+    np.testing.assert_allclose(again.predict_quality(tokens), router.predict_quality(tokens),
+                               atol=1e-6)
+    frozen = Tokens(tokens.text, tokens.text_mask, tokens.image, tokens.image_mask,
+                    text_tower=tower)
+    with pytest.raises(ValueError, match="penultimate text states"):
+        again.predict_quality(frozen)
+    with pytest.raises(ValueError, match="--text-states penultimate"):
+        make_router("vlc_q", **TINY, tune_text_layer=True).fit(m, bounds=BOUNDS, X=frozen)
+    from click.testing import CliRunner
+
+    from vlroute.cli import cli
+    result = CliRunner().invoke(cli, ["features", str(tmp_path / "b"), "--text-states",
+                                      "penultimate"])
+    assert result.exit_code == 2 and "add --tokens" in result.output
+
+    # the gateway encodes requests with the states the bundle was trained on
+    from test_serve import config
+
+    from vlroute.serve.config import GatewayConfig
+    from vlroute.serve.requests import Prompt
+    from vlroute.serve.routing import RoutingEngine
+
+    models = list(m.models[:2])
+    run_cli("train", "vlc_q", tmp_path / "b", "--models", ",".join(models), "--param",
+            "tune_text_layer=true", *[a.replace("vlc_q.", "") for a in _tiny_params(
+                ("vlc_q",))], "--out", tmp_path / "bundle")
+    base = config(tmp_path)
+    cfg = GatewayConfig.model_validate({
+        **base.model_dump(), "router": {"artifact": tmp_path / "bundle",
+                                        "text_encoder": tower,
+                                        "image_encoder": "hashing-image"},
+        "backends": [{**b.model_dump(), "router_model": name}
+                     for b, name in zip(base.backends, models, strict=True)]})
+    engine = RoutingEngine.from_config(cfg)
+    assert engine.token_encoder.text_states == "penultimate"
+    served = engine.router_rows([Prompt("find the missing number")],
+                                [cfg.scenario("quality")])[0]
+    assert np.isfinite(served).all()

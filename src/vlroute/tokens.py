@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+#: which text tower layer the text tokens come from
+TEXT_STATES = ("last", "penultimate")
+
 
 @dataclass(frozen=True)
 class TokenBatch:
@@ -29,11 +32,18 @@ class TokenBatch:
 class Tokens:
     """Text token states (n, Lt, Dt) and image tokens (n, Li, Di) with their masks.
 
-    ``rows`` selects rows of the stored arrays lazily (None: all of them).
+    ``rows`` selects rows of the stored arrays lazily (None: all of them). ``text_states``
+    says which of the text tower's layers the text tokens are: ``"last"`` (its output) or
+    ``"penultimate"`` (the input of its last layer, for routers that fine-tune that layer);
+    ``text_tower`` names the tower (``minilm``, ``st:<name>``; None when unknown).
     """
 
     def __init__(self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray,
-                 image_mask: np.ndarray, rows: np.ndarray | None = None) -> None:
+                 image_mask: np.ndarray, rows: np.ndarray | None = None, *,
+                 text_states: str = "last", text_tower: str | None = None) -> None:
+        if text_states not in TEXT_STATES:
+            raise ValueError(f"tokens: text_states must be one of {', '.join(TEXT_STATES)}, "
+                             f"got {text_states!r}.")
         n = len(text)
         for name, arr, ndim in (("text", text, 3), ("text_mask", text_mask, 2),
                                 ("image", image, 3), ("image_mask", image_mask, 2)):
@@ -46,6 +56,7 @@ class Tokens:
         self.text, self.text_mask, self.image, self.image_mask = text, text_mask, image, \
             image_mask
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.text_states, self.text_tower = text_states, text_tower
 
     def __len__(self) -> int:
         return len(self.text) if self.rows is None else len(self.rows)
@@ -77,7 +88,8 @@ class Tokens:
             index = np.flatnonzero(index)
         chosen = self._index()[key] if index is None else self._index()[index.astype(np.int64)]
         return Tokens(self.text, self.text_mask, self.image, self.image_mask,
-                      np.atleast_1d(chosen))
+                      np.atleast_1d(chosen), text_states=self.text_states,
+                      text_tower=self.text_tower)
 
     def batch(self, rows: np.ndarray | None = None) -> TokenBatch:
         """float32 tokens of ``rows`` (positions in this value; None: all)."""
@@ -95,4 +107,4 @@ class Tokens:
                           read(self.image, np.float32), read(self.image_mask, bool))
 
 
-__all__ = ["TokenBatch", "Tokens"]
+__all__ = ["TEXT_STATES", "TokenBatch", "Tokens"]

@@ -31,17 +31,26 @@ from vlroute.features.tokens import compute_tokens, make_token_encoder
                    "token states, 128 tokens, and the image's 7x7 feature map as 49 tokens, "
                    "float16) in DIRECTORY/features/tokens; --text and --image name the "
                    "towers (minilm, efficientnet-lite0).")
+@click.option("--text-states", type=click.Choice(["last", "penultimate"]), default="last",
+              show_default=True,
+              help="With --tokens: the text tower's output, or its last layer's input (for "
+                   "the end-to-end routers' tune_text_layer=true, which fine-tunes that "
+                   "layer).")
 @ray_option("Encode with a pool of Ray actors per encoder (each loads its model once; on a "
             "cluster the bench must be at the same path on every node)")
 def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
-             cache: Path | None, tokens: bool, ray_address: str | None) -> None:
+             cache: Path | None, tokens: bool, text_states: str,
+             ray_address: str | None) -> None:
     """Encode every sample of the bench in DIRECTORY into DIRECTORY/features/<encoder>.npy."""
     bench = load_bench(directory)
+    if text_states != "last" and not tokens:
+        raise click.BadParameter("--text-states applies to the token cache; add --tokens.",
+                                 param_hint="--text-states")
     if tokens:
         if ray_address is not None:
             raise click.BadParameter("--tokens runs here only; leave out --ray.",
                                      param_hint="--ray")
-        _tokens(bench, directory, text, image, extra)
+        _tokens(bench, directory, text, image, extra, text_states)
         return
     names = [n for n in (text, image, *extra) if n and n != "none"]
     encoders: dict[str, Encoder]
@@ -68,13 +77,13 @@ def features(directory: Path, text: str, image: str, extra: tuple[str, ...],
 
 
 def _tokens(bench: Bench, directory: Path, text: str, image: str,
-            extra: tuple[str, ...]) -> None:
+            extra: tuple[str, ...], text_states: str) -> None:
     """``features --tokens``: the token cache of the end-to-end routers."""
     if extra:
         raise click.BadParameter("--tokens stores the token cache only; run --extra "
                                  "encoders without --tokens.", param_hint="--extra")
     encoder = make_token_encoder(None if text == "none" else text,
-                                 None if image == "none" else image)
+                                 None if image == "none" else image, text_states)
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=err_console, transient=True)

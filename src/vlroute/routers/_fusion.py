@@ -62,8 +62,12 @@ def torch_threads(n: int) -> Iterator[Any]:
 
 
 def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
-              head: str = "linear", scenario: bool = False) -> Any:
-    """A fresh :class:`FusionNet` (built here so that torch is imported only when used)."""
+              head: str = "linear", scenario: bool = False,
+              text_layer: dict[str, Any] | None = None) -> Any:
+    """A fresh :class:`FusionNet` (built here so that torch is imported only when used).
+    ``text_layer`` (``dim``, ``heads``, ``ffn``, ``eps``): a BERT layer applied to the text
+    tokens first, for penultimate states and the tower's last layer's weights (loaded by
+    the caller) to be fine-tuned."""
     torch = require("torch", extra="encoders")
     nn = torch.nn
 
@@ -73,6 +77,7 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
         def __init__(self) -> None:
             super().__init__()
             d = config.d_model
+            self.text_layer = None if text_layer is None else bert_layer(text_layer)
             self.text_proj = nn.Linear(dims["text_dim"], d)
             self.image_proj = nn.Linear(dims["image_dim"], d)
             self.text_pos = nn.Parameter(torch.randn(dims["text_len"], d) * 0.02)
@@ -105,6 +110,8 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
                 scen = self.mes_proj(mes) + self.by_embed(by)
                 parts.append(scen[:, None, :])
                 keep.append(torch.ones(n, 1, dtype=torch.bool))
+            if self.text_layer is not None:
+                text = self.text_layer(text, text_mask)
             parts += [self.text_proj(text) + self.text_pos[:text.shape[1]],
                       self.image_proj(image) + self.image_pos[:image.shape[1]]]
             keep += [text_mask, image_mask]
@@ -125,6 +132,47 @@ def build_net(dims: dict[str, int], n_models: int, config: FusionConfig, *,
             return self.quality(self.drop(z))
 
     return FusionNet()
+
+
+def bert_layer(shape: dict[str, Any]) -> Any:
+    """A post-norm BERT encoder layer (self-attention, then a GELU feed-forward, each with a
+    residual and LayerNorm) of ``shape`` (``dim``, ``heads``, ``ffn``, ``eps``), written out so
+    that it does not depend on a transformers version; ``layer(states, mask)`` with ``mask``
+    True on real tokens. Dropout 0.1 on attention and outputs, as BERT trains."""
+    torch = require("torch", extra="encoders")
+    nn = torch.nn
+    d, heads, ffn, eps = int(shape["dim"]), int(shape["heads"]), int(shape["ffn"]), \
+        float(shape["eps"])
+    if d % heads:
+        raise ValueError(f"text layer: dim {d} is not a multiple of heads {heads}.")
+
+    class BertLayer(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), \
+                nn.Linear(d, d)
+            self.attn_out, self.attn_norm = nn.Linear(d, d), nn.LayerNorm(d, eps=eps)
+            self.inter, self.out = nn.Linear(d, ffn), nn.Linear(ffn, d)
+            self.out_norm = nn.LayerNorm(d, eps=eps)
+            self.drop = nn.Dropout(0.1)
+
+        def forward(self, x: Any, mask: Any) -> Any:
+            n, length, _ = x.shape
+
+            def split(t: Any) -> Any:
+                return t.view(n, length, heads, d // heads).transpose(1, 2)
+
+            scores = split(self.query(x)) @ split(self.key(x)).transpose(-1, -2)
+            scores = scores / math.sqrt(d // heads)
+            # a large finite penalty, not -inf: a row without real tokens stays finite
+            scores = scores.masked_fill(~mask[:, None, None, :], -1e4)
+            context = self.drop(scores.softmax(-1)) @ split(self.value(x))
+            context = context.transpose(1, 2).reshape(n, length, d)
+            h = self.attn_norm(x + self.drop(self.attn_out(context)))
+            return self.out_norm(h + self.drop(self.out(
+                nn.functional.gelu(self.inter(h)))))
+
+    return BertLayer()
 
 
 def to_tensors(torch: Any, tokens: Tokens, rows: np.ndarray | None = None) -> tuple[Any, ...]:

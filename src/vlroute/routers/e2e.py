@@ -4,6 +4,8 @@ CosineCls, their quality-mode variants, and the ECVL scenario-conditioned router
 All read :class:`~vlroute.tokens.Tokens` (``vlroute features DIR --tokens``: frozen MiniLM
 token states and EfficientNet-Lite0's 49 image tokens, in place of the reference code's
 ViT-B/16 + LXMERT) through the fusion transformer of :mod:`vlroute.routers._fusion`.
+With ``tune_text_layer=True`` (tokens stored with ``--text-states penultimate``) MiniLM's
+last layer is fine-tuned with the fusion network instead of being read frozen.
 
 - ``vlc``: pooled output -> dropout 0.1 -> linear head; soft cross-entropy on the
   label_lambda soft labels (hard labels for inf); requests no model solves are dropped.
@@ -53,7 +55,7 @@ from vlroute.routers._fusion import (
     torch_threads,
     train_fusion,
 )
-from vlroute.routers._params import Constraint, Interval, Name
+from vlroute.routers._params import Constraint, Flag, Interval, Name
 from vlroute.routers.labels import soft_targets
 from vlroute.routers.policy import PolicyRouter
 from vlroute.routers.quality import CANDIDATES, SEED, QualityRouter
@@ -68,7 +70,8 @@ NETWORK: dict[str, Constraint] = {
     "learning_rate": POSITIVE, "weight_decay": Interval(float, 0),
     "d_model": Interval(int, 8), "n_layers": Interval(int, 1), "n_heads": Interval(int, 1),
     "batch_size": Interval(int, 1), "max_epochs": Interval(int, 1),
-    "patience": Interval(int, 1), "random_state": SEED, "n_threads": Interval(int, 1)}
+    "patience": Interval(int, 1), "random_state": SEED, "n_threads": Interval(int, 1),
+    "tune_text_layer": Flag()}
 LABELS: dict[str, Constraint] = {
     "label_lambda": Interval(float, 0, allow_inf=True), "cost_scale": POSITIVE}
 #: RouterDC's positives per request and label clusters
@@ -173,6 +176,9 @@ class _E2E:
     patience: int
     random_state: int
     n_threads: int
+    tune_text_layer: bool
+    #: the fine-tuned text layer's shape (None: the text tokens are read as they are)
+    text_layer_: dict[str, Any] | None = None
     models_: tuple[str, ...]
     bounds_: tuple[float, float]
     dims_: dict[str, int]
@@ -182,7 +188,9 @@ class _E2E:
     def _network_params(  # noqa: PLR0913 - one per constructor parameter
             self, learning_rate: float, weight_decay: float, d_model: int,
                         n_layers: int, n_heads: int, batch_size: int, max_epochs: int,
-                        patience: int, random_state: int, n_threads: int) -> None:
+                        patience: int, random_state: int, n_threads: int,
+                        tune_text_layer: bool) -> None:
+        self.tune_text_layer = tune_text_layer
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.d_model = d_model
@@ -218,10 +226,40 @@ class _E2E:
         if hasattr(self, "dims_") and X.dims != self.dims_:
             raise ValueError(f"token features have dims {X.dims}; the router was fitted on "
                              f"{self.dims_}.")
+        if self.text_layer_ is not None and X.text_states != "penultimate":
+            raise ValueError(f"{name} fine-tuned the text tower's last layer and reads "
+                             f"penultimate text states; these tokens hold the "
+                             f"{X.text_states} layer's.")
 
     def _new_net(self) -> Any:
         return build_net(self.dims_, len(self.models_), self._config(), head=self.head,
-                         scenario=self.scenario_token)
+                         scenario=self.scenario_token, text_layer=self.text_layer_)
+
+    def _start_net(self, torch: Any, X: Tokens) -> Any:
+        """A fresh network for a fit; with ``tune_text_layer``, its text layer starts as
+        the tower's last layer (the tokens must be the penultimate states)."""
+        self.text_layer_ = None
+        weights = None
+        if self.tune_text_layer:
+            name = type(self).__name__
+            if X.text_states != "penultimate" or not X.text_tower:
+                raise ValueError(
+                    f"{name}: tune_text_layer fine-tunes the text tower's last layer on its "
+                    f"input, but these tokens hold the {X.text_states} layer's states"
+                    f"{'' if X.text_tower else ' of an unnamed tower'}; store penultimate "
+                    "states with `vlroute features DIR --tokens --text-states penultimate`.")
+            from vlroute.features.tokens import last_text_layer
+
+            shape, weights = last_text_layer(X.text_tower)
+            if shape["dim"] != X.dims["text_dim"]:
+                raise ValueError(f"{name}: the tower {X.text_tower!r} has width "
+                                 f"{shape['dim']}; the text tokens {X.dims['text_dim']}.")
+            self.text_layer_ = shape
+        net = self._new_net()
+        if weights is not None:
+            net.text_layer.load_state_dict({k: torch.from_numpy(v)
+                                            for k, v in weights.items()})
+        return net
 
     def _network(self) -> Any:
         if self._net is None:
@@ -257,12 +295,14 @@ class _E2EPolicy(_E2E, PolicyRouter):
                  cost_scale: float = 100.0, learning_rate: float | None = None,
                  weight_decay: float = 0.01, d_model: int = 128, n_layers: int = 2,
                  n_heads: int = 4, batch_size: int = 16, max_epochs: int = 5,
-                 patience: int = 2, random_state: int = 0, n_threads: int = 1) -> None:
+                 patience: int = 2, random_state: int = 0, n_threads: int = 1,
+                 tune_text_layer: bool = False) -> None:
         self.label_lambda = label_lambda
         self.cost_scale = cost_scale
         self._network_params(self.default_learning_rate if learning_rate is None
                              else learning_rate, weight_decay, d_model, n_layers, n_heads,
-                             batch_size, max_epochs, patience, random_state, n_threads)
+                             batch_size, max_epochs, patience, random_state, n_threads,
+                             tune_text_layer)
 
     def _fit(self, train: RoutingMatrices, X: Any) -> None:
         self.dims_ = X.dims
@@ -279,7 +319,7 @@ class _E2EPolicy(_E2E, PolicyRouter):
         score = self._holdout_score(train.quality[val_rows], train.cost[val_rows])
         with torch_threads(self.n_threads) as torch:
             torch.manual_seed(self.random_state)
-            net = self._new_net()
+            net = self._start_net(torch, X)
             T, C = torch.from_numpy(targets.astype(np.float32)), torch.from_numpy(clusters)
 
             def loss(net: Any, tensors: tuple[Any, ...], rows: np.ndarray) -> Any:
@@ -389,13 +429,14 @@ class _E2EQuality(_E2E, QualityRouter):
                  weight_decay: float = 0.01, d_model: int = 128, n_layers: int = 2,
                  n_heads: int = 4, batch_size: int = 16, max_epochs: int = 5,
                  patience: int = 2, random_state: int = 0, n_threads: int = 1,
-                 candidates: str = "all") -> None:
+                 candidates: str = "all", tune_text_layer: bool = False) -> None:
         self.label_lambda = label_lambda
         self.cost_scale = cost_scale
         self.candidates = candidates
         self._network_params(self.default_learning_rate if learning_rate is None
                              else learning_rate, weight_decay, d_model, n_layers, n_heads,
-                             batch_size, max_epochs, patience, random_state, n_threads)
+                             batch_size, max_epochs, patience, random_state, n_threads,
+                             tune_text_layer)
 
     def _fit(self, train: RoutingMatrices, X: Any) -> None:
         holdout = _quality_setup(self, train, X)
@@ -407,7 +448,7 @@ class _E2EQuality(_E2E, QualityRouter):
         score = self._holdout_score(train.quality[val_rows], train.cost[val_rows])
         with torch_threads(self.n_threads) as torch:
             torch.manual_seed(self.random_state)
-            net = self._new_net()
+            net = self._start_net(torch, X)
             T, C = torch.from_numpy(targets.astype(np.float32)), torch.from_numpy(clusters)
             Q, H = torch.from_numpy(q.astype(np.float32)), torch.from_numpy(has)
 
@@ -518,6 +559,9 @@ class ECVLRouter(_E2E, QualityRouter):
         Fine-tuning epochs on the pair (stage 2).
     learning_rate, weight_decay, d_model, n_layers, n_heads, batch_size, max_epochs,
     patience, random_state, n_threads : the network and its training (see the module).
+    tune_text_layer : bool
+        Fine-tune the text tower's last layer (on tokens stored with ``--text-states
+        penultimate``) with the fusion network.
     candidates : {"all", "pareto"}
         Models a decision may choose.
     """
@@ -533,12 +577,13 @@ class ECVLRouter(_E2E, QualityRouter):
                  weight_decay: float = 0.01, d_model: int = 128, n_layers: int = 2,
                  n_heads: int = 4, batch_size: int = 16, max_epochs: int = 5,
                  patience: int = 2, random_state: int = 0, n_threads: int = 1,
-                 candidates: str = "all") -> None:
+                 candidates: str = "all", tune_text_layer: bool = False) -> None:
         self.pair = pair
         self.stage2_epochs = stage2_epochs
         self.candidates = candidates
         self._network_params(learning_rate, weight_decay, d_model, n_layers, n_heads,
-                             batch_size, max_epochs, patience, random_state, n_threads)
+                             batch_size, max_epochs, patience, random_state, n_threads,
+                             tune_text_layer)
 
     def _pair_columns(self, train: RoutingMatrices) -> list[int]:
         if self.pair == "none":
@@ -574,7 +619,7 @@ class ECVLRouter(_E2E, QualityRouter):
         rng = np.random.default_rng(self.random_state)
         with torch_threads(self.n_threads) as torch:
             torch.manual_seed(self.random_state)
-            net = self._new_net()
+            net = self._start_net(torch, X)
             Q = torch.from_numpy(np.asarray(q, dtype=np.float32))
 
             def loss_on(columns: list[int] | None) -> Any:

@@ -145,12 +145,13 @@ class RoutingEngine:
         """An engine for a bundle trained on token features: the config's text and image
         encoders name the towers, whose token ids must be the bundle's."""
         from vlroute.errors import UnknownComponentError
-        from vlroute.features.tokens import make_token_encoder
+        from vlroute.features.tokens import make_token_encoder, states_of
         from vlroute.routers.bundle import load_bundle
 
-        try:
+        try:       # the text states (last or penultimate layer) are the bundle's
             encoder = make_token_encoder(config.router.text_encoder,
-                                         config.router.image_encoder)
+                                         config.router.image_encoder,
+                                         states_of(str(trained.get("text", ""))))
         except UnknownComponentError as exc:
             raise ConfigError(f"router artifact {artifact} reads token features: {exc}") \
                 from None
