@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlroute._ray import connect
 from vlroute.data import READERS, build_bench, load_bench
 from vlroute.data.bench import Bench
@@ -74,7 +76,18 @@ def main() -> None:
                              "the cluster at ADDRESS (the same documents but timings).")
     parser.add_argument("--tau-only", action="store_true",
                         help="Recompute only the tau curves of an existing routers.json.")
+    parser.add_argument("--render", action="store_true",
+                        help="Only rewrite routers.md from the routers.json in --out.")
     args = parser.parse_args()
+    if args.render:
+        docs = load_result_set(args.out / "routers.json")
+        lines = ["# Routers on the shared sets", ""]
+        for key, doc in docs.items():
+            lines += table(key, doc)
+        (args.out / "routers.md").write_text("\n".join(lines) + "\n"
+                                             + _kept(args.out / "routers.md"))
+        print(f"wrote {args.out / 'routers.md'}")
+        return
     docs, lines = {}, ["# Routers on the shared sets", ""]
     previous = load_result_set(args.out / "routers.json") if args.tau_only else {}
     executor = RayExecutor(args.ray) if args.ray else None
@@ -119,6 +132,30 @@ def _kept(path: Path) -> str:
     return text[text.index(KEPT):] if KEPT in text else ""
 
 
+def paired(doc: dict[str, Any], router: str = "auto") -> list[str]:
+    """``router`` against the best single model by rank, seed by seed on the same test split:
+    the mean Rank Score difference, its standard error, the wins; "too small to tell" when
+    the mean is within two standard errors of 0."""
+    def per_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: r["rank_score"] for r in doc["rows"]
+                if r["router"] == name and r["split"] == "test" and not r.get("hints")
+                and isinstance(r["seed"], int)}
+
+    mine, best = per_seed(router), per_seed("best_single_by_rank")
+    seeds = sorted(set(mine) & set(best))
+    if len(seeds) < 2:
+        return []
+    diff = np.array([mine[k] - best[k] for k in seeds])
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    sizes = {s["split_sizes"]["test"] for s in doc["seeds"] if "split_sizes" in s}
+    verdict = ("too small to tell apart on this test split" if abs(diff.mean()) <= 2 * se
+               else ("ahead" if diff.mean() > 0 else "behind"))
+    return [f"\n{router} - best single by rank, paired over {len(seeds)} seeds: "
+            f"{diff.mean():+.2f} Rank Score (standard error {se:.2f}; {router} ahead on "
+            f"{int((diff > 0).sum())} of {len(seeds)}; test split "
+            f"{'/'.join(str(n) for n in sorted(sizes))} requests): {verdict}"]
+
+
 def table(name: str, doc: dict[str, Any]) -> list[str]:
     out = [f"## {name} (test split, mean ± std over {len(doc['seeds'])} seeds; "
            f"cost estimated; {doc.get('seconds', '?')} s)", "",
@@ -130,6 +167,7 @@ def table(name: str, doc: dict[str, Any]) -> list[str]:
         out.append(f"| {r['router']} | {r['avg_acc']:.3f} ± {r['avg_acc_std']:.3f} | "
                    f"{r['avg_cost_per_10k']:.3f} ± {r['avg_cost_per_10k_std']:.3f} | "
                    f"{r['rank_score']:.2f} ± {r['rank_score_std']:.2f} | {gap} | {ece} |")
+    out += paired(doc)
     for seed in doc.get("auto", []):
         params = ", ".join(f"{k}={v}" for k, v in (seed.get("params") or {}).items())
         out.append(f"\nauto, seed {seed['seed']}: {seed['router']}"
