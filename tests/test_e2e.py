@@ -423,10 +423,24 @@ def test_tuning_the_text_towers_last_layer(tmp_path: Path) -> None:
                                atol=1e-6)
     frozen = Tokens(tokens.text, tokens.text_mask, tokens.image, tokens.image_mask,
                     text_tower=tower)
-    with pytest.raises(ValueError, match="penultimate text states"):
+    with pytest.raises(ValueError, match="reads the text tower.s penultimate states"):
         again.predict_quality(frozen)
     with pytest.raises(ValueError, match="--text-states penultimate"):
         make_router("vlc_q", **TINY, tune_text_layer=True).fit(m, bounds=BOUNDS, X=frozen)
+    # a frozen router remembers the states it was fitted on, both ways; a refit starts afresh
+    plain = make_router("vlc_q", **{**TINY, "max_epochs": 1}).fit(m, bounds=BOUNDS, X=frozen)
+    with pytest.raises(ValueError, match="fitted on the text tower's last states"):
+        plain.predict_quality(tokens)
+    plain.fit(m, bounds=BOUNDS, X=tokens)
+    assert plain.predict_quality(tokens).shape == (len(tokens), m.n_models)
+    # the policy routers and ECVL take the flag too, and round-trip
+    for name in ("vlc", "ecvl"):
+        other = make_router(name, **{**TINY, "max_epochs": 1, "tune_text_layer": True}).fit(
+            m, bounds=BOUNDS, X=tokens)
+        save_router(other, tmp_path / name)
+        scenario = Scenario("utility", cost_weight=0.0)
+        assert (load_router(tmp_path / name).route(m, scenario, X=tokens)
+                == other.route(m, scenario, X=tokens)).all()
     from click.testing import CliRunner
 
     from vlroute.cli import cli

@@ -93,6 +93,7 @@ class TokenEncoder:
         self.max_text_tokens = max_text_tokens
         self.batch_size = batch_size
         self._st: Any = None
+        self._dropped_last = False
         self._hf: tuple[Any, Any] | None = None
         self._hf_shape: tuple[int, int] | None = None
         self._image_encoder = EfficientNetLite0Encoder() if image == "efficientnet-lite0" \
@@ -148,6 +149,14 @@ class TokenEncoder:
     def _load_text(self) -> Any:
         if self._st is None:
             self._st = load_text_tower(self.text)
+            auto = self._st[0].auto_model
+            layers = getattr(getattr(auto, "encoder", None), "layer", None)
+            if self.text_states == "penultimate" and auto.config.model_type == "bert" \
+                    and layers is not None and len(layers) > 1:
+                # a BERT's penultimate states are its output without the last layer: the
+                # tower does not run a layer whose output is thrown away
+                auto.encoder.layer = layers[:-1]
+                self._dropped_last = True
         return self._st
 
     def _load_hf(self) -> tuple[Any, Any]:
@@ -208,11 +217,11 @@ class TokenEncoder:
         enc = model.tokenizer(texts, padding="max_length", truncation=True, max_length=L,
                               return_tensors="pt")
         with torch.inference_mode():
+            hidden = self.text_states != "last" and not self._dropped_last
             out = model[0].auto_model(input_ids=enc["input_ids"],
                                       attention_mask=enc["attention_mask"],
-                                      output_hidden_states=self.text_states != "last")
-            states = out.last_hidden_state if self.text_states == "last" \
-                else out.hidden_states[-2]
+                                      output_hidden_states=hidden)
+            states = out.hidden_states[-2] if hidden else out.last_hidden_state
         mask = enc["attention_mask"].numpy().astype(bool)
         out = states.float().numpy() * mask[:, :, None]          # padding states are zeros
         return out.astype(np.float32), mask
@@ -275,19 +284,28 @@ def last_text_layer(text: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not (text == "minilm" or text.startswith("st:")):
         raise UnknownComponentError(f"the text tower {text!r} has no layers to fine-tune; "
                                     "use a transformer tower (minilm, st:<name>).")
-    auto = load_text_tower(text)[0].auto_model
+    try:
+        auto = load_text_tower(text)[0].auto_model
+    except (OSError, ValueError) as exc:
+        raise UnknownComponentError(f"cannot load the text tower {text!r} to start its last "
+                                    f"layer from ({exc}).") from exc
     cfg = auto.config
     layers = getattr(getattr(auto, "encoder", None), "layer", None)
-    if cfg.model_type != "bert" or getattr(cfg, "hidden_act", None) != "gelu" or not layers:
+    positions = getattr(cfg, "position_embedding_type", "absolute")
+    if cfg.model_type != "bert" or getattr(cfg, "hidden_act", None) != "gelu" or not layers \
+            or positions != "absolute":
         raise UnknownComponentError(
             f"the text tower {text!r} is a {cfg.model_type!r} model with "
-            f"{getattr(cfg, 'hidden_act', '?')!r} activations; fine-tuning its last layer "
-            "needs a BERT-style tower with GELU (as minilm).")
+            f"{getattr(cfg, 'hidden_act', '?')!r} activations and {positions!r} positions; "
+            "fine-tuning its last layer needs a BERT-style tower with GELU and absolute "
+            "positions (as minilm).")
     theirs = layers[-1].state_dict()
     weights = {mine: theirs[name].detach().float().numpy().copy()
                for mine, name in BERT_LAYER.items()}
     shape = {"dim": int(cfg.hidden_size), "heads": int(cfg.num_attention_heads),
-             "ffn": int(cfg.intermediate_size), "eps": float(cfg.layer_norm_eps)}
+             "ffn": int(cfg.intermediate_size), "eps": float(cfg.layer_norm_eps),
+             "dropout": float(cfg.hidden_dropout_prob),
+             "attention_dropout": float(cfg.attention_probs_dropout_prob)}
     return shape, weights
 
 

@@ -138,13 +138,17 @@ def bert_layer(shape: dict[str, Any]) -> Any:
     """A post-norm BERT encoder layer (self-attention, then a GELU feed-forward, each with a
     residual and LayerNorm) of ``shape`` (``dim``, ``heads``, ``ffn``, ``eps``), written out so
     that it does not depend on a transformers version; ``layer(states, mask)`` with ``mask``
-    True on real tokens. Dropout 0.1 on attention and outputs, as BERT trains."""
+    True on real tokens. Dropout on attention and outputs as the tower's config gives it
+    (``dropout``, ``attention_dropout``; 0.1 when absent)."""
     torch = require("torch", extra="encoders")
     nn = torch.nn
     d, heads, ffn, eps = int(shape["dim"]), int(shape["heads"]), int(shape["ffn"]), \
         float(shape["eps"])
-    if d % heads:
-        raise ValueError(f"text layer: dim {d} is not a multiple of heads {heads}.")
+    if min(d, heads, ffn) < 1 or d % heads:
+        raise ValueError(f"text layer: dim {d}, heads {heads} and ffn {ffn} must be >= 1, "
+                         "with dim a multiple of heads.")
+    p_hidden = float(shape.get("dropout", 0.1))
+    p_attention = float(shape.get("attention_dropout", 0.1))
 
     class BertLayer(nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -154,7 +158,7 @@ def bert_layer(shape: dict[str, Any]) -> Any:
             self.attn_out, self.attn_norm = nn.Linear(d, d), nn.LayerNorm(d, eps=eps)
             self.inter, self.out = nn.Linear(d, ffn), nn.Linear(ffn, d)
             self.out_norm = nn.LayerNorm(d, eps=eps)
-            self.drop = nn.Dropout(0.1)
+            self.drop, self.attn_drop = nn.Dropout(p_hidden), nn.Dropout(p_attention)
 
         def forward(self, x: Any, mask: Any) -> Any:
             n, length, _ = x.shape
@@ -166,7 +170,7 @@ def bert_layer(shape: dict[str, Any]) -> Any:
             scores = scores / math.sqrt(d // heads)
             # a large finite penalty, not -inf: a row without real tokens stays finite
             scores = scores.masked_fill(~mask[:, None, None, :], -1e4)
-            context = self.drop(scores.softmax(-1)) @ split(self.value(x))
+            context = self.attn_drop(scores.softmax(-1)) @ split(self.value(x))
             context = context.transpose(1, 2).reshape(n, length, d)
             h = self.attn_norm(x + self.drop(self.attn_out(context)))
             return self.out_norm(h + self.drop(self.out(

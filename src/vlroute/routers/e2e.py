@@ -179,6 +179,9 @@ class _E2E:
     tune_text_layer: bool
     #: the fine-tuned text layer's shape (None: the text tokens are read as they are)
     text_layer_: dict[str, Any] | None = None
+    #: the text states the router was fitted on ("last" or "penultimate"; None: before
+    #: they were recorded)
+    text_states_: str | None = None
     models_: tuple[str, ...]
     bounds_: tuple[float, float]
     dims_: dict[str, int]
@@ -226,10 +229,19 @@ class _E2E:
         if hasattr(self, "dims_") and X.dims != self.dims_:
             raise ValueError(f"token features have dims {X.dims}; the router was fitted on "
                              f"{self.dims_}.")
-        if self.text_layer_ is not None and X.text_states != "penultimate":
-            raise ValueError(f"{name} fine-tuned the text tower's last layer and reads "
-                             f"penultimate text states; these tokens hold the "
-                             f"{X.text_states} layer's.")
+        if self.text_states_ is not None and X.text_states != self.text_states_:
+            what = ("fine-tuned the text tower's last layer and reads" if self.text_layer_
+                    is not None else "was fitted on")
+            raise ValueError(f"{name} {what} the text tower's {self.text_states_} states; "
+                             f"these tokens hold its {X.text_states} states (`vlroute "
+                             f"features DIR --tokens --text-states {self.text_states_}`).")
+
+    def fit(self, train: RoutingMatrices, *, bounds: tuple[float, float],
+            X: Any = None) -> Any:
+        """Fit afresh: what an earlier fit recorded of its inputs does not bind this one."""
+        for attr in ("dims_", "text_states_", "text_layer_"):
+            self.__dict__.pop(attr, None)
+        return super().fit(train, bounds=bounds, X=X)  # type: ignore[misc]
 
     def _new_net(self) -> Any:
         return build_net(self.dims_, len(self.models_), self._config(), head=self.head,
@@ -239,15 +251,22 @@ class _E2E:
         """A fresh network for a fit; with ``tune_text_layer``, its text layer starts as
         the tower's last layer (the tokens must be the penultimate states)."""
         self.text_layer_ = None
+        self.text_states_ = X.text_states
         weights = None
         if self.tune_text_layer:
             name = type(self).__name__
-            if X.text_states != "penultimate" or not X.text_tower:
+            if X.text_states != "penultimate":
                 raise ValueError(
                     f"{name}: tune_text_layer fine-tunes the text tower's last layer on its "
-                    f"input, but these tokens hold the {X.text_states} layer's states"
-                    f"{'' if X.text_tower else ' of an unnamed tower'}; store penultimate "
-                    "states with `vlroute features DIR --tokens --text-states penultimate`.")
+                    f"input, but these tokens hold the tower's {X.text_states} states; store "
+                    "penultimate states with `vlroute features DIR --tokens --text-states "
+                    "penultimate`.")
+            if not X.text_tower:
+                raise ValueError(
+                    f"{name}: tune_text_layer needs the name of the text tower the tokens "
+                    "came from (to start its last layer from), and these tokens carry none; "
+                    "recompute them with `vlroute features DIR --tokens --text-states "
+                    "penultimate`.")
             from vlroute.features.tokens import last_text_layer
 
             shape, weights = last_text_layer(X.text_tower)
