@@ -378,8 +378,9 @@ def test_tuning_the_text_towers_last_layer(tmp_path: Path) -> None:
     from vlroute.data import load_bench
     from vlroute.errors import UnknownComponentError
     from vlroute.features.base import Item
-    from vlroute.features.tokens import TokenEncoder, last_text_layer, load_tokens
+    from vlroute.features.tokens import TokenEncoder, load_tokens
     from vlroute.routers._fusion import bert_layer
+    from vlroute.towers import last_text_layer
 
     tower = f"st:{_tiny_text_tower(tmp_path)}"
     # the layer written out equals the tower's own: its last layer on the penultimate
@@ -423,7 +424,7 @@ def test_tuning_the_text_towers_last_layer(tmp_path: Path) -> None:
                                atol=1e-6)
     frozen = Tokens(tokens.text, tokens.text_mask, tokens.image, tokens.image_mask,
                     text_tower=tower)
-    with pytest.raises(ValueError, match="reads the text tower.s penultimate states"):
+    with pytest.raises(ValueError, match="reads the text tower's penultimate states"):
         again.predict_quality(frozen)
     with pytest.raises(ValueError, match="--text-states penultimate"):
         make_router("vlc_q", **TINY, tune_text_layer=True).fit(m, bounds=BOUNDS, X=frozen)

@@ -267,7 +267,7 @@ class _E2E:
                     "came from (to start its last layer from), and these tokens carry none; "
                     "recompute them with `vlroute features DIR --tokens --text-states "
                     "penultimate`.")
-            from vlroute.features.tokens import last_text_layer
+            from vlroute.towers import last_text_layer
 
             shape, weights = last_text_layer(X.text_tower)
             if shape["dim"] != X.dims["text_dim"]:
