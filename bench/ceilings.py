@@ -90,12 +90,7 @@ def max_edge_share(gain: np.ndarray, q: np.ndarray, max_drop: float = 0.05) -> f
 
 def train_group_means(data: RoutingMatrices, train: np.ndarray) -> np.ndarray:
     """Each train row's mean quality per model over its question's train rows (NaN -> 0)."""
-    groups = data.groups.astype(str)
-    out = np.zeros((len(train), data.n_models))
-    for g in np.unique(groups[train]):
-        rows = groups[train] == g
-        out[rows] = np.nanmean(data.quality[train][rows], axis=0)
-    return np.nan_to_num(out, nan=0.0)
+    return np.nan_to_num(data.subset(train).group_means().quality, nan=0.0)
 
 
 def feature_sets(bench: Bench, data: RoutingMatrices) -> dict[str, Any]:
