@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from vlroute.data import READERS, build_bench
 from vlroute.errors import BenchError, UnknownComponentError
-from vlroute.features.base import FeatureCache, Item
+from vlroute.features.base import FeatureCache, Item, MemoryImage
 from vlroute.features.fusion import Fusion
 from vlroute.features.hashing import HashingEncoder
 from vlroute.features.image_stats import NAMES, ImageStatsEncoder
@@ -101,6 +102,23 @@ def test_offline_minilm_and_efficientnet(images: list[Path]) -> None:
     assert np.allclose(chunked[:2], feats, atol=1e-5) and not chunked[2].any()
     assert np.allclose(chunked[3], image.encode_batch([Item("q", (images[2], images[0]))])[0],
                        atol=1e-5)
+
+
+def test_images_held_in_memory_encode_as_their_files_do(images: list[Path]) -> None:
+    """The gateway hands request images to the encoders as bytes (nothing reaches the disk):
+    every image encoder it can serve with gives the same features, the same content hash."""
+    names = ["efficientnet-lite0", "image-stats", "hashing-image"]
+    if importlib.util.find_spec("rapidocr_onnxruntime") is not None:
+        names.append("ocr:hashing-text")
+    files = [Item("q", (images[0],)), Item("q", (images[1], images[2])), Item("none")]
+    memory = [Item(it.text, tuple(MemoryImage(p.read_bytes()) for p in it.images))
+              for it in files]
+    for name in names:
+        encoder = make_encoder(name)
+        assert np.array_equal(encoder.encode_batch(memory), encoder.encode_batch(files)), name
+    assert [it.content_hash("image") for it in memory] == \
+        [it.content_hash("image") for it in files]
+    assert "bytes" in repr(memory[0].images[0])
 
 
 def test_hub_image_encoders_with_tiny_models_built_from_configs(images: list[Path]) -> None:

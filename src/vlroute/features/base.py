@@ -1,13 +1,15 @@
 """The encoder contract: ``encode_batch`` is the only method an encoder must implement.
 
-Items are :class:`Item` values (question text and image paths). ``encode`` batches, uses the
-cache keyed by (encoder id, content hash) and reports progress; encoders never see files of a
-bench, only items.
+Items are :class:`Item` values (question text and image files, or a request's image bytes as
+:class:`MemoryImage`). ``encode`` batches, uses the cache keyed by (encoder id, content hash)
+and reports progress; encoders never see files of a bench, only items, and open images with
+:func:`open_image`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from vlroute._typing import FloatArray
 
@@ -22,12 +25,41 @@ Modality = Literal["text", "image"]
 Progress = Callable[[int, int], None]
 
 
+class MemoryImage:
+    """An image's bytes in memory where an encoder reads image files: the gateway hands a
+    request's images to its encoders this way, so they never reach the disk (no temporary
+    files to write and remove per request, none left behind by a crash)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_bytes(self) -> bytes:
+        """The bytes, as :meth:`pathlib.Path.read_bytes` gives a file's."""
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"MemoryImage({len(self.data)} bytes)"
+
+
+#: what an item's image is: a file, or bytes in memory
+ImageSource = Path | MemoryImage
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """PIL's (lazy) image of a file or of in-memory bytes."""
+    if isinstance(source, MemoryImage):
+        return Image.open(io.BytesIO(source.data))
+    return Image.open(source)
+
+
 @dataclass(frozen=True)
 class Item:
-    """One request as encoders see it: the text and the image files."""
+    """One request as encoders see it: the text and the images (files, or bytes in memory)."""
 
     text: str
-    images: tuple[Path, ...] = ()
+    images: tuple[ImageSource, ...] = ()
 
     def content_hash(self, modality: Modality) -> str:
         """SHA-256 of what an encoder of ``modality`` reads (text, or the image bytes)."""

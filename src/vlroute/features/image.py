@@ -11,11 +11,11 @@ from PIL import Image
 
 from vlroute._optional import quiet_transformers, require
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, Item
+from vlroute.features.base import Encoder, ImageSource, Item, open_image
 
 
-def _rgb(path: Any) -> Image.Image:
-    with Image.open(path) as image:
+def _rgb(path: ImageSource) -> Image.Image:
+    with open_image(path) as image:
         image.draft("RGB", (448, 448))
         if image.mode in ("RGBA", "LA", "P"):
             rgba = image.convert("RGBA")
@@ -38,13 +38,21 @@ def _mean_per_item(items: Sequence[Item], vectors: FloatArray) -> FloatArray:
     return out
 
 
-def lite_pixels(items: Sequence[Item]) -> np.ndarray:
-    """(n_images, 224, 224, 3) float32 in [-1, 1]: every image of ``items`` in order, resized
-    to 224 x 224 (bilinear) and scaled as the Lite models expect. The torch and the ONNX
-    encoders both read this, so their inputs are the same bits."""
-    pixels = [np.asarray(_rgb(p).resize((224, 224), Image.Resampling.BILINEAR),
-                         dtype=np.float32) for item in items for p in item.images]
-    batch: np.ndarray = np.stack(pixels) / 127.5 - 1.0
+def lite_pixels(items: Sequence[Item], *, channels_first: bool = False) -> np.ndarray:
+    """(n_images, 224, 224, 3) float32 in [-1, 1] ((n_images, 3, 224, 224) with
+    ``channels_first``): every image of ``items`` in order, resized to 224 x 224 (bilinear)
+    and scaled as the Lite models expect. The torch and the ONNX encoders both read this, so
+    their inputs are the same bits. One buffer is filled and scaled in place: fresh
+    temporaries of this size cost a page fault per 4 KB, more than the arithmetic (on the
+    gateway's path, about 1 ms of the 2 ms this takes per image)."""
+    paths = [p for item in items for p in item.images]
+    shape = (len(paths), 3, 224, 224) if channels_first else (len(paths), 224, 224, 3)
+    batch = np.empty(shape, dtype=np.float32)
+    for k, path in enumerate(paths):
+        pixels = np.asarray(_rgb(path).resize((224, 224), Image.Resampling.BILINEAR))
+        batch[k] = pixels.transpose(2, 0, 1) if channels_first else pixels
+    batch /= 127.5          # float32 arithmetic, as (x / 127.5 - 1.0) on float32 gives
+    batch -= 1.0
     return batch
 
 

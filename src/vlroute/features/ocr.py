@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vlroute._optional import require
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, Item
+from vlroute.features.base import Encoder, ImageSource, Item, MemoryImage
 
 
 @functools.cache
@@ -27,9 +26,10 @@ def _engine() -> Any:
     return module.RapidOCR()
 
 
-def read_text(path: Path) -> str:
-    """The text lines RapidOCR finds in the image at ``path``, top to bottom, one per line."""
-    result, _ = _engine()(str(path))
+def read_text(path: ImageSource) -> str:
+    """The text lines RapidOCR finds in the image at ``path`` (a file or bytes in memory), top
+    to bottom, one per line."""
+    result, _ = _engine()(path.data if isinstance(path, MemoryImage) else str(path))
     return "\n".join(str(line[1]) for line in (result or []))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from vlroute._optional import require
 from vlroute._ray import connect
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, Item
+from vlroute.features.base import Encoder, ImageSource, Item
 from vlroute.features.registry import make_encoder
 
 #: separates the image paths of one item in a column of strings (no path holds a NUL)
@@ -69,7 +69,7 @@ class RayEncoder(Encoder):
                          batches)
             _quiet_ray_data(ray)
             records = [{"row": int(r), "text": items[r].text,
-                        "images": _SEP.join(str(p.resolve()) for p in items[r].images)}
+                        "images": _SEP.join(str(_file(p).resolve()) for p in items[r].images)}
                        for r in rows]
             ds = ray.data.from_items(records).map_batches(
                 _actor_class(self.name), batch_size=self.batch_size,
@@ -81,6 +81,15 @@ class RayEncoder(Encoder):
         finally:
             if started:
                 ray.shutdown()
+
+
+def _file(image: ImageSource) -> Path:
+    """A bench image's file: Ray's workers read images from files by path, so bytes held in
+    memory (a gateway request's) cannot be sent to them."""
+    if not isinstance(image, Path):
+        raise TypeError(f"Ray encodes images from files; got {image!r}. Encode requests held "
+                        "in memory without --ray.")
+    return image
 
 
 def _quiet_ray_data(ray: Any) -> None:

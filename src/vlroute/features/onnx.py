@@ -146,6 +146,6 @@ class OnnxImageEncoder(_Exported):
         if not any(item.images for item in items):     # a text-only request
             return np.zeros((len(items), self.dim))
         session = self._load()
-        pixels = np.ascontiguousarray(lite_pixels(items).transpose(0, 3, 1, 2))  # NCHW
+        pixels = lite_pixels(items, channels_first=True)                      # NCHW
         (pooled,) = session.run(None, {"pixels": pixels})                     # (n_images, dim)
         return _mean_per_item(items, np.asarray(pooled, dtype=np.float64))

@@ -142,8 +142,8 @@ def quantize_image_int8(source: Path, target: Path, images: Sequence[Path]) -> N
     onnx = require("onnx", extra="onnx-export")
     if not images:
         raise ValueError("static int8 quantisation needs calibration images; got none.")
-    feeds = iter([{"pixels": np.ascontiguousarray(lite_pixels([Item("", (Path(p),))])
-                                                  .transpose(0, 3, 1, 2))} for p in images])
+    feeds = iter([{"pixels": lite_pixels([Item("", (Path(p),))], channels_first=True)}
+                  for p in images])
 
     class Feeds(quantization.CalibrationDataReader):  # type: ignore[misc,name-defined]
         def get_next(self) -> dict[str, np.ndarray] | None:

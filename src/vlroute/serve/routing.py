@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -231,25 +230,18 @@ class RoutingEngine:
         return np.vstack(rows)  # type: ignore[arg-type]
 
     def _encode(self, prompts: list[Prompt]) -> Any:
-        """Encode as one batch (images go through temporary files, which is what the
-        encoders read). Each encoder's output is rounded to float32, as the bench's stored
-        features are, so that a request decides exactly as its bench row did."""
-        from vlroute.features.base import Item
+        """Encode as one batch (the images stay in memory; nothing is written to disk). Each
+        encoder's output is rounded to float32, as the bench's stored features are, so that
+        a request decides exactly as its bench row did."""
+        from vlroute.features.base import Item, MemoryImage
         from vlroute.features.fusion import Fusion
 
-        with tempfile.TemporaryDirectory(prefix="vlroute-req-") as tmp:
-            items = []
-            for i, prompt in enumerate(prompts):
-                paths = []
-                for k, data in enumerate(prompt.images):
-                    path = Path(tmp) / f"image{i}-{k}"
-                    path.write_bytes(data)
-                    paths.append(path)
-                items.append(Item(text=prompt.text, images=tuple(paths)))
-            if self.token_encoder is not None:
-                return self.token_encoder.encode_batch(items)
-            parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(
-                np.float64) for kind, enc in self.encoders.items()}
+        items = [Item(text=prompt.text, images=tuple(MemoryImage(data) for data in prompt.images))
+                 for prompt in prompts]
+        if self.token_encoder is not None:
+            return self.token_encoder.encode_batch(items)
+        parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(np.float64)
+                 for kind, enc in self.encoders.items()}
         mode, weight = self.fusion
         if "text" not in parts or "image" not in parts:
             mode = "text" if "text" in parts else "image"
