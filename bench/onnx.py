@@ -15,7 +15,11 @@ EfficientNet-Lite0 features):
    eval --artifact`` measures), on fp32 and on int8 features (fused as the gateway fuses them:
    each encoder's output rounded to float32, then the bundle's fusion), and the script counts
    agreements; also with one int8 encoder at a time (the other's features torch's), to see
-   which one moves the decisions.
+   which one moves the decisions. How far int8 is from the agreement target: each router's
+   agreement with the int8 error scaled by s (features torch + s x (int8 - torch), s from 1
+   down to 0.01), i.e. how much smaller a quantisation's error would have to be. And what
+   the disagreements cost: accuracy and USD per request of the decisions on torch and on
+   int8 features, read from the test split's outcomes.
 2. **Latency.** One request (text + one image) at a time on one thread (torch told so), the
    p50 over ``--latency-samples`` test requests of the routing engine's feature step on each
    runtime (image decode, resize, both encoders, fusion).
@@ -46,6 +50,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ROUTE_TEXT = "What is the period of this function? Answer with a number."
+#: factors the int8 features' error is scaled by to see where decisions would agree
+ERROR_SCALES = (1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01)
 
 
 def cli(*args: object) -> None:
@@ -127,10 +133,29 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
                                                - stored["efficientnet-lite0"][test]).max()),
             "seconds": round(time.perf_counter() - start, 1)}
         X[variant] = fused(parts, spec)
+    error = {k: parts[k] - torch_parts[k] for k in torch_parts}       # parts: int8's
+    matrices = bench.matrices(fields=("quality", "cost"))
+    assert list(matrices.sample_ids) == list(bench.samples["sample_id"])
+    quality, cost, rows = matrices.quality[test], matrices.cost[test], np.arange(len(test))
     for name, art in bundles.items():
         bundle = load_bundle(art, feature_spec=spec)
-        choice = {k: bundle.decide(bundle.predictions(v, bundle.scenario), bundle.scenario)
-                  for k, v in X.items()}
+
+        def decide(features: np.ndarray, bundle: Any = bundle) -> np.ndarray:
+            return np.asarray(bundle.decide(bundle.predictions(features, bundle.scenario),
+                                            bundle.scenario))
+
+        choice = {k: decide(v) for k, v in X.items()}
+        scaled = {str(s): float((decide(fused({k: torch_parts[k] + s * error[k]
+                                               for k in torch_parts}, spec))
+                                 == choice["torch"]).mean())
+                  for s in ERROR_SCALES}
+        columns = np.array([matrices.models.index(m) for m in bundle.models])
+
+        def outcome(chosen: np.ndarray, columns: np.ndarray = columns) -> dict[str, float]:
+            picked = columns[chosen]
+            return {"accuracy": float(np.nanmean(quality[rows, picked])),
+                    "usd_per_request": float(np.nanmean(cost[rows, picked]))}
+
         out["routers"][name] = {
             "scenario": bundle.scenario.spec(),
             "fp32_vs_torch": float((choice["fp32"] == choice["torch"]).mean()),
@@ -138,7 +163,9 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
             "int8_vs_torch": float((choice["int8"] == choice["torch"]).mean()),
             "text_int8_only_vs_torch": float((choice["text_int8"] == choice["torch"]).mean()),
             "image_int8_only_vs_torch": float((choice["image_int8"]
-                                               == choice["torch"]).mean())}
+                                               == choice["torch"]).mean()),
+            "int8_error_scaled_vs_torch": scaled,
+            "outcomes": {"torch": outcome(choice["torch"]), "int8": outcome(choice["int8"])}}
     return out
 
 
@@ -297,6 +324,22 @@ def write_tables(result: dict[str, Any], out: Path) -> None:
               f"{r.get('text_int8_only_vs_torch', float('nan')):.1%} | "
               f"{r.get('image_int8_only_vs_torch', float('nan')):.1%} |"
               for name, r in d["routers"].items()]
+    scaled = [r for r in d["routers"].values() if "int8_error_scaled_vs_torch" in r]
+    if scaled:
+        scales = list(scaled[0]["int8_error_scaled_vs_torch"])
+        lines += ["", "Decisions agreeing with torch's when the int8 error is scaled by s "
+                  "(features torch + s x (int8 - torch)), and what the decisions on torch and "
+                  "int8 features score on the test split:", "",
+                  "| router | " + " | ".join(f"s = {s}" for s in scales)
+                  + " | accuracy torch / int8 | USD per 10k requests torch / int8 |",
+                  "|---|" + "---|" * (len(scales) + 2)]
+        lines += [f"| {name} | " + " | ".join(
+                  f"{r['int8_error_scaled_vs_torch'][s]:.1%}" for s in scales)
+                  + f" | {r['outcomes']['torch']['accuracy']:.3f} / "
+                  f"{r['outcomes']['int8']['accuracy']:.3f} | "
+                  f"{r['outcomes']['torch']['usd_per_request'] * 1e4:.2f} / "
+                  f"{r['outcomes']['int8']['usd_per_request'] * 1e4:.2f} |"
+                  for name, r in d["routers"].items() if "int8_error_scaled_vs_torch" in r]
     lines += ["", "| runtime | features p50 ms | p90 ms | image decode + resize | text encoder "
               "| image encoder (with decode) |", "|---|---|---|---|---|---|"]
     lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} | " + " | ".join(

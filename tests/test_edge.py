@@ -90,6 +90,22 @@ def test_onnx_features_equal_torchs(built: Path) -> None:
     assert not got_image[-1].any() and np.abs(got_image[0]).max() > 0.1
 
 
+def test_int8_text_features_do_not_depend_on_the_batch(built: Path) -> None:
+    """Dynamic int8 quantises activations over the batch: the gateway's int8 text encoder runs
+    one text at a time, so a request's features (and decision) ignore its neighbours."""
+    art = built / "knn"
+    feature_encoders_ = feature_encoders(RouterSettings(runtime="onnx", onnx_variant="int8"),
+                                         art)[0]
+    text = feature_encoders_["text"]
+    assert isinstance(text, OnnxTextEncoder) and text.one_at_a_time
+    items = [Item("Which bike is red?"), Item("Find the area of the triangle ABC. " * 40)]
+    alone = text.encode_batch(items[:1])
+    assert np.array_equal(text.encode_batch(items)[:1], alone)
+    batched = OnnxTextEncoder(text.model, text.tokenizer, encoder_id="t", dim=384)
+    assert not np.array_equal(batched.encode_batch(items)[:1], batched.encode_batch(items[:1]))
+    assert text.encode_batch([]).shape == (0, 384)
+
+
 def _decisions(art: Path, bench: Path, tmp: Path, runtime: str, variant: str = "fp32"
                ) -> tuple[dict[str, Any], dict[str, tuple[str, dict[str, float]]]]:
     doc = json.loads((art / "router.json").read_text())

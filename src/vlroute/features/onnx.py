@@ -79,17 +79,24 @@ class OnnxTextEncoder(_Exported):
         Tokens kept per text (sentence-transformers' ``max_seq_length``).
     threads : int
         onnxruntime intra-op threads.
+    one_at_a_time : bool
+        Run the graph on one text at a time. A dynamically quantised graph needs it: it
+        quantises activations with ranges taken over the whole batch, padding included, so
+        in a batch a text's features would depend on the texts beside it (on DynaMath by up
+        to 0.025, as much as int8 moves them from fp32) and a gateway's decision on its
+        neighbours.
     """
 
     modality = "text"
 
     def __init__(self, model: Path, tokenizer: Path, *, encoder_id: str,
                  dim: int, max_length: int = 256, threads: int = 1,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, one_at_a_time: bool = False) -> None:
         super().__init__(model, encoder_id=encoder_id, dim=dim, threads=threads,
                          batch_size=batch_size)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.one_at_a_time = one_at_a_time
         self._loaded: tuple[Any, Any] | None = None
 
     def _load(self) -> tuple[Any, Any]:
@@ -104,11 +111,16 @@ class OnnxTextEncoder(_Exported):
     def encode_batch(self, items: Sequence[Item]) -> FloatArray:
         """Normalised embeddings of the items' texts."""
         tok, session = self._load()
-        encoded = tok.encode_batch([item.text for item in items])
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)            # (n, seq)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-        (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
-        return np.asarray(vectors, dtype=np.float64)                       # (n, dim)
+        texts = [item.text for item in items]
+        batches = [[t] for t in texts] if self.one_at_a_time else [texts]
+        out = []
+        for batch in batches:
+            encoded = tok.encode_batch(batch)
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)        # (n, seq)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            out.append(np.asarray(vectors, dtype=np.float64))              # (n, dim)
+        return np.vstack(out) if out else np.zeros((0, self.dim))
 
 
 class OnnxImageEncoder(_Exported):

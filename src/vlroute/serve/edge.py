@@ -173,9 +173,11 @@ def _onnx_encoder(artifact: Path, manifest: dict[str, Any], kind: str, name: str
                               "again with `vlroute export onnx`.")
     threads = settings.onnx_threads
     if kind == "text":
+        # the int8 text graph is quantised dynamically: batch-dependent, so one text a run
         return OnnxTextEncoder(artifact / file, artifact / entry["tokenizer"],
                                encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
-                               max_length=int(entry["max_length"]), threads=threads)
+                               max_length=int(entry["max_length"]), threads=threads,
+                               one_at_a_time=settings.onnx_variant == "int8")
     return OnnxImageEncoder(artifact / file, encoder_id=entry["encoder_id"],
                             dim=int(entry["dim"]), threads=threads)
 
