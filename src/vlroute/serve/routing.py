@@ -208,8 +208,8 @@ class RoutingEngine:
         """The fused feature rows of ``prompts``: from the cache (a hash of text and images),
         the rest encoded as one batch; for an end-to-end router's bundle, their
         :class:`~vlroute.tokens.Tokens`."""
-        if self.token_encoder is not None:      # token features: encoded per batch, uncached
-            return self._encode(prompts)
+        if self.token_encoder is not None or not self.cache_size:   # no cache: no keys
+            return self._encode(prompts)      # (token features are encoded per batch)
         keys = [_digest(p) for p in prompts]
         with self._lock:
             rows = [self._cache.get(k) for k in keys]
@@ -221,10 +221,9 @@ class RoutingEngine:
             fresh = self._encode([prompts[i] for i in missing])
             with self._lock:
                 for j, i in enumerate(missing):
-                    rows[i] = fresh[j]
-                    if self.cache_size:     # a copy: a view would keep the whole batch
-                        self._cache[keys[i]] = fresh[j].copy()
-                        self._cache.move_to_end(keys[i])
+                    rows[i] = fresh[j]      # cached as a copy: a view keeps the batch
+                    self._cache[keys[i]] = fresh[j].copy()
+                    self._cache.move_to_end(keys[i])
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return np.vstack(rows)  # type: ignore[arg-type]
