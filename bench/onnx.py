@@ -19,7 +19,9 @@ EfficientNet-Lite0 features):
    agreement with the int8 error scaled by s (features torch + s x (int8 - torch), s from 1
    down to 0.01), i.e. how much smaller a quantisation's error would have to be. And what
    the disagreements cost: accuracy and USD per request of the decisions on torch and on
-   int8 features, read from the test split's outcomes.
+   int8 features, read from the test split's outcomes. Each bundle's ``router.onnx`` (where
+   its router has a graph) on the torch features: the largest difference from the bundle's
+   numpy predictions, and how many decisions are the same.
 2. **Latency.** One request (text + one image) at a time on one thread (torch told so), the
    p50 over ``--latency-samples`` test requests of the routing engine's feature step on each
    runtime (image decode, resize, both encoders, fusion).
@@ -49,6 +51,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# this file would shadow the onnx package, which the router graphs import
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 ROUTE_TEXT = "What is the period of this function? Answer with a number."
 #: factors the int8 features' error is scaled by to see where decisions would agree
 ERROR_SCALES = (1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01)
@@ -61,7 +65,8 @@ def cli(*args: object) -> None:
 
 def train_bundles(bench: Path, routers: list[str], work: Path) -> dict[str, Path]:
     """One exported bundle per router (the ONNX files are the same for all: copied)."""
-    from vlroute.serve.edge import MANIFEST, read_manifest
+    from vlroute._io import write_json_atomic
+    from vlroute.serve.edge import MANIFEST, export_router_graph, read_manifest
 
     out = {}
     for name in routers:
@@ -82,9 +87,14 @@ def train_bundles(bench: Path, routers: list[str], work: Path) -> dict[str, Path
     manifest = read_manifest(first)
     assert manifest is not None
     files = {f for e in manifest["encoders"].values() for f in e["sha256"]}
-    for art in list(out.values())[1:]:
-        for f in [*sorted(files), MANIFEST]:
+    for name, art in list(out.items())[1:]:
+        for f in sorted(files):
             shutil.copyfile(first / f, art / f)
+        # each bundle's own router graph in its manifest (the encoders' entries are shared)
+        spec = json.loads((art / "router.json").read_text())["feature_spec"]
+        router = {"name": name, "predicts_with": "lightgbm" if name == "gbdt" else "numpy",
+                  **export_router_graph(art, spec)}
+        write_json_atomic(art / MANIFEST, {**manifest, "router": router})
     return out
 
 
@@ -96,6 +106,10 @@ def onnx_features(art: Path, items: list[Any], variant: str) -> dict[str, np.nda
     return {kind: np.vstack([enc.encode_batch(items[i:i + 32])
                              for i in range(0, len(items), 32)])
             for kind, enc in encoders.items()}
+
+
+def decide_from(bundle: Any, predictions: np.ndarray) -> np.ndarray:
+    return np.asarray(bundle.decide(predictions, bundle.scenario))
 
 
 def fused(parts: dict[str, np.ndarray], spec: dict[str, Any]) -> np.ndarray:
@@ -111,6 +125,7 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
     from vlroute.data import load_bench
     from vlroute.features.store import bench_items, feature_matrix, load_feature_arrays
     from vlroute.routers.bundle import load_bundle
+    from vlroute.serve.edge import read_manifest
 
     bench = load_bench(bench_path)
     test = np.flatnonzero(bench.samples["split"].to_numpy() == "test")
@@ -156,8 +171,19 @@ def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:
             return {"accuracy": float(np.nanmean(quality[rows, picked])),
                     "usd_per_request": float(np.nanmean(cost[rows, picked]))}
 
+        graph = read_manifest(art)["router"].get("graph")       # type: ignore[index]
+        if graph:           # router.onnx on the torch features: eval's predictions?
+            from vlroute.routers.onnx_graph import graph_outputs
+
+            want = bundle.predictions(X["torch"], bundle.scenario)
+            got = graph_outputs(art / graph, X["torch"])
+            graph_check = {"max_abs_diff": float(np.abs(got - want).max()),
+                           "decisions_equal": float((decide_from(bundle, got)
+                                                     == choice["torch"]).mean())}
+        else:
+            graph_check = None
         out["routers"][name] = {
-            "scenario": bundle.scenario.spec(),
+            "scenario": bundle.scenario.spec(), "router_graph": graph_check,
             "fp32_vs_torch": float((choice["fp32"] == choice["torch"]).mean()),
             "int8_vs_fp32": float((choice["int8"] == choice["fp32"]).mean()),
             "int8_vs_torch": float((choice["int8"] == choice["torch"]).mean()),
@@ -340,6 +366,14 @@ def write_tables(result: dict[str, Any], out: Path) -> None:
                   f"{r['outcomes']['torch']['usd_per_request'] * 1e4:.2f} / "
                   f"{r['outcomes']['int8']['usd_per_request'] * 1e4:.2f} |"
                   for name, r in d["routers"].items() if "int8_error_scaled_vs_torch" in r]
+    graphs = {n: r.get("router_graph") for n, r in d["routers"].items()
+              if "router_graph" in r}
+    if graphs:
+        lines += ["", "router.onnx (the router as a graph) on the 1,000 test requests' torch "
+                  "features, against the bundle's numpy predictions: " + "; ".join(
+                      f"{n}: max |diff| {g['max_abs_diff']:.1e}, decisions equal "
+                      f"{g['decisions_equal']:.1%}" if g else f"{n}: no graph"
+                      for n, g in graphs.items())]
     lines += ["", "| runtime | features p50 ms | p90 ms | image decode + resize | text encoder "
               "| image encoder (with decode) |", "|---|---|---|---|---|---|"]
     lines += [f"| {runtime} | {r['p50_ms']} | {r['p90_ms']} | " + " | ".join(

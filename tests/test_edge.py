@@ -71,6 +71,29 @@ def test_export_writes_every_file_and_the_manifest_last(built: Path) -> None:
     assert not [p.name for p in art.iterdir() if p.name.startswith(".")]   # no temp file left
 
 
+def test_the_router_graph_decides_as_the_bundle_on_the_bench(built: Path) -> None:
+    """router.onnx on the bench's own fused features: eval's predictions and decisions."""
+    import onnx
+
+    from vlroute.features.store import feature_matrix
+    from vlroute.routers.bundle import load_bundle
+    from vlroute.routers.onnx_graph import graph_outputs
+
+    art = built / "knn"
+    manifest = read_manifest(art)
+    assert manifest is not None
+    router = manifest["router"]
+    assert router["graph"] == "router.onnx" and router["predicts_with"] == "numpy"
+    assert set(router["sha256"]) == {"router.onnx"}
+    X, spec = feature_matrix(load_bench(built / "bench"), "minilm", "efficientnet-lite0")
+    bundle = load_bundle(art, feature_spec=spec)
+    got = graph_outputs(onnx.load(str(art / "router.onnx")), X)
+    want = bundle.predictions(X, bundle.scenario)
+    assert np.abs(got - want).max() < 1e-9
+    assert np.array_equal(bundle.decide(got, bundle.scenario),
+                          bundle.decide(want, bundle.scenario))
+
+
 def test_onnx_features_equal_torchs(built: Path) -> None:
     art = built / "knn"
     manifest = read_manifest(art)

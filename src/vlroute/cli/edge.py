@@ -27,15 +27,20 @@ def export() -> None:
               "(up to 100 are used; default: the embedded demo set's).")
 def export_onnx_command(bundle: Path, quantize: str | None, calibration: Path | None) -> None:
     """Write BUNDLE's encoders as ONNX into BUNDLE (needs torch), so that the gateway and
-    `vlroute route` serve it with runtime: onnx from the [edge] install, without torch."""
+    `vlroute route` serve it with runtime: onnx from the [edge] install, without torch; and
+    the router as router.onnx where it has a graph (kNN, linear, MLP, IRT, task priors),
+    for runtimes without Python."""
     from vlroute.serve.edge import MANIFEST, export_onnx
 
     manifest = export_onnx(bundle, quantize=quantize, calibration=calibration)
     for kind, entry in manifest["encoders"].items():
         files = ", ".join(f"{v}: {f}" for v, f in entry["files"].items())
         console.print(f"{kind}: {entry['name']} ({entry['encoder_id']}) -> {files}")
-    console.print(f"router {manifest['router']['name']} predicts with "
-                  f"{manifest['router']['predicts_with']}; wrote {bundle / MANIFEST}")
+    router = manifest["router"]
+    graph = (f"its graph -> {router['graph']}" if router.get("graph")
+             else f"no graph ({router.get('why')})")
+    console.print(f"router {router['name']} predicts with {router['predicts_with']}; "
+                  f"{graph}; wrote {bundle / MANIFEST}")
 
 
 @click.command("route")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlroute._io import write_json_atomic
+from vlroute.errors import VlrouteError
 from vlroute.features.base import Encoder
 from vlroute.routers import E2E
 from vlroute.routers.persistence import IncompatibleArtifactError, artifact_metadata
@@ -29,6 +30,8 @@ from vlroute.serve.config import Backend, ConfigError, GatewayConfig, RouterSett
 from vlroute.serve.requests import Prompt
 
 MANIFEST = "onnx.json"
+#: the router's graph, where it has one (see :mod:`vlroute.routers.onnx_graph`)
+ROUTER_GRAPH = "router.onnx"
 FORMAT = "vlroute-onnx/1"
 #: the encoder ids the export knows how to write, by kind: (registry name, encoder id)
 EXPORTABLE = {"text": ("minilm", "st:all-MiniLM-L6-v2@gt-0.1.0"),
@@ -100,13 +103,29 @@ def export_onnx(artifact: Path, *, quantize: str | None = None,
         names = {*entry["files"].values(), *([entry["tokenizer"]] if "tokenizer" in entry
                                              else [])}
         entry["sha256"] = {n: _sha256(artifact / n) for n in sorted(names)}
+    router = {"name": doc.get("router"),
+              "predicts_with": "lightgbm" if doc.get("router") == "gbdt" else "numpy",
+              **export_router_graph(artifact, spec)}
+    if router["graph"]:
+        router["sha256"] = {router["graph"]: _sha256(artifact / router["graph"])}
     manifest = {"format": FORMAT, "opset": onnx_export.OPSET, "encoders": entries,
-                "variants": ["fp32", *(["int8"] if quantize else [])],
-                "router": {"name": doc.get("router"),
-                           "predicts_with": "lightgbm" if doc.get("router") == "gbdt"
-                           else "numpy"}}
+                "variants": ["fp32", *(["int8"] if quantize else [])], "router": router}
     write_json_atomic(artifact / MANIFEST, manifest)
     return manifest
+
+
+def export_router_graph(artifact: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Write ``router.onnx``, the bundle's router as a graph from fused features to
+    predicted quality, for runtimes without Python (the gateway keeps predicting with numpy,
+    so its decisions stay eval's to the bit); return the manifest's router entry."""
+    from vlroute.routers.bundle import load_bundle
+    from vlroute.routers.onnx_graph import write_router_graph
+
+    try:
+        bundle = load_bundle(artifact, feature_spec=spec)
+    except VlrouteError as exc:
+        return {"graph": None, "why": f"the bundle does not load ({exc})"}
+    return write_router_graph(bundle.router, artifact / ROUTER_GRAPH)
 
 
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
