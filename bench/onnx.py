@@ -284,10 +284,34 @@ def cold_route(python: Path, art: Path, image: Path, runtime: str) -> dict[str, 
             "model": runs[0][2]}
 
 
+LITE_PACKAGES = ["numpy", "pillow", "onnxruntime", "tokenizers"]
+
+
+def cold_lite(python: Path, art: Path, image: Path) -> dict[str, Any]:
+    """``python -m vlroute.serve.lite`` from a cold process: median wall seconds and peak
+    RSS (MB) of 3."""
+    runs = []
+    for _ in range(3):
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", str(python), "-m", "vlroute.serve.lite",
+             str(art), "--text", ROUTE_TEXT, "--image", str(image), "--json"],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
+        runs.append((float(wall), int(rss_kb) / 1024, json.loads(proc.stdout)["model"]))
+    return {"runtime": "onnx, lite", "cold_start_s": statistics.median(r[0] for r in runs),
+            "peak_rss_mb": round(statistics.median(r[1] for r in runs), 1),
+            "model": runs[0][2]}
+
+
 def footprint(venvs: Path, art: Path, image: Path) -> dict[str, Any]:
+    lite = make_venv(venvs / "lite", [["--no-deps", "-e", str(REPO)], LITE_PACKAGES])
     edge = make_venv(venvs / "edge", [["-e", f"{REPO}[edge]"]])
     torch = make_venv(venvs / "torch", [["torch==2.13.0"], ["-e", f"{REPO}[encoders,serve]"]])
-    return {"edge": {"install": "pip install -e '.[edge]'",
+    return {"lite": {"install": "pip install --no-deps -e . && pip install "
+                             + " ".join(LITE_PACKAGES), **site_packages(lite),
+                     **cold_lite(lite, art, image)},
+            "edge": {"install": "pip install -e '.[edge]'",
                      **site_packages(edge),
                      **cold_route(edge, art, image, "onnx")},
             "torch": {"install": "pip install torch==2.13.0 && pip install -e "
@@ -303,6 +327,9 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--venvs", type=Path, default=Path("/tmp/vlroute-venvs"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--footprint-only", action="store_true", help="rerun only the "
+                        "install footprints (a kNN bundle exported afresh) into an existing "
+                        "onnx.json")
     parser.add_argument("--latency-only", action="store_true", help="rerun only the latency "
                         "part (a kNN bundle exported afresh) into an existing onnx.json")
     parser.add_argument("--tables", action="store_true", help="only print (and write to "
@@ -310,6 +337,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.tables:
         write_tables(json.loads((args.out / "onnx.json").read_text()), args.out)
+        return
+    if args.footprint_only:         # rerun the install footprints into an existing onnx.json
+        from vlroute.data import load_bench
+
+        result = json.loads((args.out / "onnx.json").read_text())
+        art = Path(tempfile.mkdtemp(prefix="vlroute-onnx-")) / "knn"
+        cli("train", "knn", args.bench, "--out", art)
+        cli("export", "onnx", art)
+        bench = load_bench(args.bench)
+        result["footprint"] = footprint(args.venvs, art,
+                                        bench.root / str(bench.images["path"].iloc[0]))
+        (args.out / "onnx.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_tables(result, args.out)
         return
     if args.latency_only:           # rerun the latency part into an existing onnx.json
         result = json.loads((args.out / "onnx.json").read_text())
@@ -380,8 +420,8 @@ def write_tables(result: dict[str, Any], out: Path) -> None:
               str(r.get("stages_p50_ms", {}).get(k, "")) for k in
               ("image_decode_resize", "text_encoder", "image_encoder_with_decode")) + " |"
               for runtime, r in result["latency_one_thread"].items()]
-    lines += ["", "| install | site-packages MB | largest | vlroute route cold start s | "
-              "peak RSS MB |", "|---|---|---|---|---|"]
+    lines += ["", "| install | site-packages MB | largest | cold decision s (`vlroute route`; "
+              "lite: `python -m vlroute.serve.lite`) | peak RSS MB |", "|---|---|---|---|---|"]
     lines += [f"| {name} ({r['runtime']}) | {r['site_packages_mb']} | "
               + ", ".join(f"{k} {v}" for k, v in r["largest_mb"].items())
               + f" | {r['cold_start_s']} | {r['peak_rss_mb']} |"

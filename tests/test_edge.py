@@ -29,8 +29,15 @@ from vlroute.features.registry import make_encoder
 from vlroute.routers.persistence import IncompatibleArtifactError
 from vlroute.serve.app import create_app
 from vlroute.serve.config import ConfigError, GatewayConfig, RouterSettings
-from vlroute.serve.edge import MANIFEST, export_onnx, feature_encoders, read_manifest
+from vlroute.serve.edge import (
+    MANIFEST,
+    export_onnx,
+    feature_encoders,
+    read_manifest,
+    route_once,
+)
 from vlroute.serve.replay import replay_config, replay_requests
+from vlroute.serve.requests import Prompt
 
 DEMO = demo_set_path()
 
@@ -259,3 +266,69 @@ def test_end_to_end_routers_are_refused_with_the_reason(tmp_path: Path) -> None:
         _check_exportable(tmp_path, doc)
     with pytest.raises(IncompatibleArtifactError, match="without a serving bundle"):
         _check_exportable(tmp_path, {"router": "knn", "feature_spec": {"text": "x"}})
+
+
+_ONLY_LITE = """
+import importlib.abc, sys
+HEAVY = ("torch", "sentence_transformers", "transformers", "pandas", "pyarrow", "sklearn",
+         "scipy", "lightgbm", "fastapi", "starlette", "pydantic", "click", "rich", "yaml",
+         "matplotlib", "onnx")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_lite_runtime_decides_as_the_gateway(built: Path) -> None:
+    """python -m vlroute.serve.lite: the encoders' graphs, router.onnx and the bundle's
+    decision rule, importing none of the gateway's dependencies, decide as the gateway."""
+    from vlroute.serve.lite import LiteRouter
+
+    art = built / "knn"
+    lite = LiteRouter(art)
+    images = sorted((built / "toy" / "images").iterdir())[:4]
+    for text, image in [("What is shown?", images[0]), ("Find the area.", images[1]),
+                        ("Which is larger?", None)]:
+        data = (image.read_bytes(),) if image else ()
+        for scenario in ("auto", "cost_weight=0.9", "quality"):
+            got = lite.decide(text, data, scenario)
+            want = route_once(art, Prompt(text, data), scenario, {"runtime": "onnx"})
+            assert got["model"] == want["model"] and got["scenario"] == want["scenario"]
+            assert max(abs(got["predicted"][m] - want["predicted"][m])
+                       for m in want["predicted"]) < 1e-9
+    script = _ONLY_LITE + textwrap.dedent(f"""
+        from vlroute.serve.lite import main
+        code = main([{str(art)!r}, "--text", "What is shown?", "--image", {str(images[0])!r},
+                     "--json"])
+        print(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
+        sys.exit(code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decision, loaded = proc.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]"
+    assert json.loads(decision)["model"] == lite.decide("What is shown?",
+                                                        (images[0].read_bytes(),))["model"]
+
+
+def test_the_lite_runtime_refuses_with_the_reason(built: Path, tmp_path: Path) -> None:
+    from vlroute.serve.lite import LiteError, LiteRouter, main
+
+    art = tmp_path / "knn"
+    art.mkdir()
+    for f in (built / "knn").iterdir():
+        (art / f.name).symlink_to(f)
+    (art / "onnx.json").unlink()
+    manifest = json.loads((built / "knn" / "onnx.json").read_text())
+    manifest["router"] = {"name": "gbdt", "predicts_with": "lightgbm", "graph": None,
+                          "why": "no ONNX graph for GBDTRouter"}
+    (art / "onnx.json").write_text(json.dumps(manifest))
+    with pytest.raises(LiteError, match="no ONNX graph for GBDTRouter"):
+        LiteRouter(art)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    assert main([str(built / "knn"), "--text", "q", "--image", str(broken)]) == 2
+    assert main([str(tmp_path / "nowhere"), "--text", "q"]) == 2

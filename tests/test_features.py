@@ -121,6 +121,29 @@ def test_images_held_in_memory_encode_as_their_files_do(images: list[Path]) -> N
     assert "bytes" in repr(memory[0].images[0])
 
 
+def test_an_image_that_opens_but_does_not_decode_is_an_image_decode_error() -> None:
+    """Pillow raises ValueError for a truncated QOI ("not enough image data"), others raise
+    RuntimeError or EOFError: every image encoder turns them into ImageDecodeError, an
+    OSError, which the gateway answers with a 400."""
+    import io
+
+    from vlroute.features.base import ImageDecodeError
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "QOI")
+    item = Item("q", (MemoryImage(buf.getvalue()[:200]),))
+    names = ["efficientnet-lite0", "image-stats"]
+    if importlib.util.find_spec("rapidocr_onnxruntime") is not None:
+        names.append("ocr:hashing-text")
+    for name in names:
+        with pytest.raises(ImageDecodeError, match=r"does not decode \(ValueError"):
+            make_encoder(name).encode_batch([item])
+    assert issubclass(ImageDecodeError, OSError)
+    with pytest.raises(ImageDecodeError, match="UnidentifiedImageError"):
+        make_encoder("image-stats").encode_batch([Item("q", (MemoryImage(b"no image"),))])
+
+
 def test_hub_image_encoders_with_tiny_models_built_from_configs(images: list[Path]) -> None:
     transformers = pytest.importorskip("transformers")
     from vlroute.features.image import HFImageEncoder

@@ -396,6 +396,23 @@ def test_bad_requests_get_a_clear_4xx(tmp_path: Path, payload: bytes, status: in
         assert message in r.json()["error"]["message"]
 
 
+def test_an_image_pillow_fails_on_with_any_error_is_a_400(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's checks raise more than OSError (a corrupt AVIF: RuntimeError "Missing or
+    empty image item"): any of them is the client's bad image."""
+    from PIL import PngImagePlugin
+
+    def verify(self: Any) -> None:
+        raise RuntimeError("Missing or empty image item")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "verify", verify)
+    body = {"model": "vlroute/quality", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_url()}}]}]}
+    with client(config(tmp_path), Upstream()) as c:
+        r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and "does not decode" in r.json()["error"]["message"]
+
+
 def test_images_and_conversations_route_and_sessions_pin(tmp_path: Path) -> None:
     up = Upstream()
     with client(config(tmp_path), up) as c:

@@ -8,6 +8,7 @@ and reports progress; encoders never see files of a bench, only items, and open 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from abc import ABC, abstractmethod
@@ -45,6 +46,26 @@ class MemoryImage:
 
 #: what an item's image is: a file, or bytes in memory
 ImageSource = Path | MemoryImage
+
+
+class ImageDecodeError(OSError):
+    """An image that opens but does not decode (truncated, corrupt, a mode a reader cannot
+    take). Pillow and the OCR engine raise many types for these (ValueError, RuntimeError,
+    EOFError, OpenCV's errors); encoders raise this one, an OSError, so that the gateway
+    answers the client's bad image with a 400, not a 500."""
+
+
+@contextlib.contextmanager
+def decoding(source: ImageSource) -> Iterator[None]:
+    """Turn any failure while an image is decoded into :class:`ImageDecodeError`."""
+    try:
+        yield
+    except (ImageDecodeError, MemoryError):
+        raise
+    except Exception as exc:
+        name = source if isinstance(source, MemoryImage) else str(source)
+        raise ImageDecodeError(f"image {name} does not decode ({type(exc).__name__}: "
+                               f"{exc})") from exc
 
 
 def open_image(source: ImageSource) -> Image.Image:

@@ -11,11 +11,11 @@ from PIL import Image
 
 from vlroute._optional import quiet_transformers, require
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, ImageSource, Item, open_image
+from vlroute.features.base import Encoder, ImageSource, Item, decoding, open_image
 
 
 def _rgb(path: ImageSource) -> Image.Image:
-    with open_image(path) as image:
+    with decoding(path), open_image(path) as image:
         image.draft("RGB", (448, 448))
         if image.mode in ("RGBA", "LA", "P"):
             rgba = image.convert("RGBA")

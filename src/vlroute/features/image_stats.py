@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, Item, open_image
+from vlroute.features.base import Encoder, Item, decoding, open_image
 
 NAMES = ("log_width", "log_height", "log_aspect", "n_images", "mean_r", "mean_g", "mean_b",
          "std_grey", "saturation", "edge_density", "text_area", "white_share")
@@ -60,7 +60,7 @@ class ImageStatsEncoder(Encoder):
         for row, item in enumerate(items):
             stats = []
             for path in item.images:
-                with open_image(path) as image:
+                with decoding(path), open_image(path) as image:
                     stats.append(image_statistics(image))
             if stats:
                 out[row] = np.mean(stats, axis=0)

@@ -17,7 +17,7 @@ import numpy as np
 
 from vlroute._optional import require
 from vlroute._typing import FloatArray
-from vlroute.features.base import Encoder, ImageSource, Item, MemoryImage
+from vlroute.features.base import Encoder, ImageSource, Item, MemoryImage, decoding
 
 
 @functools.cache
@@ -29,7 +29,9 @@ def _engine() -> Any:
 def read_text(path: ImageSource) -> str:
     """The text lines RapidOCR finds in the image at ``path`` (a file or bytes in memory), top
     to bottom, one per line."""
-    result, _ = _engine()(path.data if isinstance(path, MemoryImage) else str(path))
+    engine = _engine()
+    with decoding(path):
+        result, _ = engine(path.data if isinstance(path, MemoryImage) else str(path))
     return "\n".join(str(line[1]) for line in (result or []))
 
 

@@ -110,6 +110,8 @@ class OnnxTextEncoder(_Exported):
 
     def encode_batch(self, items: Sequence[Item]) -> FloatArray:
         """Normalised embeddings of the items' texts."""
+        if not items:
+            return np.zeros((0, self.dim))
         tok, session = self._load()
         texts = [item.text for item in items]
         batches = [[t] for t in texts] if self.one_at_a_time else [texts]
@@ -120,7 +122,7 @@ class OnnxTextEncoder(_Exported):
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
             (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
             out.append(np.asarray(vectors, dtype=np.float64))              # (n, dim)
-        return np.vstack(out) if out else np.zeros((0, self.dim))
+        return np.vstack(out)
 
 
 class OnnxImageEncoder(_Exported):

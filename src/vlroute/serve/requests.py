@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pybase64
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vlroute.costs.image_tokens import BUILTIN_RULES
 from vlroute.errors import VlrouteError
@@ -104,10 +104,14 @@ def decode_image(url: str, config: GatewayConfig) -> tuple[bytes, tuple[int, int
                                    f"of {config.limits.max_image_pixels} pixels.", status=413,
                                    param="image_url")
             image.verify()
+    except RequestError:
+        raise
     except Image.DecompressionBombError as exc:   # far over: PIL refuses it on opening
         raise RequestError(f"image is over the limit of {config.limits.max_image_pixels} "
                            f"pixels ({exc})", status=413, param="image_url") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except MemoryError:
+        raise
+    except Exception:       # UnidentifiedImageError, OSError, ValueError, RuntimeError, ...
         raise RequestError("image data URL does not decode as an image.",
                            param="image_url") from None
     return data, size
