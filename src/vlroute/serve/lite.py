@@ -80,9 +80,14 @@ class LiteRouter:
         low, high = (float(b) for b in fitted["bounds_"])
         self.bounds = (low, high)
         self.binary = bool(fitted.get("binary_", False))
-        with np.load(artifact / "arrays.npz", allow_pickle=False) as arrays:
-            self.mean_cost = {k: np.asarray(arrays[f"fitted.mean_cost_.{k}"], dtype=float)
-                              for k in ("usd", "latency", "energy")}
+        costs = fitted.get("mean_cost_") or {}
+        try:
+            with np.load(artifact / "arrays.npz", allow_pickle=False) as arrays:
+                self.mean_cost = {k: np.asarray(arrays[costs[k]["__array__"]], dtype=float)
+                                  for k in ("usd", "latency", "energy")}
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise LiteError(f"{artifact}: the router's mean costs cannot be read from "
+                            f"arrays.npz ({type(exc).__name__}: {exc}).") from None
         self.scenario = parse_scenario(section["scenario"]).with_params(
             name=section["scenario_name"])
         self.fusion = Fusion(spec.get("fusion", "normalize_concat"),
