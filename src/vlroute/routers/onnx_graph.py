@@ -93,9 +93,9 @@ def _knn(b: _Builder, router: KNNRouter, state: Any) -> str:
     sims = b.op("MatMul", unit, b.const(train.T, "train_t"))             # (n, n_train)
     # compared at 9 decimals, ties to the lower train index (TopK's rule), as nearest()
     rounded = b.op("Round", b.op("Mul", sims, b.const(1e9, "scale9")))
-    _, idx = (b.name("topk_values"), b.name("topk_indices"))
+    values, idx = b.name("topk_values"), b.name("topk_indices")
     b.nodes.append(b.onnx.helper.make_node("TopK", [rounded, b.const([k], "k", np.int64)],
-                                           [_, idx], axis=1, largest=1, sorted=1))
+                                           [values, idx], axis=1, largest=1, sorted=1))
     labels = b.op("Gather", b.const(np.nan_to_num(y), "labels"), idx, axis=0)  # (n, k, m)
     finite = b.op("Gather", b.const(np.isfinite(y).astype(float), "finite"), idx, axis=0)
     if router.weighted:
