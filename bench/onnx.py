@@ -114,11 +114,9 @@ def decide_from(bundle: Any, predictions: np.ndarray) -> np.ndarray:
 
 def fused(parts: dict[str, np.ndarray], spec: dict[str, Any]) -> np.ndarray:
     """As :meth:`RoutingEngine._encode`: float32-rounded outputs, then the bundle's fusion."""
-    from vlroute.features.fusion import Fusion
+    from vlroute.features.fusion import fuse_outputs
 
-    rounded = {k: v.astype(np.float32).astype(np.float64) for k, v in parts.items()}
-    return Fusion(spec["fusion"], float(spec["text_weight"]))(rounded["text"],
-                                                              rounded["image"])
+    return fuse_outputs(parts, spec["fusion"], float(spec["text_weight"]))
 
 
 def drift(bench_path: Path, bundles: dict[str, Path]) -> dict[str, Any]:

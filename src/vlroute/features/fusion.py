@@ -52,3 +52,13 @@ class Fusion:
         weights = [self.text_weight, 1.0 - self.text_weight]
         pairs = [(w, p) for w, p in zip(weights, (text, image), strict=True) if p is not None]
         return np.hstack([w * _l2(np.asarray(p, dtype=np.float64)) for w, p in pairs])
+
+
+def fuse_outputs(parts: dict[str, FloatArray], mode: Mode, text_weight: float) -> FloatArray:
+    """Feature rows from encoders' outputs as a request is served: each output rounded to
+    float32 (as the bench stores features, so that a request decides as its bench row did),
+    then fused; with one encoder, its part alone."""
+    rounded = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in parts.items()}
+    if "text" not in rounded or "image" not in rounded:
+        mode = "text" if "text" in rounded else "image"
+    return Fusion(mode, text_weight)(rounded.get("text"), rounded.get("image"))

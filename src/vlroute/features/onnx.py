@@ -163,3 +163,17 @@ class OnnxImageEncoder(_Exported):
         pixels = lite_pixels(items, channels_first=True)                      # NCHW
         (pooled,) = session.run(None, {"pixels": pixels})                     # (n_images, dim)
         return _mean_per_item(items, np.asarray(pooled, dtype=np.float64))
+
+
+def exported_encoder(artifact: Path, kind: str, entry: dict[str, Any], variant: str,
+                     threads: int = 1) -> Encoder:
+    """The encoder of an ``onnx.json`` entry (``vlroute export onnx``) for ``variant``. The
+    int8 text graph is quantised dynamically, so it runs one text at a time."""
+    file = artifact / entry["files"][variant]
+    if kind == "text":
+        return OnnxTextEncoder(file, artifact / entry["tokenizer"],
+                               encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
+                               max_length=int(entry["max_length"]), threads=threads,
+                               one_at_a_time=variant == "int8")
+    return OnnxImageEncoder(file, encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
+                            threads=threads)

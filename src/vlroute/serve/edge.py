@@ -174,7 +174,7 @@ def feature_encoders(settings: RouterSettings, artifact: Path
 
 def _onnx_encoder(artifact: Path, manifest: dict[str, Any], kind: str, name: str,
                   settings: RouterSettings) -> Encoder:
-    from vlroute.features.onnx import OnnxImageEncoder, OnnxTextEncoder
+    from vlroute.features.onnx import exported_encoder
 
     entry = manifest["encoders"].get(kind) or {}
     if entry.get("name") != name:
@@ -190,15 +190,7 @@ def _onnx_encoder(artifact: Path, manifest: dict[str, Any], kind: str, name: str
         if not (artifact / part).is_file():
             raise ConfigError(f"{artifact / part}: named by {MANIFEST} but missing; export "
                               "again with `vlroute export onnx`.")
-    threads = settings.onnx_threads
-    if kind == "text":
-        # the int8 text graph is quantised dynamically: batch-dependent, so one text a run
-        return OnnxTextEncoder(artifact / file, artifact / entry["tokenizer"],
-                               encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
-                               max_length=int(entry["max_length"]), threads=threads,
-                               one_at_a_time=settings.onnx_variant == "int8")
-    return OnnxImageEncoder(artifact / file, encoder_id=entry["encoder_id"],
-                            dim=int(entry["dim"]), threads=threads)
+    return exported_encoder(artifact, kind, entry, settings.onnx_variant, settings.onnx_threads)
 
 
 def route_config(artifact: Path, router: dict[str, Any] | None = None) -> GatewayConfig:

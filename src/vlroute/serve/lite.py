@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from vlroute.features.base import Item, MemoryImage
-from vlroute.features.fusion import Fusion
-from vlroute.features.onnx import OnnxImageEncoder, OnnxTextEncoder, onnx_session
+from vlroute.features.fusion import Fusion, fuse_outputs
+from vlroute.features.onnx import exported_encoder, onnx_session
 from vlroute.scenarios import AUTO, Scenario, parse_scenario
 
 
@@ -102,27 +102,14 @@ class LiteRouter:
                 raise LiteError(f"{artifact}: no {variant} {kind} graph of "
                                 f"{spec[kind]!r} in onnx.json; export it with `vlroute "
                                 "export onnx` (--quantize int8 for int8).")
-            if kind == "text":
-                self.encoders[kind] = OnnxTextEncoder(
-                    artifact / file, artifact / entry["tokenizer"],
-                    encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
-                    max_length=int(entry["max_length"]), threads=threads,
-                    one_at_a_time=variant == "int8")
-            else:
-                self.encoders[kind] = OnnxImageEncoder(
-                    artifact / file, encoder_id=entry["encoder_id"], dim=int(entry["dim"]),
-                    threads=threads)
+            self.encoders[kind] = exported_encoder(artifact, kind, entry, variant, threads)
         self.variant = variant
         self._graph = onnx_session(artifact / graph, threads)
 
     def predict(self, items: list[Item]) -> np.ndarray:
         """(n, n_models) predicted quality of each request."""
-        parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(np.float64)
-                 for kind, enc in self.encoders.items()}
-        mode, weight = self.fusion.mode, self.fusion.text_weight
-        if "text" not in parts or "image" not in parts:
-            mode = "text" if "text" in parts else "image"
-        X = Fusion(mode, weight)(parts.get("text"), parts.get("image"))
+        X = fuse_outputs({kind: enc.encode_batch(items) for kind, enc in self.encoders.items()},
+                         self.fusion.mode, self.fusion.text_weight)
         (quality,) = self._graph.run(None, {"features": np.ascontiguousarray(X)})
         return np.asarray(quality, dtype=np.float64)
 

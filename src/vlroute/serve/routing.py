@@ -233,18 +233,15 @@ class RoutingEngine:
         encoder's output is rounded to float32, as the bench's stored features are, so that
         a request decides exactly as its bench row did."""
         from vlroute.features.base import Item, MemoryImage
-        from vlroute.features.fusion import Fusion
+        from vlroute.features.fusion import fuse_outputs
 
         items = [Item(text=prompt.text, images=tuple(MemoryImage(data) for data in prompt.images))
                  for prompt in prompts]
         if self.token_encoder is not None:
             return self.token_encoder.encode_batch(items)
-        parts = {kind: np.asarray(enc.encode_batch(items), dtype=np.float32).astype(np.float64)
-                 for kind, enc in self.encoders.items()}
         mode, weight = self.fusion
-        if "text" not in parts or "image" not in parts:
-            mode = "text" if "text" in parts else "image"
-        return Fusion(mode, weight)(parts.get("text"), parts.get("image"))  # type: ignore[arg-type]
+        return fuse_outputs({kind: enc.encode_batch(items) for kind, enc in self.encoders.items()},
+                            mode, weight)  # type: ignore[arg-type]
 
     def router_rows(self, prompts: list[Prompt], scenarios: list[Scenario]
                     ) -> list[np.ndarray]:
